@@ -1,0 +1,88 @@
+"""Command-line entry points: ``train``, ``serve`` and ``semseg <command>``.
+
+Each entry point turns errors into the container contract: a ``UserError`` becomes one sentence
+in ``output/failure`` and exit code 1; anything else is an internal error, logged with its
+traceback, summarised in the failure file, exit code 2. SIGTERM stops training between
+iterations with exit code 143 (128 + SIGTERM), as an interrupted process reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import logs, sm_config
+from .errors import UserError
+
+log = logging.getLogger("semseg")
+
+EXIT_USER_ERROR = 1
+EXIT_INTERNAL_ERROR = 2
+EXIT_STOPPED = 143
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """Run the training job described by the /opt/ml tree (``$SAGEMAKER_BASE_DIR``)."""
+    logs.setup_logging()
+    from .train.loop import StopFlag, Stopped, run
+
+    stop = StopFlag()
+    stop.install()
+    try:
+        run(stop)
+    except Stopped:
+        log.warning("Received SIGTERM: training stopped before completion; model_best.params, if any, is kept")
+        return _exit(EXIT_STOPPED)
+    except UserError as exc:
+        log.error("%s", exc)
+        sm_config.write_failure(str(exc))
+        return _exit(EXIT_USER_ERROR)
+    except Exception as exc:  # a bug of ours: full trace to the log, a short reason to SageMaker
+        log.exception("Internal error")
+        sm_config.write_failure(f"Internal error: {type(exc).__name__}: {exc}")
+        return _exit(EXIT_INTERNAL_ERROR)
+    return _exit(0)
+
+
+def _exit(code: int) -> int:
+    logging.shutdown()
+    sys.stdout.flush()
+    return code
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """Run the model server (gunicorn + Flask) on ``$SAGEMAKER_BIND_TO_PORT`` or 8080."""
+    from .server import run_server
+
+    return run_server()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="semseg", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("train", help="train from the /opt/ml tree at $SAGEMAKER_BASE_DIR (default /opt/ml)")
+    commands.add_parser("serve", help="serve the model in $SAGEMAKER_BASE_DIR/model on port 8080")
+    demo = commands.add_parser("demo", help="make a sample dataset, train on it, serve it and segment an image")
+    demo.add_argument("--workdir", default="demo", help="where the sample /opt/ml tree is made (default: ./demo)")
+    sample = commands.add_parser("sample-data", help="write a synthetic dataset laid out as an /opt/ml tree")
+    sample.add_argument("root")
+    sample.add_argument("--train", type=int, default=24)
+    sample.add_argument("--validation", type=int, default=8)
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        return train_main()
+    if args.command == "serve":
+        return serve_main()
+    if args.command == "sample-data":
+        from .sample_data import write_opt_ml_tree
+
+        write_opt_ml_tree(args.root, train=args.train, validation=args.validation)
+        return 0
+    from .demo import run_demo
+
+    return run_demo(args.workdir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

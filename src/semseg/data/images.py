@@ -1,0 +1,93 @@
+"""Decoding images and masks into numpy arrays, the same way for training and serving.
+
+Images of any mode become RGB uint8 (H, W, 3), upright per their EXIF orientation. Masks must be
+single-channel 8-bit PNGs (palette ``P`` or grayscale ``L``): the palette index or gray value is
+the label, colours are never looked at.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import UserError
+
+MASK_MODES = ("P", "L")
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def open_image(source, max_pixels: int | None = None) -> Image.Image:
+    """Open ``source`` (path or bytes) lazily, refusing pixel counts above ``max_pixels``.
+
+    Only the header is read here; ``max_pixels`` guards against decompression bombs before any
+    pixel is decoded.
+    """
+    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            image = Image.open(stream)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        raise ImageTooLarge(image.width, image.height, max_pixels)
+    return image
+
+
+class ImageTooLarge(UserError):
+    def __init__(self, width: int, height: int, max_pixels: int):
+        super().__init__(
+            f"The image is {width}x{height} pixels, more than the limit of {max_pixels} pixels"
+        )
+        self.width, self.height = width, height
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) after EXIF rotation, known from the header alone."""
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block is ignored, as viewers do
+        orientation = 1
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        return image.height, image.width
+    return image.width, image.height
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """Decode to upright RGB uint8 (H, W, 3); transparency is dropped, grayscale replicated."""
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:
+        pass
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    if image.mode == "I;16" or image.mode == "I":
+        array = np.asarray(image, dtype=np.float32)
+        peak = float(array.max()) or 1.0
+        gray = np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_rgb(path) -> np.ndarray:
+    with open_image(path) as image:
+        return to_rgb_array(image)
+
+
+def read_mask(path) -> np.ndarray:
+    """Decode a label PNG to uint8 (H, W) of raw encoded values (before any label map)."""
+    with open_image(path) as image:
+        if image.mode not in MASK_MODES:
+            raise UserError(
+                f"The mask {path} has image mode {image.mode}; masks must be single-channel 8-bit PNGs "
+                "(palette 'P' or grayscale 'L') whose pixel values are class ids"
+            )
+        return np.asarray(image, dtype=np.uint8)

@@ -1,0 +1,230 @@
+"""The hyperparameter table (names, types, defaults, ranges, choices) and the parser over it.
+
+This table is the single source of truth for every hyperparameter the ``train`` command knows,
+public ones with the names and defaults of SageMaker's built-in algorithm and ``_``-prefixed
+internal ones. SageMaker hands every value over as a string; framework estimators JSON-encode
+them first (``"\\"fcn\\""``). Both forms are accepted. Unknown keys are tolerated and logged,
+because tuning jobs and the SDK add their own (``_tuning_objective_metric``, ``sagemaker_*``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ("fcn", "psp", "deeplab")
+BACKBONES = ("resnet-50", "resnet-101")
+OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "nag")
+LR_SCHEDULERS = ("poly", "cosine", "step")
+BACKBONE_ALIASES = {"resnet50": "resnet-50", "resnet101": "resnet-101"}
+
+# Keys that define the network: they must agree between a model and the run that continues it.
+ARCHITECTURE_KEYS = ("backbone", "algorithm", "crop_size", "num_classes")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One hyperparameter: its type, default (None = no default), and what values are valid."""
+
+    kind: str  # "str", "int", "float", "bool", "epochs" (comma-separated list of ints)
+    default: Any = None
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: value must be > low (not >=)
+    high_open: bool = False  # True: value must be < high (not <=)
+
+
+TABLE: dict[str, Spec] = {
+    "backbone": Spec("str", "resnet-50", choices=BACKBONES),
+    "use_pretrained_model": Spec("bool", True),
+    "algorithm": Spec("str", "fcn", choices=ALGORITHMS),
+    "num_classes": Spec("int", required=True, low=2, high=254),
+    "num_training_samples": Spec("int", required=True, low=1),
+    "base_size": Spec("int", 520, low=16, low_open=True),
+    "crop_size": Spec("int", 240, low=16, low_open=True),
+    "epochs": Spec("int", 10, low=1),
+    "learning_rate": Spec("float", 0.001, low=0, high=1, low_open=True),
+    "lr_scheduler": Spec("str", "poly", choices=LR_SCHEDULERS),
+    "lr_scheduler_factor": Spec("float", 0.1, low=0, high=1),
+    "lr_scheduler_step": Spec("epochs", None),
+    "mini_batch_size": Spec("int", 16, low=1),
+    "validation_mini_batch_size": Spec("int", 16, low=1),
+    "optimizer": Spec("str", "sgd", choices=OPTIMIZERS),
+    "momentum": Spec("float", 0.9, low=0, high=1, low_open=True),
+    "weight_decay": Spec("float", 0.0001, low=0, high=1, high_open=True),
+    "gamma1": Spec("float", 0.9, low=0, high=1),
+    "gamma2": Spec("float", 0.9, low=0, high=1),
+    "early_stopping": Spec("bool", False),
+    "early_stopping_min_epochs": Spec("int", 5, low=0),
+    "early_stopping_patience": Spec("int", 4, low=1),
+    "early_stopping_tolerance": Spec("float", 0.0, low=0, high=1),
+    "syncbn": Spec("bool", False),
+    # Internal keys of the built-in's default configuration, accepted with the same defaults.
+    "_aux_loss": Spec("bool", True),
+    "_aux_weight": Spec("float", 0.5, low=0),
+    "_workers": Spec("int", 16, low=0),
+    "_logging_frequency": Spec("int", 20, low=1),
+    "_hybrid": Spec("bool", False),
+    "_kvstore": Spec("str", "device"),
+    "_num_kv_servers": Spec("str", "auto"),
+    "_augmentation_type": Spec("str", "default", choices=("default",)),
+    "precision_dtype": Spec("str", "float32", choices=("float32",)),
+    # Ours: the seed of every random choice in training, for reproducible runs.
+    "_seed": Spec("int", 0, low=0),
+}
+
+
+def _label(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _invalid(name: str, raw: Any, accepts: str) -> UserError:
+    return UserError(
+        f"The value '{_label(raw)}' is not valid for the '{name}' hyperparameter which accepts {accepts}"
+    )
+
+
+def _range_text(spec: Spec, noun: str) -> str:
+    parts = []
+    if spec.low is not None:
+        parts.append(f"{'greater than' if spec.low_open else 'at least'} {spec.low:g}")
+    if spec.high is not None:
+        parts.append(f"{'less than' if spec.high_open else 'at most'} {spec.high:g}")
+    return f"{noun} " + " and ".join(parts) if parts else noun
+
+
+def _check_range(name: str, raw: Any, value: float, spec: Spec, noun: str) -> None:
+    too_low = spec.low is not None and (value <= spec.low if spec.low_open else value < spec.low)
+    too_high = spec.high is not None and (value >= spec.high if spec.high_open else value > spec.high)
+    if too_low or too_high or (isinstance(value, float) and math.isnan(value)):
+        raise _invalid(name, raw, _range_text(spec, noun))
+
+
+def _unwrap(raw: Any) -> Any:
+    """Undo the JSON encoding that SageMaker framework estimators apply to every value."""
+    if isinstance(raw, str):
+        try:
+            decoded = json.loads(raw)
+        except ValueError:
+            return raw.strip()
+        if isinstance(decoded, (str, int, float, bool)):
+            return decoded.strip() if isinstance(decoded, str) else decoded
+    return raw
+
+
+def _parse_bool(name: str, raw: Any, spec: Spec) -> bool:
+    value = _unwrap(raw)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    raise _invalid(name, raw, "one of the following: 'True', 'False'")
+
+
+def _parse_int(name: str, raw: Any, spec: Spec) -> int:
+    value = _unwrap(raw)
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if math.isnan(number) or math.isinf(number) or number != int(number):
+        raise _invalid(name, raw, _range_text(spec, "an integer"))
+    _check_range(name, raw, int(number), spec, "an integer")
+    return int(number)
+
+
+def _parse_float(name: str, raw: Any, spec: Spec) -> float:
+    value = _unwrap(raw)
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if math.isnan(number) or math.isinf(number):
+        raise _invalid(name, raw, _range_text(spec, "a number"))
+    _check_range(name, raw, number, spec, "a number")
+    return number
+
+
+def _parse_str(name: str, raw: Any, spec: Spec) -> str:
+    value = str(_unwrap(raw)).strip()
+    if name == "backbone":
+        value = BACKBONE_ALIASES.get(value.lower(), value.lower())
+    elif spec.choices:
+        value = value.lower()
+    if spec.choices and value not in spec.choices:
+        accepted = ", ".join(f"'{c}'" for c in spec.choices)
+        raise _invalid(name, raw, f"one of the following: {accepted}")
+    return value
+
+
+def _parse_epochs(name: str, raw: Any, spec: Spec) -> tuple[int, ...]:
+    value = _unwrap(raw)
+    items = value if isinstance(value, list) else str(value).split(",")
+    try:
+        epochs = tuple(int(str(item).strip()) for item in items if str(item).strip())
+    except ValueError:
+        epochs = ()
+    if not epochs or any(e < 1 for e in epochs):
+        raise _invalid(name, raw, "a comma-separated list of positive epoch numbers, for example '10, 20'")
+    return tuple(sorted(epochs))
+
+
+PARSERS: dict[str, Callable[[str, Any, Spec], Any]] = {
+    "bool": _parse_bool,
+    "int": _parse_int,
+    "float": _parse_float,
+    "str": _parse_str,
+    "epochs": _parse_epochs,
+}
+
+
+def defaults_as_strings() -> dict[str, str]:
+    """The default configuration as the built-in logs it: every value a string."""
+    return {name: to_string(spec.default) for name, spec in TABLE.items() if spec.default is not None}
+
+
+def to_string(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def round_up_to_multiple_of_8(value: int) -> int:
+    return -(-value // 8) * 8
+
+
+def parse(provided: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``provided`` (raw hyperparameters.json) against the table; return typed values.
+
+    Raises ``UserError`` with the built-in's wording for the first invalid value found.
+    """
+    unknown = sorted(k for k in provided if k not in TABLE)
+    if unknown:
+        log.info("Ignoring hyperparameters this algorithm does not use: %s", ", ".join(unknown))
+    final: dict[str, Any] = {}
+    for name, spec in TABLE.items():
+        if name in provided and provided[name] is not None and str(provided[name]).strip() != "":
+            final[name] = PARSERS[spec.kind](name, provided[name], spec)
+        elif spec.required:
+            raise UserError(f"The '{name}' hyperparameter is required and was not provided")
+        else:
+            final[name] = spec.default
+    final["crop_size"] = round_up_to_multiple_of_8(final["crop_size"])
+    if final["lr_scheduler"] == "step" and not final["lr_scheduler_step"]:
+        raise UserError(
+            "The 'lr_scheduler_step' hyperparameter is required when 'lr_scheduler' is 'step', "
+            "for example '10, 20'"
+        )
+    return final

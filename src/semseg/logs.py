@@ -1,0 +1,84 @@
+"""The built-in algorithm's log line formats, the one place they are written.
+
+Users point SageMaker ``MetricDefinitions`` and tuning jobs at these lines, so each must match
+the built-in's text to the letter (see the README for the regexes). ``METRIC_REGEXES`` is
+what the README documents and the tests apply to a real run's log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+LOG_FORMAT = "[%(asctime)s %(levelname)s %(thread)d] %(message)s"
+DATE_FORMAT = "%m/%d/%Y %H:%M:%S"
+
+_NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+METRIC_REGEXES = {
+    "validation:mIOU": r"#quality_metric\. host: \S+, epoch: \d+, validation mIOU: " + _NUMBER,
+    "validation:pixel_accuracy": r"#quality_metric\. host: \S+, epoch: \d+, validation pixel_accuracy: " + _NUMBER,
+    "train:loss": r"#quality_metric\. host: \S+, epoch: \d+, train loss: " + _NUMBER,
+}
+
+log = logging.getLogger("semseg")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stdout in the built-in's format (CloudWatch shows stdout and stderr alike)."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def train_progress(epoch: int, iterations: int, speed: float, learning_rate: float) -> None:
+    log.info(
+        "#progress_notice. epoch: %d, iterations: %d speed: %s samples/sec learning_rate: %.6f",
+        epoch, iterations, speed, learning_rate,
+    )
+
+
+def validation_progress(epoch: int, iterations: int, speed: float) -> None:
+    log.info("#progress_notice. epoch: %d, iterations: %d speed: %s samples/sec", epoch, iterations, speed)
+
+
+def train_epoch_end(host: str, epoch: int, loss: float, throughput: float) -> None:
+    log.info("#quality_metric. host: %s, epoch: %d, train loss: %s .", host, epoch, loss)
+    log.info("#throughput_metric. host: %s, epoch: %d, train throughput: %s samples/sec.", host, epoch, throughput)
+
+
+def validation_end(host: str, epoch: int, pixel_accuracy: float, miou: float, throughput: float) -> None:
+    log.info("#quality_metric. host: %s, epoch: %d, validation pixel_accuracy: %s .", host, epoch, pixel_accuracy)
+    log.info("#quality_metric. host: %s, epoch: %d, validation mIOU: %s .", host, epoch, miou)
+    log.info(
+        "#throughput_metric. host: %s, epoch: %d, validation throughput: %s samples/sec.", host, epoch, throughput
+    )
+
+
+def epochs_progress(host: str, done: int, total: int) -> None:
+    log.info("#progress_metric: host=%s, completed %d %% of epochs", host, int(100 * done / total))
+
+
+def serializing(path: object) -> None:
+    log.info("Serializing model to %s", path)
+
+
+def end_of_training_metrics(host: str, epochs: int, start: float, setup_seconds: float) -> None:
+    """The closing ``#metrics`` line: epochs run, total and setup time in milliseconds."""
+    now = time.time()
+    total_ms = (now - start) * 1000.0
+    setup_ms = setup_seconds * 1000.0
+
+    def stat(value: float) -> dict:
+        return {"count": 1, "max": value, "sum": float(value), "min": value}
+
+    record = {
+        "Metrics": {"epochs": stat(epochs), "totaltime": stat(total_ms), "setuptime": stat(setup_ms)},
+        "EndTime": now,
+        "Dimensions": {"Host": host, "Operation": "training", "Algorithm": "AWS/Semantic Segmentation"},
+        "StartTime": start,
+    }
+    print("#metrics " + json.dumps(record), flush=True)

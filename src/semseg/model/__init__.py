@@ -1,0 +1,1 @@
+"""Networks (a factory over GluonCV), pretrained-weight staging, and model artifacts."""

@@ -1,0 +1,114 @@
+"""The model artifacts, written as the built-in writes them and read back for serving or more training.
+
+``model/`` holds ``hyperparams.json`` (the final configuration, string values), ``model_best.params``
+(weights of the best validation mIoU) and ``model_<host>`` (final weights). Every file is written to
+a temporary name and renamed, so a crash or a kill never leaves a half-written file behind.
+Archives from users (a ``model.tar.gz`` in the ``model`` channel or the serving model directory)
+are extracted refusing absolute paths, ``..`` and links.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tarfile
+from pathlib import Path
+from typing import Callable
+
+from .. import paths
+from ..errors import UserError
+from ..hyperparameters import ARCHITECTURE_KEYS, parse, to_string
+
+log = logging.getLogger(__name__)
+
+
+def write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``; the old file stays until the new one is whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(str(tmp))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_parameters(net, path: Path) -> None:
+    write_atomically(path, net.save_parameters)
+
+
+def save_hyperparameters(hp: dict, model_dir: Path) -> None:
+    text = json.dumps({k: to_string(v) for k, v in hp.items() if v is not None}, indent=2, sort_keys=True)
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text + "\n")
+
+    write_atomically(model_dir / paths.HYPERPARAMS_FILE, write)
+
+
+def _safe_members(archive: tarfile.TarFile, source: Path):
+    for member in archive.getmembers():
+        name = member.name
+        if name.startswith("/") or ".." in Path(name).parts:
+            raise UserError(f"The archive {source} holds the unsafe path '{name}'; refusing to extract it")
+        if member.issym() or member.islnk() or member.isdev():
+            raise UserError(f"The archive {source} holds the link or device '{name}'; refusing to extract it")
+        if member.isfile() or member.isdir():
+            yield member
+
+
+def extract_archive(archive_path: Path, destination: Path) -> None:
+    try:
+        with tarfile.open(archive_path) as archive:
+            members = list(_safe_members(archive, archive_path))
+            archive.extractall(destination, members=members, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise UserError(f"The model archive {archive_path} could not be read ({exc})") from None
+
+
+def unpack_model_dir(directory: Path, scratch: Path) -> Path:
+    """The directory holding the model files: ``directory`` itself, or where its tar.gz unpacks."""
+    if (directory / paths.HYPERPARAMS_FILE).exists():
+        return directory
+    archives = sorted(directory.glob("*.tar.gz")) + sorted(directory.glob("*.tgz"))
+    if not archives:
+        return directory
+    extract_archive(archives[0], scratch)
+    return scratch
+
+
+def read_hyperparameters(model_dir: Path) -> dict:
+    path = model_dir / paths.HYPERPARAMS_FILE
+    if not path.exists():
+        raise UserError(f"The model directory {model_dir} has no {paths.HYPERPARAMS_FILE}")
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"The model file {path} is not valid JSON ({exc})") from None
+    return parse(raw)
+
+
+def weights_file(model_dir: Path) -> Path:
+    """``model_best.params``, else the final weights ``model_<host>`` (the first one found)."""
+    best = model_dir / paths.BEST_PARAMS
+    if best.is_file():
+        return best
+    finals = sorted(model_dir.glob(paths.HOST_MODEL_PREFIX + "*"))
+    finals = [p for p in finals if p.is_file() and not p.name.endswith((".json", ".onnx"))]
+    if not finals:
+        raise UserError(f"The model directory {model_dir} has neither {paths.BEST_PARAMS} nor model_algo-1")
+    return finals[0]
+
+
+def check_same_architecture(new: dict, previous: dict) -> None:
+    mismatched = [k for k in ARCHITECTURE_KEYS if new[k] != previous[k]]
+    if mismatched:
+        details = ", ".join(f"{k} is {new[k]!r} here but {previous[k]!r} in the model" for k in mismatched)
+        raise UserError(
+            f"The model channel holds a model of a different architecture: {details}; "
+            "backbone, algorithm, crop_size and num_classes must match for incremental training"
+        )

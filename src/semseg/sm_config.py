@@ -1,0 +1,103 @@
+"""Reading the three SageMaker configuration files and writing the failure file.
+
+``hyperparameters.json``, ``inputdataconfig.json`` and ``resourceconfig.json`` are parsed
+leniently: a missing file means "nothing configured" (a plain ``docker run`` has no
+inputdataconfig), unknown keys are ignored. A file that exists but is not JSON is a user error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .errors import UserError
+
+FAILURE_LIMIT = 1024  # SageMaker shows the first 1024 characters as FailureReason
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"The configuration file {path} is not valid JSON ({exc})") from None
+
+
+def read_hyperparameters() -> dict[str, Any]:
+    data = _read_json(paths.hyperparameters_file(), {})
+    if not isinstance(data, dict):
+        raise UserError(f"The configuration file {paths.hyperparameters_file()} must hold a JSON object")
+    return data
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    name: str
+    input_mode: str = "File"
+    content_type: str | None = None
+    record_wrapper: str = "None"
+    distribution: str = "FullyReplicated"
+
+    @property
+    def is_pipe(self) -> bool:
+        return self.input_mode == "Pipe"
+
+
+def read_input_data_config() -> dict[str, ChannelConfig]:
+    """Channel settings by name. Without the file, every directory under input/data is File mode."""
+    data = _read_json(paths.input_data_config_file(), None)
+    if data is None:
+        root = paths.data_dir()
+        names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        return {name: ChannelConfig(name) for name in names}
+    if not isinstance(data, dict):
+        raise UserError(f"The configuration file {paths.input_data_config_file()} must hold a JSON object")
+    channels = {}
+    for name, cfg in data.items():
+        cfg = cfg if isinstance(cfg, dict) else {}
+        channels[name] = ChannelConfig(
+            name=name,
+            input_mode=cfg.get("TrainingInputMode", "File"),
+            content_type=cfg.get("ContentType"),
+            record_wrapper=cfg.get("RecordWrapperType", "None"),
+            distribution=cfg.get("S3DistributionType", "FullyReplicated"),
+        )
+    return channels
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    current_host: str = "algo-1"
+    hosts: list[str] = field(default_factory=lambda: ["algo-1"])
+    network_interface_name: str = "eth0"
+
+    @property
+    def is_master(self) -> bool:
+        return self.current_host == sorted(self.hosts)[0]
+
+
+def read_resource_config() -> ResourceConfig:
+    data = _read_json(paths.resource_config_file(), {})
+    if not isinstance(data, dict):
+        data = {}
+    host = data.get("current_host") or "algo-1"
+    hosts = data.get("hosts") or [host]
+    return ResourceConfig(
+        current_host=str(host),
+        hosts=sorted(str(h) for h in hosts),
+        network_interface_name=str(data.get("network_interface_name") or "eth0"),
+    )
+
+
+def write_failure(message: str) -> None:
+    """Write ``message`` where SageMaker reads FailureReason; the most useful text goes first."""
+    path = paths.failure_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".failure.{os.getpid()}")
+    tmp.write_text(message[:FAILURE_LIMIT] + ("\n" if not message.endswith("\n") else ""))
+    os.replace(tmp, path)
