@@ -1,0 +1,1 @@
+"""Inference: decode a request, run the network at any image size, encode the answer."""
