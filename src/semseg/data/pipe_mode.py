@@ -130,21 +130,20 @@ def pair_records(records: Iterator[Record], where: str) -> Iterator[tuple[Record
             yield image, record
             image = None
     if image is not None:
-        raise UserError(f"The stream of {where} holds an odd number of records: its last, {_at(image)}, is an image "
-                        f"without a mask; every manifest line must give two attributes, {SETTINGS}")
+        raise UserError(f"In {where}, the stream holds an odd number of records: the last, {_at(image)}, is an "
+                        f"image without its mask; every manifest line must give two attributes, {SETTINGS}")
 
 
 def _describe(image) -> str:
-    kind = {"P": "palette", "L": "grayscale"}.get(image.mode, image.mode)
-    return f"a {kind} {image.format or 'image'}"
+    return f"a {image.format or 'image'} of mode {image.mode}"
 
 
 def _open(payload: bytes, key: PairKey, at: str, role: str):
     try:
         return open_image(payload)
     except Exception:
-        raise UserError(f"The {role} at {at} of {key.where} is not an image (it starts with {payload[:24]!r}); "
-                        f"the attributes must be -ref attributes pointing at image files, {SETTINGS}") from None
+        raise UserError(f"In {key.where}, the {role} {at} is not an image (it starts with {payload[:24]!r}); "
+                        f"the attributes must be -ref attributes naming image files, so {SETTINGS}") from None
 
 
 def check_pair(key: PairKey) -> None:
@@ -154,15 +153,15 @@ def check_pair(key: PairKey) -> None:
     with image, mask:
         if mask.mode not in MASK_MODES:
             if image.mode in MASK_MODES and image.format == "PNG":
-                raise UserError(f"The mask seems to come before its image in {key.where}: {key.image_at} is "
+                raise UserError(f"In {key.where}, the mask seems to come before its image: {key.image_at} is "
                                 f"{_describe(image)} and {key.mask_at} is {_describe(mask)}; AttributeNames must "
                                 "list the image first, as [\"source-ref\", \"<label>-ref\"]")
-            raise UserError(f"The mask at {key.mask_at} of {key.where} is {_describe(mask)}; masks must be "
+            raise UserError(f"In {key.where}, the mask {key.mask_at} is {_describe(mask)}; masks must be "
                             "single-channel 8-bit PNGs (palette 'P' or grayscale 'L') whose pixel values are class ids")
         width, height = upright_size(image)
         if mask.size != (width, height):
-            raise UserError(f"The mask at {key.mask_at} of {key.where} is {mask.size[0]}x{mask.size[1]} but its "
-                            f"image at {key.image_at} is {width}x{height}; a mask must have the size of its image")
+            raise UserError(f"In {key.where}, the mask {key.mask_at} is {mask.size[0]}x{mask.size[1]} but its image "
+                            f"{key.image_at} is {width}x{height}; a mask must have the size of its image")
 
 
 class StreamedPairs:
@@ -178,7 +177,7 @@ class StreamedPairs:
         except UserError:
             raise
         except Exception as exc:
-            raise UserError(f"The pair at {key.image_at} and {key.mask_at} of {key.where} could not be decoded "
+            raise UserError(f"In {key.where}, the pair {key.image_at} and {key.mask_at} could not be decoded "
                             f"({type(exc).__name__}: {exc})") from None
 
 
@@ -331,8 +330,8 @@ class PipeBatchSampler:
                         "(num_training_samples // mini_batch_size): the epoch ran %d iterations", source,
                         stream.pairs_read, wanted, self.iterations, self.batch_size, batches)
         elif not stream.exhausted or stream.pairs_read > used:
-            log.info("%s holds more than the %d image/mask pairs that %d iterations of %d use "
-                     "(num_training_samples // mini_batch_size); the epoch ends there and the rest of the stream is skipped", source,
+            log.info("%s holds more than the %d image/mask pairs that %d iterations of %d use (num_training_samples "
+                     "// mini_batch_size); the epoch ends there and the rest of the stream is skipped", source,
                      used, self.iterations, self.batch_size)
 
 

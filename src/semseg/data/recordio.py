@@ -87,17 +87,17 @@ def read_records(stream: BinaryIO, where: str = "the stream") -> Iterator[Record
     record_offset = 0
 
     def fail(problem: str) -> RecordIOError:
-        return RecordIOError(f"Record {index} at byte offset {record_offset} of {where} {problem}")
+        return RecordIOError(f"In {where}, record {index} at byte offset {record_offset} {problem}")
 
     while True:
         header = read(8)
+        if not parts:
+            record_offset = offset
         if len(header) < 8:
             if not header and not parts:
                 return
             raise fail(f"is truncated: the stream ends {len(header)} bytes into a record header at byte offset "
                        f"{offset}{' before the last part of a multi-part record' if parts else ''}")
-        if not parts:
-            record_offset = offset
         magic, lrec = _HEADER.unpack(header)
         if magic != MAGIC:
             raise fail(f"does not start with the RecordIO magic number 0xCED7230A (found 0x{magic:08X} at byte "
