@@ -367,3 +367,142 @@ def test_peak_memory_does_not_grow_with_the_stream_length(tmp_path):
     # Bounded: the longer stream may not add more than a tenth of its extra bytes to either process.
     assert long["main_peak_mb"] - short["main_peak_mb"] < 0.1 * extra_stream, (short, long)
     assert long["worker_peak_mb"] - short["worker_peak_mb"] < 0.1 * extra_stream, (short, long)
+
+
+# The `train` command in Pipe mode, as SageMaker runs it.
+
+TRAIN = str(Path(sys.executable).parent / "train")
+TINY = {"crop_size": "32", "base_size": "48", "epochs": "2", "mini_batch_size": "4", "num_training_samples": "8",
+        "validation_mini_batch_size": "4", "_workers": "1", "_logging_frequency": "1"}
+METRIC = r"#quality_metric\. host: algo-1, epoch: (\d+), validation {}: ([0-9.e+-]+) \."
+
+
+def run_train(root: Path) -> tuple[int, str]:
+    result = subprocess.run([TRAIN], env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, timeout=300)
+    return result.returncode, result.stdout
+
+
+def to_pipe_mode(root: Path, channels: dict[str, str]) -> dict[str, list[tuple[bytes, bytes]]]:
+    """Turn the File-mode ``channels`` (split -> ContentType) of ``root`` into Pipe mode; return their pairs."""
+    data, config = root / "input" / "data", root / "input" / "config" / "inputdataconfig.json"
+    settings = json.loads(config.read_text())
+    streams = {}
+    for split, content_type in channels.items():
+        pairs = find_pairs(data / split, data / f"{split}_annotation")
+        streams[split] = [(p.image.read_bytes(), p.mask.read_bytes()) for p in pairs]
+        for name in (split, f"{split}_annotation"):
+            settings.pop(name)
+            for path in (data / name).iterdir():
+                path.unlink()
+            (data / name).rmdir()
+        settings[split] = {"TrainingInputMode": "Pipe", "S3DistributionType": "FullyReplicated",
+                           "RecordWrapperType": "RecordIO", "ContentType": content_type}
+    config.write_text(json.dumps(settings))
+    return streams
+
+
+def per_epoch(log: str, pattern: str) -> dict[int, float]:
+    return {int(epoch): float(value) for epoch, value in re.findall(pattern, log)}
+
+
+def iterations_per_epoch(log: str) -> dict[int, int]:
+    found = re.findall(r"#progress_notice\. epoch: (\d+), iterations: (\d+) speed: \S+ samples/sec learning_rate", log)
+    result: dict[int, int] = {}
+    for epoch, iterations in found:
+        result[int(epoch)] = max(result.get(int(epoch), 0), int(iterations))
+    return result
+
+
+def start_feeders(root: Path, streams: dict, epochs: int) -> list:
+    writers = []
+    for split, pairs in streams.items():
+        writer = FORK.Process(target=feed_channel, args=(root / "input" / "data", split, epochs,
+                                                          functools.partial(_epoch_pairs, pairs)))
+        writer.start()
+        writers.append(writer)
+    return writers
+
+
+def stop_feeders(writers: list) -> list[int | None]:
+    """Exit codes of writers that finished; a writer still waiting for an epoch nobody read is stopped (None)."""
+    codes = []
+    for writer in writers:
+        writer.join(timeout=2)
+        if writer.is_alive():
+            writer.terminate()
+            writer.join()
+            codes.append(None)
+        else:
+            codes.append(writer.exitcode)
+    return codes
+
+
+@pytest.fixture(scope="module")
+def file_and_pipe_runs(tmp_path_factory):
+    """The same synthetic dataset and hyperparameters, trained through File mode and through Pipe mode."""
+    file_root = write_opt_ml_tree(tmp_path_factory.mktemp("file"), train=8, validation=4, hyperparameters=TINY)
+    pipe_root = write_opt_ml_tree(tmp_path_factory.mktemp("pipe"), train=8, validation=4, hyperparameters=TINY)
+    streams = to_pipe_mode(pipe_root, {"train": "application/x-recordio", "validation": "application/x-image"})
+    file_run = run_train(file_root)
+    writers = start_feeders(pipe_root, streams, epochs=2)
+    pipe_run = run_train(pipe_root)
+    assert stop_feeders(writers) == [0, 0]
+    return (file_root, *file_run), (pipe_root, *pipe_run)
+
+
+@pytest.mark.slow
+def test_pipe_mode_trains_like_file_mode(file_and_pipe_runs):
+    (file_root, file_code, file_log), (pipe_root, pipe_code, pipe_log) = file_and_pipe_runs
+    assert file_code == 0, file_log[-3000:]
+    assert pipe_code == 0, pipe_log[-3000:]
+    for root in (file_root, pipe_root):
+        assert sorted(p.name for p in (root / "model").iterdir()) == ["hyperparams.json", "model_algo-1",
+                                                                      "model_best.params"]
+    # The same number of samples per epoch: 2 iterations of 4 in both modes, every validation pair once.
+    assert iterations_per_epoch(file_log) == iterations_per_epoch(pipe_log) == {0: 2, 1: 2}
+    assert "LRScheduler setup: iters per epoch: 2, num_epochs 2" in pipe_log
+    assert len(re.findall(r"The train stream of epoch \d .*: 8 image/mask pairs used in 2 batches", pipe_log)) == 2
+    assert len(re.findall(r"The validation stream of epoch \d .*: 4 image/mask pairs used in 1 batches",
+                          pipe_log)) == 2
+    # The same metrics within 0.05: same initial weights (same seed), same validation samples and
+    # preprocessing (bit-identical, see the validation test); only the train draws' order and
+    # augmentation seeds differ, through the shuffle buffer.
+    for name in ("mIOU", "pixel_accuracy"):
+        file_values, pipe_values = per_epoch(file_log, METRIC.format(name)), per_epoch(pipe_log, METRIC.format(name))
+        assert file_values.keys() == pipe_values.keys() == {0, 1}
+        for epoch in file_values:
+            assert abs(file_values[epoch] - pipe_values[epoch]) <= 0.05, (name, file_values, pipe_values)
+    report = json.loads((pipe_root / "output" / "data" / "metrics.json").read_text())
+    assert [entry["epoch"] for entry in report["history"]] == [0, 1]
+
+
+@pytest.mark.slow
+def test_pipe_train_with_file_validation_label_map_incremental_training_and_early_stopping(
+        file_and_pipe_runs, tmp_path):
+    """Every File-mode feature around a Pipe-mode train channel: the features are the loop's, not the mode's."""
+    _, (pipe_root, _, _) = file_and_pipe_runs
+    root = write_opt_ml_tree(tmp_path, train=8, validation=4, hyperparameters={
+        **TINY, "epochs": "4", "learning_rate": "0.000001", "early_stopping": "True",
+        "early_stopping_min_epochs": "1", "early_stopping_patience": "1", "early_stopping_tolerance": "1"})
+    streams = to_pipe_mode(root, {"train": "application/x-recordio"})
+    # Masks encoded as class x 10, decoded by the label map channel's train_label_map.json.
+    streams["train"] = [(image, encode(Image.fromarray(np.asarray(Image.open(io.BytesIO(mask))) * 10, "L"), "PNG"))
+                        for image, mask in streams["train"]]
+    (root / "input" / "data" / "label_map").mkdir()
+    (root / "input" / "data" / "label_map" / "train_label_map.json").write_text('{"scale": 10}')
+    (root / "input" / "data" / "model").mkdir()
+    subprocess.run(["tar", "-czf", str(root / "input" / "data" / "model" / "model.tar.gz"), "-C",
+                    str(pipe_root / "model"), "."], check=True)
+    writers = start_feeders(root, streams, epochs=4)
+    code, log = run_train(root)
+    stop_feeders(writers)
+    assert code == 0, log[-3000:]
+    assert "#label_map train :{'scale': 10}" in log, log[-3000:]
+    assert "Incremental training: initializing all weights from model_best.params" in log
+    assert "Early stopping: validation mIOU has not improved for 1 epochs" in log
+    assert iterations_per_epoch(log) == {0: 2, 1: 2}  # two epochs read from train_0 and train_1, then stopped
+    assert re.findall(r"The train stream of epoch (\d)", log) == ["0", "1"]
+    losses = [float(v) for v in re.findall(r"epoch: \d+, train loss: ([0-9.e+-]+) \.", log)]
+    assert len(losses) == 2 and all(0 < loss < 3 for loss in losses)
+    assert (root / "model" / "model_best.params").exists() and (root / "model" / "model_algo-1").exists()
