@@ -33,7 +33,7 @@ def test_no_pairs_is_a_clear_error(split_dirs):
 
 
 def test_missing_channel_directory(tmp_path):
-    with pytest.raises(UserError, match="The channel 'train_annotation' is missing"):
+    with pytest.raises(UserError, match="The 'train_annotation' channel is missing"):
         file_mode.find_pairs(tmp_path, tmp_path / "train_annotation")
 
 

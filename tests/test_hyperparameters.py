@@ -101,3 +101,13 @@ def test_unknown_and_service_keys_are_tolerated_and_logged(caplog):
     hp = parse(_tuning_objective_metric="validation:mIOU", sagemaker_region='"us-east-1"', _workers="4", colour="blue")
     assert hp["_workers"] == 4 and "colour" not in hp
     assert "_tuning_objective_metric" in caplog.text and "sagemaker_region" in caplog.text
+
+
+def test_readme_metric_definitions_are_the_ones_the_code_matches():
+    from pathlib import Path
+
+    from semseg.logs import METRIC_REGEXES
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name, regex in METRIC_REGEXES.items():
+        assert f"| `{name}` | `{regex}` |" in readme
