@@ -20,6 +20,7 @@ Every error names the channel, the epoch, and the record's index and byte offset
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import queue
@@ -27,9 +28,8 @@ import random
 import stat
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 from mxnet import gluon
@@ -50,6 +50,7 @@ SETTINGS = ('use TrainingInputMode "Pipe", RecordWrapperType "RecordIO", Attribu
             '["source-ref", "<label>-ref"] (image first, then mask) and ContentType "application/x-recordio"')
 POLL_SECONDS = 0.1
 READ_BUFFER = 1 << 20
+HANDOFF = 16  # pairs per queue item: one lock round-trip per 16 pairs keeps the thread handoff cheap
 
 
 def _content_type(config: ChannelConfig) -> str | None:
@@ -85,6 +86,21 @@ def check_channels(channels: dict[str, ChannelConfig]) -> set[str]:
     return streamed
 
 
+def open_fifo(path: Path):
+    """Open for buffered reading, with the pipe's kernel buffer enlarged to 1 MiB where allowed.
+
+    A bigger pipe buffer lets the writer run ahead of the reader, so the two processes switch
+    less often: that is most of the cost of moving data through a FIFO on a busy machine.
+    """
+    stream = open(path, "rb", buffering=READ_BUFFER)
+    if stat.S_ISFIFO(os.fstat(stream.fileno()).st_mode):
+        try:
+            fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, READ_BUFFER)
+        except OSError:  # above /proc/sys/fs/pipe-max-size for this user: the default size works
+            pass
+    return stream
+
+
 def wait_for_fifo(path: Path, timeout: float, stopping: Callable[[], bool] = lambda: False) -> bool:
     """Wait until ``path`` exists; False if ``stopping()`` became true first.
 
@@ -104,8 +120,7 @@ def wait_for_fifo(path: Path, timeout: float, stopping: Callable[[], bool] = lam
     return True
 
 
-@dataclass(frozen=True)
-class PairKey:
+class PairKey(NamedTuple):
     """One streamed pair as a DataLoader key: the encoded bytes and where they came from."""
 
     image: bytes
@@ -196,7 +211,7 @@ class EpochStream:
         self.pairs_read = 0
         self.bytes_read = 0
         self.exhausted = False
-        self._queue: queue.Queue = queue.Queue(maxsize=64)
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"pipe-{channel}-{epoch}", daemon=True)
         self._thread.start()
@@ -233,13 +248,18 @@ class EpochStream:
         try:
             if not wait_for_fifo(self.path, self.wait_seconds, self._cancel.is_set):
                 return
-            with open(self.path, "rb", buffering=READ_BUFFER) as stream:
+            chunk: list[PairKey] = []
+            with open_fifo(self.path) as stream:
                 for image, mask in self._shuffled(self._pairs(stream)):
-                    key = PairKey(image.payload, mask.payload, self.rng.getrandbits(31), self.where,
-                                  _at(image), _at(mask))
-                    if not self._put(key):
-                        return
+                    chunk.append(PairKey(image.payload, mask.payload, self.rng.getrandbits(31), self.where,
+                                         _at(image), _at(mask)))
+                    if len(chunk) == HANDOFF:
+                        if not self._put(chunk):
+                            return
+                        chunk = []
                 self.exhausted = True
+            if chunk and not self._put(chunk):
+                return
             self._put(_END)
         except BaseException as exc:  # handed to the consumer, which raises it in the main thread
             self._put(exc)
@@ -256,7 +276,7 @@ class EpochStream:
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            yield from item
 
     def close(self, stop_check: Callable[[], None]) -> None:
         """Stop reading and close the FIFO, so that SageMaker can open the next epoch's."""
