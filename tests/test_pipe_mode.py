@@ -9,9 +9,11 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -506,3 +508,33 @@ def test_pipe_train_with_file_validation_label_map_incremental_training_and_earl
     losses = [float(v) for v in re.findall(r"epoch: \d+, train loss: ([0-9.e+-]+) \.", log)]
     assert len(losses) == 2 and all(0 < loss < 3 for loss in losses)
     assert (root / "model" / "model_best.params").exists() and (root / "model" / "model_algo-1").exists()
+
+
+def pipe_tree(root: Path, **hyperparameters) -> Path:
+    """A tree whose train and validation channels are in Pipe mode, with no writer: the FIFOs never come."""
+    write_opt_ml_tree(root, train=2, validation=2, hyperparameters={**TINY, **hyperparameters})
+    to_pipe_mode(root, {"train": "application/x-recordio", "validation": "application/x-recordio"})
+    return root
+
+
+def test_the_train_command_fails_with_a_sentence_when_the_fifo_never_appears(tmp_path):
+    root = pipe_tree(tmp_path, _pipe_wait_seconds="1")
+    code, log = run_train(root)
+    failure = (root / "output" / "failure").read_text().strip()
+    assert code == 1, log[-2000:]
+    assert failure == (f"The Pipe-mode input {root}/input/data/train_0 did not appear within 1 seconds (the "
+                       "_pipe_wait_seconds hyperparameter); SageMaker creates it when the channel is in Pipe mode")
+
+
+def test_sigterm_while_waiting_for_a_fifo_stops_the_job_promptly(tmp_path):
+    root = pipe_tree(tmp_path)  # waits up to 600 s for train_0
+    process = subprocess.Popen([TRAIN], env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if "LRScheduler setup" in line:  # the next step opens train_0
+            break
+    sent = time.time()
+    process.send_signal(signal.SIGTERM)
+    rest = process.stdout.read()
+    assert process.wait(timeout=60) == 143 and time.time() - sent < 10, rest
+    assert "Received SIGTERM: training stopped before completion" in rest
