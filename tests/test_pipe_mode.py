@@ -157,6 +157,21 @@ def test_validation_streams_the_whole_channel_in_order_identical_to_file_mode(ba
             np.testing.assert_array_equal(labels.asnumpy(), np.stack([s[1] for s in samples]))
 
 
+def test_the_fifo_is_closed_before_the_last_batch_is_handed_out(base_dir, feed):
+    """A loop that takes exactly len(loader) batches never asks for more: the FIFO must be closed by
+    then, or SageMaker (here the writer) would never start the next epoch's."""
+    (image, mask), = sample_pairs(1, size=(320, 240))
+    assert len(image) > 15_000  # 200 pairs: more than the FIFO, the queue and the shuffle buffer hold
+    writer = feed("train", 2, functools.partial(_epoch_pairs, [(image, mask)] * 200))
+    train = loader("train", parse_hp(num_training_samples=8, mini_batch_size=4, _pipe_wait_seconds=10,
+                                     _pipe_shuffle_buffer=1))
+    unfinished = [iter(train), iter(train)]  # kept alive: closing must not wait for garbage collection
+    for batches in unfinished:
+        assert [next(batches)[0].shape[0] for _ in range(len(train))] == [4, 4]
+    writer.join(timeout=10)
+    assert writer.exitcode == 0
+
+
 def test_a_shorter_stream_gives_a_shorter_epoch_and_a_warning(base_dir, feed, caplog):
     feed("train", 1, functools.partial(_epoch_pairs, sample_pairs(5)))
     hp = parse_hp(num_training_samples=12, mini_batch_size=2)

@@ -310,27 +310,38 @@ class PipeBatchSampler:
         return self.iterations if self.iterations is not None else self.last_batches
 
     def __iter__(self) -> Iterator[list[PairKey]]:
+        """One epoch. Each batch is held back until the next one is complete, so the last is handed
+        out only after the FIFO is closed and the epoch reported: a consumer that stops after
+        ``len()`` batches never leaves the FIFO open (SageMaker opens the next epoch's after it)."""
         epoch, self.epoch = self.epoch, self.epoch + 1
         stream = EpochStream(self.channel, epoch, self.wait_seconds, self.shuffle_buffer, self.seed)
         wanted = None if self.iterations is None else self.iterations * self.batch_size
         batch: list[PairKey] = []
+        pending: list[PairKey] | None = None
         batches = used = 0
         start = time.monotonic()
         try:
             for key in stream.pairs(self.stop_check):
                 batch.append(key)
-                if len(batch) == self.batch_size:
-                    yield batch
-                    batches, used, batch = batches + 1, used + len(batch), []
-                    if wanted is not None and used >= wanted:
-                        break
+                if len(batch) < self.batch_size:
+                    continue
+                if pending is not None:
+                    yield pending
+                pending, batch = batch, []
+                batches, used = batches + 1, used + len(pending)
+                if wanted is not None and used >= wanted:
+                    break
             if batch and wanted is None:
-                yield batch
+                if pending is not None:
+                    yield pending
+                pending = batch
                 batches, used = batches + 1, used + len(batch)
         finally:
             stream.close(self.stop_check)
         self.last_batches = batches
         self._report(stream, epoch, used, batches, wanted, time.monotonic() - start)
+        if pending is not None:
+            yield pending
 
     def _report(self, stream: EpochStream, epoch: int, used: int, batches: int, wanted: int | None,
                 seconds: float) -> None:

@@ -188,7 +188,10 @@ def train_one_epoch(net, criterion, trainer, loader, ctx, schedule, epoch, first
     batches = iter(loader)
     for i in range(len(loader)):
         fetch_start = time.time()
-        images, labels = next(batches)
+        try:
+            images, labels = next(batches)
+        except StopIteration:  # a Pipe-mode stream shorter than num_training_samples: a shorter epoch
+            break
         waiting += time.time() - fetch_start
         stop.check()
         learning_rate = schedule(first_iteration + i)
