@@ -5,7 +5,8 @@ semseg.sample_data, cycled) is written into a fresh FIFO by a separate writer pr
 in 1 MiB writes, as SageMaker does. Reading: each round times ``cat FIFO > /dev/null``, the bare
 record reader (``read_records``) and the epoch reader thread (records, pairs, shuffle buffer,
 queue), alternating, over ``--megabytes`` of stream; the table gives the median MB/s of
-``--rounds`` rounds and its ratio to cat's (target: at least 0.8). Decoding: the Pipe-mode train
+``--rounds`` rounds and its ratio to cat's (target: at least 0.8), and the reader's own CPU seconds
+per GB, which a busy machine disturbs less than wall time. Decoding: the Pipe-mode train
 loader (decode, augment at crop 240 / base 520, batch) against the File-mode loader over the same
 images on disk, with 0..N loader workers; records/s counts both records of a pair.
 
@@ -20,6 +21,7 @@ import io
 import multiprocessing
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -59,45 +61,50 @@ def start_writer(data_dir: Path, channel: str, data: bytes):
     return writer
 
 
-def time_cat(data_dir: Path, data: bytes) -> float:
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_cat(data_dir: Path, data: bytes) -> tuple[float, float]:
     writer = start_writer(data_dir, "cat", data)
     while not (data_dir / "cat_0").exists():
         time.sleep(0.001)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), children_cpu()
     subprocess.run(["cat", str(data_dir / "cat_0")], stdout=subprocess.DEVNULL, check=True)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, children_cpu() - cpu  # the writer is not reaped yet
     writer.join()
-    return seconds
+    return seconds, cpu
 
 
-def time_reader(data_dir: Path, data: bytes) -> float:
+def time_reader(data_dir: Path, data: bytes) -> tuple[float, float]:
     from semseg.data.pipe_mode import open_fifo
     from semseg.data.recordio import read_records
 
     writer = start_writer(data_dir, "reader", data)
     while not (data_dir / "reader_0").exists():
         time.sleep(0.001)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with open_fifo(data_dir / "reader_0") as stream:
         total = sum(len(record.payload) for record in read_records(stream))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     writer.join()
     assert total > 0
-    return seconds
+    return seconds, cpu
 
 
-def time_epoch_stream(data_dir: Path, data: bytes) -> float:
+def time_epoch_stream(data_dir: Path, data: bytes) -> tuple[float, float]:
     from semseg.data.pipe_mode import EpochStream, no_stop
 
     writer = start_writer(data_dir, "train", data)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     stream = EpochStream("train", 0, wait_seconds=60, shuffle_buffer=256, seed=0)
     pairs = sum(1 for _ in stream.pairs(no_stop))
     stream.close(no_stop)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     writer.join()
     assert pairs == stream.pairs_read > 0
-    return seconds
+    return seconds, cpu
 
 
 def reading_table(pairs: list[tuple[bytes, bytes]], megabytes: int, rounds: int) -> None:
@@ -107,7 +114,7 @@ def reading_table(pairs: list[tuple[bytes, bytes]], megabytes: int, rounds: int)
     data = one_pass * max(1, round(megabytes * 1e6 / len(one_pass)))
     methods = {"cat FIFO > /dev/null": time_cat, "read_records (bare reader)": time_reader,
                "EpochStream (thread, pairs, shuffle)": time_epoch_stream}
-    times: dict[str, list[float]] = {name: [] for name in methods}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
     for _ in range(rounds):
         for name, method in methods.items():
             with tempfile.TemporaryDirectory() as scratch:
@@ -115,14 +122,15 @@ def reading_table(pairs: list[tuple[bytes, bytes]], megabytes: int, rounds: int)
                 data_dir = Path(scratch) / "input" / "data"
                 data_dir.mkdir(parents=True)
                 times[name].append(method(data_dir, data))
-    speeds = {name: len(data) / 1e6 / statistics.median(values) for name, values in times.items()}
+    speeds = {name: len(data) / 1e6 / statistics.median(t for t, _ in values) for name, values in times.items()}
+    cpu = {name: statistics.median(c for _, c in values) / (len(data) / 1e9) for name, values in times.items()}
     cat = speeds["cat FIFO > /dev/null"]
     records = len(data) // len(one_pass) * 2 * len(pairs)
     print(f"\nReading a FIFO: {len(data) / 1e6:.0f} MB, {records} records of {len(one_pass) / 2 / len(pairs) / 1e3:.1f} "
-          f"kB on average, median of {rounds} rounds")
-    print(f"{'method':40s} {'MB/s':>9s} {'records/s':>11s} {'x cat':>7s}")
+          f"kB on average, median of {rounds} rounds; CPU s/GB is the reader's own CPU time (not the writer's)")
+    print(f"{'method':40s} {'MB/s':>9s} {'records/s':>11s} {'x cat':>7s} {'CPU s/GB':>9s}")
     for name, speed in speeds.items():
-        print(f"{name:40s} {speed:9.0f} {speed * 1e6 / len(data) * records:11.0f} {speed / cat:7.2f}")
+        print(f"{name:40s} {speed:9.0f} {speed * 1e6 / len(data) * records:11.0f} {speed / cat:7.2f} {cpu[name]:9.2f}")
 
 
 def decoding_table(pairs: list[tuple[bytes, bytes]], workers_list: list[int]) -> None:

@@ -50,7 +50,7 @@ SETTINGS = ('use TrainingInputMode "Pipe", RecordWrapperType "RecordIO", Attribu
             '["source-ref", "<label>-ref"] (image first, then mask) and ContentType "application/x-recordio"')
 POLL_SECONDS = 0.1
 READ_BUFFER = 1 << 20
-HANDOFF = 16  # pairs per queue item: one lock round-trip per 16 pairs keeps the thread handoff cheap
+HANDOFF = 64  # pairs per queue item: one lock round-trip per 64 pairs keeps the thread handoff cheap
 
 
 def _content_type(config: ChannelConfig) -> str | None:
@@ -211,7 +211,7 @@ class EpochStream:
         self.pairs_read = 0
         self.bytes_read = 0
         self.exhausted = False
-        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"pipe-{channel}-{epoch}", daemon=True)
         self._thread.start()
