@@ -7,7 +7,8 @@ Nothing reaches the disk and the stream's length is unknown up front, so:
 
 - a reader thread waits for the FIFO (``_pipe_wait_seconds``), reads records, pairs them, and for
   the train split shuffles them through a buffer of ``_pipe_shuffle_buffer`` pairs; it hands them
-  over through a bounded queue, so memory depends on those bounds, never on the stream's length;
+  over through a bounded queue (at most 80 pairs), so the encoded pairs held at any time number at
+  most ``_pipe_shuffle_buffer`` + 80 plus the loader's prefetch, whatever the stream's length;
 - the batch sampler turns pairs into batches of keys that carry the encoded bytes, and gluon's
   ``DataLoader`` decodes and augments them in its worker processes while the next records are read,
   exactly as it does for File mode (same ``prepare_pair``, transforms and label maps);
@@ -50,7 +51,7 @@ SETTINGS = ('use TrainingInputMode "Pipe", RecordWrapperType "RecordIO", Attribu
             '["source-ref", "<label>-ref"] (image first, then mask) and ContentType "application/x-recordio"')
 POLL_SECONDS = 0.1
 READ_BUFFER = 1 << 20
-HANDOFF = 64  # pairs per queue item: one lock round-trip per 64 pairs keeps the thread handoff cheap
+HANDOFF = 16  # pairs per queue item: one lock round-trip per 16 pairs keeps the thread handoff cheap
 
 
 def _content_type(config: ChannelConfig) -> str | None:
@@ -211,7 +212,7 @@ class EpochStream:
         self.pairs_read = 0
         self.bytes_read = 0
         self.exhausted = False
-        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"pipe-{channel}-{epoch}", daemon=True)
         self._thread.start()
