@@ -78,14 +78,14 @@ def time_cat(data_dir: Path, data: bytes) -> tuple[float, float]:
 
 
 def time_reader(data_dir: Path, data: bytes) -> tuple[float, float]:
-    from semseg.data.pipe_mode import open_fifo
+    from semseg.data.pipe_mode import READ_BUFFER
     from semseg.data.recordio import read_records
 
     writer = start_writer(data_dir, "reader", data)
     while not (data_dir / "reader_0").exists():
         time.sleep(0.001)
     start, cpu = time.perf_counter(), time.process_time()
-    with open_fifo(data_dir / "reader_0") as stream:
+    with open(data_dir / "reader_0", "rb", buffering=READ_BUFFER) as stream:
         total = sum(len(record.payload) for record in read_records(stream))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     writer.join()

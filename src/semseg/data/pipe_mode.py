@@ -21,7 +21,6 @@ Every error names the channel, the epoch, and the record's index and byte offset
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import queue
@@ -85,21 +84,6 @@ def check_channels(channels: dict[str, ChannelConfig]) -> set[str]:
                             f"this algorithm does not read; {SETTINGS}")
         streamed.add(name)
     return streamed
-
-
-def open_fifo(path: Path):
-    """Open for buffered reading, with the pipe's kernel buffer enlarged to 1 MiB where allowed.
-
-    A bigger pipe buffer lets the writer run ahead of the reader, so the two processes switch
-    less often: that is most of the cost of moving data through a FIFO on a busy machine.
-    """
-    stream = open(path, "rb", buffering=READ_BUFFER)
-    if stat.S_ISFIFO(os.fstat(stream.fileno()).st_mode):
-        try:
-            fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, READ_BUFFER)
-        except OSError:  # above /proc/sys/fs/pipe-max-size for this user: the default size works
-            pass
-    return stream
 
 
 def wait_for_fifo(path: Path, timeout: float, stopping: Callable[[], bool] = lambda: False) -> bool:
@@ -250,7 +234,7 @@ class EpochStream:
             if not wait_for_fifo(self.path, self.wait_seconds, self._cancel.is_set):
                 return
             chunk: list[PairKey] = []
-            with open_fifo(self.path) as stream:
+            with open(self.path, "rb", buffering=READ_BUFFER) as stream:
                 for image, mask in self._shuffled(self._pairs(stream)):
                     chunk.append(PairKey(image.payload, mask.payload, self.rng.getrandbits(31), self.where,
                                          _at(image), _at(mask)))
