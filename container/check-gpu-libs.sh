@@ -15,6 +15,7 @@ ldd "$libmxnet" | grep -E 'lib(cuda|cudart|cublas|cudnn|nccl|cufft|cusolver|cusp
 
 failed=0
 for lib in "$libmxnet" $(find /opt/semseg/cuda -name '*.so*' -type f); do
+    [ "$(head -c 4 "$lib" | tail -c 3)" = ELF ] || continue  # linker scripts and data files
     missing=$(ldd "$lib" | grep 'not found' | grep -v 'libcuda\.so\.1 ' || true)
     if [ -n "$missing" ]; then
         echo "$lib:" >&2
