@@ -21,8 +21,15 @@ def _answers(env: dict) -> bool:
     return result.returncode == 0
 
 
+def _report(config, line: str) -> None:
+    """Show set-up times in the test output, where CI's time budget is read."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter:
+        reporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
-def engine():
+def engine(pytestconfig):
     """A Docker engine that answers; ``DOCKER_HOST`` points at it for the whole session."""
     already = _answers(dict(os.environ)) or _answers({**os.environ, "DOCKER_HOST": ENGINE_SOCKET})
     started = time.monotonic()
@@ -31,14 +38,14 @@ def engine():
     host = result.stdout.strip().rpartition("DOCKER_HOST=")[2]
     if host:
         os.environ["DOCKER_HOST"] = host
-    print(f"\nDocker engine ready in {time.monotonic() - started:.1f} s")
+    _report(pytestconfig, f"\nDocker engine ready in {time.monotonic() - started:.1f} s")
     yield
     if not already:
         subprocess.run([str(ENGINE), "stop"], timeout=60)
 
 
 @pytest.fixture(scope="session")
-def cpu_image(engine) -> str:
+def cpu_image(engine, pytestconfig) -> str:
     """The CPU image, built from this working tree (without weights: the build has no network to them)."""
     started = time.monotonic()
     result = subprocess.run(
@@ -47,7 +54,7 @@ def cpu_image(engine) -> str:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800,
     )
     assert result.returncode == 0, result.stdout[-5000:]
-    print(f"\n{IMAGE} built in {time.monotonic() - started:.1f} s")
+    _report(pytestconfig, f"{IMAGE} built in {time.monotonic() - started:.1f} s")
     return IMAGE
 
 

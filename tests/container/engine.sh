@@ -80,7 +80,14 @@ stop() {
         local pid
         pid=$(cat "$pidfile")
         kill "$pid"
-        for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || return 0; sleep 1; done
+        for _ in $(seq 30); do
+            if ! kill -0 "$pid" 2>/dev/null; then
+                # dockerd leaves its host network namespace mounted; unmount it so $STATE can be deleted
+                umount "$STATE/exec/netns/default" 2>/dev/null || true
+                return 0
+            fi
+            sleep 1
+        done
         echo "dockerd ($pid) still running after 30 s" >&2
         exit 1
     fi
