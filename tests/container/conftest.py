@@ -23,9 +23,8 @@ def _answers(env: dict) -> bool:
 
 def _report(config, line: str) -> None:
     """Show set-up times in the test output, where CI's time budget is read."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter:
-        reporter.write_line(line)
+    with config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print(line, flush=True)
 
 
 @pytest.fixture(scope="session")
