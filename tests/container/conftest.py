@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from docker_harness import ENGINE, ENGINE_SOCKET, IMAGE, ROOT, Containers
+from container.docker_harness import ENGINE, ENGINE_SOCKET, IMAGE, ROOT, Containers
 
 
 def _answers(env: dict) -> bool:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from docker_harness import Containers, docker
+from container.docker_harness import Containers, docker
 from semseg.sample_data import make_pair
 from trainjob import make_tree
 
