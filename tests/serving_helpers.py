@@ -52,8 +52,8 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        environment = dict(os.environ, SAGEMAKER_BASE_DIR=str(base_dir), SAGEMAKER_BIND_TO_PORT=str(self.port),
-                           SAGEMAKER_MODEL_SERVER_WORKERS="1", **env)
+        environment = {**os.environ, "SAGEMAKER_MODEL_SERVER_WORKERS": "1", **env,
+                       "SAGEMAKER_BASE_DIR": str(base_dir), "SAGEMAKER_BIND_TO_PORT": str(self.port)}
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen([str(BIN / "serve")], env=environment, stdout=self._log,
                                         stderr=subprocess.STDOUT)

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from serving_helpers import (Server, decode_probabilities, encoded, mask_of, png_declaring, record_pb2,
@@ -68,15 +69,16 @@ def assert_good_answer(server: Server, width: int = 33, height: int = 21) -> np.
     answer = server.invoke(encoded(sample_image(width, height)))
     assert answer.status_code == 200, answer.text
     assert answer.headers["Content-Type"] == "image/png"
+    assert float(answer.headers["Server-Timing"].split("invoke;dur=")[1]) > 0
     mask = mask_of(answer.content)
     assert mask.shape == (height, width) and mask.dtype == np.uint8
     return mask
 
 
 def test_ping_and_execution_parameters(fcn):
-    ping = __import__("requests").get(fcn.url + "/ping", timeout=2)
+    ping = requests.get(fcn.url + "/ping", timeout=2)
     assert ping.status_code == 200
-    parameters = __import__("requests").get(fcn.url + "/execution-parameters", timeout=2).json()
+    parameters = requests.get(fcn.url + "/execution-parameters", timeout=2).json()
     assert parameters == {"MaxConcurrentTransforms": 1, "BatchStrategy": "MULTI_RECORD", "MaxPayloadInMB": 10}
     assert f"Listening at: http://0.0.0.0:{fcn.port}" in fcn.log()
 
@@ -180,7 +182,7 @@ def test_errors_are_one_sentence_and_the_server_keeps_serving(fcn, name):
 @pytest.mark.parametrize("method, path, status", [("GET", "/invocations", 405), ("GET", "/nothing", 404),
                                                   ("POST", "/ping", 405)])
 def test_wrong_routes_are_json_errors(fcn, method, path, status):
-    answer = __import__("requests").request(method, fcn.url + path, timeout=5)
+    answer = requests.request(method, fcn.url + path, timeout=5)
     assert answer.status_code == status and set(answer.json()) == {"error"}
     assert_good_answer(fcn)
 
@@ -192,15 +194,27 @@ def twenty_four_megapixel_jpeg() -> bytes:
     return encoded(Image.fromarray(image.astype(np.uint8) + noise), "JPEG", quality=93)
 
 
-def test_a_six_megabyte_24_megapixel_jpeg_is_answered_inside_60_seconds(fcn):
-    body = twenty_four_megapixel_jpeg()
+def test_a_six_megabyte_24_megapixel_jpeg_is_answered_inside_60_seconds_while_ping_stays_fast(fcn):
+    body, results = twenty_four_megapixel_jpeg(), {}
     assert 5 * 2**20 < len(body) < 10 * 2**20
-    started_at = time.monotonic()
-    answer = fcn.invoke(body, timeout=60)
-    elapsed = time.monotonic() - started_at
-    assert answer.status_code == 200, answer.text
-    assert mask_of(answer.content).shape == (4000, 6000)
-    assert elapsed < 60
+
+    def big_request():
+        started_at = time.monotonic()
+        results["answer"] = fcn.invoke(body, timeout=60)
+        results["seconds"] = time.monotonic() - started_at
+
+    request = threading.Thread(target=big_request)
+    request.start()
+    pings = []
+    while request.is_alive():
+        ping = requests.get(fcn.url + "/ping", timeout=2)  # SageMaker's health check gives up after 2 s
+        pings.append(ping.status_code)
+        time.sleep(0.2)
+    request.join()
+    assert results["answer"].status_code == 200, results["answer"].text
+    assert mask_of(results["answer"].content).shape == (4000, 6000)
+    assert results["seconds"] < 60
+    assert pings and set(pings) == {200}
     assert_good_answer(fcn)
 
 
