@@ -114,3 +114,18 @@ def test_a_model_tarball_is_extracted_and_missing_files_are_explained(tmp_path, 
         Predictor.from_model_dir(tmp_path, ServingSettings())
     with pytest.raises(UserError, match="does not exist"):
         Predictor.from_model_dir(tmp_path / "nowhere", ServingSettings())
+
+
+def test_unreadable_or_mismatched_weights_are_explained(tmp_path, tmp_path_factory):
+    import json
+
+    root = trained_model(tmp_path_factory.getbasetemp() / "serving-models", "fcn")
+    hyperparameters = json.loads((root / "model" / "hyperparams.json").read_text())
+    (tmp_path / "hyperparams.json").write_text(json.dumps(hyperparameters))
+    (tmp_path / "model_best.params").write_bytes(b"not a parameter file")
+    with pytest.raises(UserError, match="do not fit a fcn/resnet-50 network with 4 classes"):
+        Predictor.from_model_dir(tmp_path, ServingSettings())
+    (tmp_path / "model_best.params").write_bytes((root / "model" / "model_best.params").read_bytes())
+    (tmp_path / "hyperparams.json").write_text(json.dumps(dict(hyperparameters, num_classes="7")))
+    with pytest.raises(UserError, match="with 7 classes"):
+        Predictor.from_model_dir(tmp_path, ServingSettings())
