@@ -46,15 +46,25 @@ class Stopped(Exception):
 
 
 class StopFlag:
-    """Set by SIGTERM; checked by the loop between iterations so it stops within one step."""
+    """Set by SIGTERM; checked by the loop between iterations so it stops within one step.
+
+    Data-loader processes are forked after the handler is installed and inherit it; in them
+    SIGTERM must keep its default meaning, or the pool could never be terminated on the way out.
+    """
 
     def __init__(self):
         self.raised = False
+        self._owner = os.getpid()
 
     def install(self) -> None:
+        self._owner = os.getpid()
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         self.raised = True
 
     def check(self) -> None:
