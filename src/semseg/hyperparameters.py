@@ -80,6 +80,9 @@ TABLE: dict[str, Spec] = {
     "precision_dtype": Spec("str", "float32", choices=("float32",)),
     # Ours: the seed of every random choice in training, for reproducible runs.
     "_seed": Spec("int", 0, low=0),
+    # Ours: multi-host training. The parameter-server scheduler listens on hosts[0]:_ps_port (8000, as
+    # the AWS MXNet containers use) and the hosts' control channel on hosts[0]:_ps_port + 1.
+    "_ps_port": Spec("int", 8000, low=1024, high=65534),
 }
 
 
