@@ -236,8 +236,12 @@ def forward_backward(net, criterion, images, labels, ctx: list, aux: bool) -> li
 
 
 def train_one_epoch(net, criterion, trainer, loader, ctx, schedule, epoch, first_iteration, hp, stop,
-                    progress: EpochProgress | None = None, kvstore=None) -> EpochStats:
-    """One epoch of ``len(loader)`` iterations; a resumed epoch starts after ``progress.done`` of them."""
+                    progress: EpochProgress | None = None, kvstore=None, first_device: int = 0) -> EpochStats:
+    """One epoch of ``len(loader)`` iterations; a resumed epoch starts after ``progress.done`` of them.
+
+    ``kvstore``: a dist kvstore summing gradients over hosts; ``first_device``: the job-wide number
+    of ``ctx[0]`` (each device's dropout is seeded by its number, so N hosts train like N devices).
+    """
     progress = progress or EpochProgress()
     frequency = hp["_logging_frequency"]
     waiting, start, samples = 0.0, time.time(), 0
@@ -248,7 +252,8 @@ def train_one_epoch(net, criterion, trainer, loader, ctx, schedule, epoch, first
         images, labels = next(batches)
         waiting += time.time() - fetch_start
         stop.check()
-        mx.random.seed(derived_seed(hp["_seed"], "iteration", first_iteration + i))  # dropout
+        for number, device in enumerate(ctx, first_device):  # dropout
+            mx.random.seed(derived_seed(hp["_seed"], "iteration", first_iteration + i) + number, ctx=device)
         learning_rate = schedule(first_iteration + i)
         trainer.set_learning_rate(learning_rate)
         losses = forward_backward(net, criterion, images, labels, ctx, hp["_aux_loss"])
@@ -399,7 +404,7 @@ def run(stop: StopFlag, cluster: distributed.Cluster | None = None) -> None:
             splits.train_batches.resume_at(progress.done)
         try:
             stats = train_one_epoch(net, criterion, trainer, splits.train_loader, ctx, schedule,
-                                    epoch, epoch * iterations, hp, stop, progress, kvstore)
+                                    epoch, epoch * iterations, hp, stop, progress, kvstore, rank * len(ctx))
             logs.train_epoch_end(host, epoch, stats.loss, stats.throughput)
             log.info("Waiting for data took %.1f%% of the epoch", 100 * stats.data_wait)
             if len(ctx) > 1 or cluster:
