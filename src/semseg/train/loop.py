@@ -389,9 +389,11 @@ def run(stop: StopFlag, cluster: distributed.Cluster | None = None) -> None:
 
     def save_checkpoint(epoch: int, progress: EpochProgress, sampler_state: dict | None) -> None:
         state.epoch, state.iteration, state.loss, state.samples = epoch, progress.done, progress.loss, progress.samples
-        state.sampler, state.early_stopping = sampler_state, {"best": stopping.best,
-                                                              "epochs_without_improvement": stopping.epochs_without_improvement}
-        checkpoint.save_training(host, state, net, trainer, model_dir / paths.BEST_PARAMS if writes_artifacts else None)
+        state.sampler = sampler_state
+        state.early_stopping = {"best": stopping.best,
+                                "epochs_without_improvement": stopping.epochs_without_improvement}
+        best_weights = model_dir / paths.BEST_PARAMS if writes_artifacts else None
+        checkpoint.save_training(host, state, net, trainer, best_weights)
 
     epochs_done = state.epoch
     for epoch in range(state.epoch, state.epoch if state.early_stopped else hp["epochs"]):
