@@ -23,26 +23,38 @@ EXIT_STOPPED = 143
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    """Run the training job described by the /opt/ml tree (``$SAGEMAKER_BASE_DIR``)."""
-    logs.setup_logging()
-    from .train.loop import StopFlag, Stopped, run
+    """Run the training job described by the /opt/ml tree (``$SAGEMAKER_BASE_DIR``).
 
-    stop = StopFlag()
-    stop.install()
+    With several hosts, ``distributed.start`` sets up the parameter server before mxnet is
+    imported, and ``Cluster.finish`` ends the process so that every host ends together.
+    """
+    logs.setup_logging()
+    from .train import distributed
+
+    cluster, code, message = None, 0, ""
     try:
-        run(stop)
-    except Stopped:
-        log.warning("Received SIGTERM: training stopped before completion; model_best.params, if any, is kept")
-        return _exit(EXIT_STOPPED)
+        cluster = distributed.start()
+        from .train.loop import StopFlag, Stopped, run
+
+        stop = StopFlag()
+        stop.install()
+        try:
+            run(stop, cluster)
+        except Stopped:
+            log.warning("Received SIGTERM: training stopped before completion; model_best.params, if any, is kept")
+            code = EXIT_STOPPED
     except UserError as exc:
         log.error("%s", exc)
         sm_config.write_failure(str(exc))
-        return _exit(EXIT_USER_ERROR)
+        code, message = EXIT_USER_ERROR, str(exc)
     except Exception as exc:  # a bug of ours: full trace to the log, a short reason to SageMaker
         log.exception("Internal error")
-        sm_config.write_failure(f"Internal error: {type(exc).__name__}: {exc}")
-        return _exit(EXIT_INTERNAL_ERROR)
-    return _exit(0)
+        message = f"Internal error: {type(exc).__name__}: {exc}"
+        sm_config.write_failure(message)
+        code = EXIT_INTERNAL_ERROR
+    if cluster is not None:
+        cluster.finish(code, message)
+    return _exit(code)
 
 
 def _exit(code: int) -> int:

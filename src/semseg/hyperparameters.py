@@ -84,6 +84,9 @@ TABLE: dict[str, Spec] = {
     # many image/mask pairs the train stream is shuffled through (1 keeps the stream's order).
     "_pipe_wait_seconds": Spec("int", 600, low=1),
     "_pipe_shuffle_buffer": Spec("int", 256, low=1),
+    # Ours: multi-host training. The parameter-server scheduler listens on hosts[0]:_ps_port (8000, as
+    # the AWS MXNet containers use) and the hosts' control channel on hosts[0]:_ps_port + 1.
+    "_ps_port": Spec("int", 8000, low=1024, high=65534),
 }
 
 

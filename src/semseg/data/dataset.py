@@ -72,6 +72,17 @@ class EpochSampler:
     def __len__(self) -> int:
         return self.iterations
 
+    def state(self) -> dict:
+        """What the coming epochs depend on, as JSON-friendly values (for checkpoints)."""
+        kind, keys, position, has_gauss, cached = self.rng.get_state()
+        return {"rng": [kind, keys.tolist(), position, has_gauss, cached], "order": list(self._order),
+                "epoch": self.epoch}
+
+    def restore(self, state: dict) -> None:
+        kind, keys, position, has_gauss, cached = state["rng"]
+        self.rng.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+        self._order, self.epoch = list(state["order"]), state["epoch"]
+
 
 class ValidationSampler:
     """Every validation sample once, in order, in batches (the last one may be short)."""

@@ -2,6 +2,13 @@
 
 ``run()`` wires plain functions together; ``train_one_epoch`` and ``evaluate`` are the loop. The
 log lines, metrics and files are those of SageMaker's built-in algorithm (see ``logs``).
+
+Beyond one device: the global ``mini_batch_size`` is split over every GPU of the host (and over
+the hosts of a multi-host job, see ``distributed``), gradients are summed through a kvstore, and
+``syncbn`` synchronizes BatchNorm across the GPUs. Beyond one run: a checkpoint at the end of
+every epoch and on SIGTERM, and a resume from the newest complete one (see ``checkpoint``).
+Every random choice is re-seeded from ``(_seed, epoch)`` and ``(_seed, iteration)``, so a resumed
+run trains like an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -10,10 +17,12 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +37,8 @@ from ..data.transforms import train_transform, validation_transform
 from ..errors import UserError
 from ..model import artifacts, pretrained
 from ..model.factory import build_from_hyperparameters
+from . import checkpoint, distributed
+from .checkpoint import TrainingState
 from .early_stopping import EarlyStopping
 from .metrics import ConfusionMatrix
 from .optim import lr_schedule, optimizer_settings
@@ -39,6 +50,7 @@ log = logging.getLogger("semseg")
 HE_INIT = mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2)
 
 REQUIRED_CHANNELS = ("train", "train_annotation", "validation", "validation_annotation")
+CPU_CONTEXTS_ENV = "SEMSEG_CPU_CONTEXTS"  # testing aid: N CPU contexts stand in for N GPUs
 
 
 class Stopped(Exception):
@@ -50,11 +62,14 @@ class StopFlag:
 
     Data-loader processes are forked after the handler is installed and inherit it; in them
     SIGTERM must keep its default meaning, or the pool could never be terminated on the way out.
+    In a multi-host job ``agree`` makes the check collective, so every host stops at the same
+    iteration (a host that went on alone would wait for the others forever).
     """
 
     def __init__(self):
         self.raised = False
         self._owner = os.getpid()
+        self.agree = None
 
     def install(self) -> None:
         self._owner = os.getpid()
@@ -68,7 +83,7 @@ class StopFlag:
         self.raised = True
 
     def check(self) -> None:
-        if self.raised:
+        if self.agree(self.raised) if self.agree else self.raised:
             raise Stopped()
 
 
@@ -82,6 +97,7 @@ class Splits:
     validation_size: int
     iterations_per_epoch: int
     class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    train_batches: distributed.WorkerBatches | None = None  # None: a stream, which cannot skip ahead
 
 
 def configure() -> tuple[dict, dict]:
@@ -96,6 +112,11 @@ def configure() -> tuple[dict, dict]:
 
 
 def contexts() -> list:
+    """One context per visible GPU, else the CPU; ``SEMSEG_CPU_CONTEXTS=N`` gives N CPU contexts."""
+    stand_ins = int(os.environ.get(CPU_CONTEXTS_ENV) or 0)
+    if stand_ins > 0:
+        log.info("Number of GPUs being used: 0; %d CPU contexts stand in for GPUs (%s)", stand_ins, CPU_CONTEXTS_ENV)
+        return [mx.cpu(i) for i in range(stand_ins)]
     gpus = mx.context.num_gpus()
     log.info("Number of GPUs being used: %d", gpus)
     return [mx.gpu(i) for i in range(gpus)] if gpus else [mx.cpu()]
@@ -105,8 +126,13 @@ def loader_workers(hp: dict) -> int:
     return max(0, min(hp["_workers"], os.cpu_count() or 1))
 
 
-def data_splits(hp: dict, channels: dict, seed: int, stop: StopFlag | None = None) -> Splits:
-    """Each split from its directories (File mode) or its per-epoch FIFOs (Pipe mode)."""
+def data_splits(hp: dict, channels: dict, seed: int, stop: StopFlag | None = None,
+                shard: tuple[int, int] = (0, 1)) -> Splits:
+    """Each split from its directories (File mode) or its per-epoch FIFOs (Pipe mode).
+
+    In File mode this worker loads its ``shard`` of every global batch; in Pipe mode each host
+    reads its own stream (SageMaker shards it with ShardedByS3Key).
+    """
     streamed = pipe_mode.check_channels(channels)
     for name in REQUIRED_CHANNELS:
         if name.removesuffix("_annotation") in streamed:
@@ -118,7 +144,7 @@ def data_splits(hp: dict, channels: dict, seed: int, stop: StopFlag | None = Non
             )
     label_map_dir = paths.channel_dir("label_map") if paths.channel_dir("label_map").is_dir() else None
     workers = loader_workers(hp)
-    loaders, sizes, class_pixels = {}, {}, np.zeros(0, dtype=np.int64)
+    loaders, sizes, class_pixels, train_batches = {}, {}, np.zeros(0, dtype=np.int64), None
     iterations = max(1, hp["num_training_samples"] // hp["mini_batch_size"])
     for split in ("train", "validation"):
         if split in streamed:  # the stream's length is unknown: num_training_samples is the train size
@@ -137,7 +163,8 @@ def data_splits(hp: dict, channels: dict, seed: int, stop: StopFlag | None = Non
         if split == "train":
             class_pixels = counts
             transform = train_transform(hp["base_size"], hp["crop_size"])
-            sampler = EpochSampler(len(pairs), hp["mini_batch_size"], iterations, seed)
+            sampler = train_batches = distributed.WorkerBatches(
+                EpochSampler(len(pairs), hp["mini_batch_size"], iterations, seed), *shard)
         else:
             transform = validation_transform(hp["crop_size"])
             sampler = ValidationSampler(len(pairs), hp["validation_mini_batch_size"])
@@ -152,7 +179,7 @@ def data_splits(hp: dict, channels: dict, seed: int, stop: StopFlag | None = Non
         log.info("num_training_samples is %d; the train channel holds %d pairs",
                  hp["num_training_samples"], sizes["train"])
     return Splits(loaders["train"], loaders["validation"], sizes["train"], sizes["validation"],
-                  iterations, class_pixels)
+                  iterations, class_pixels, train_batches)
 
 
 def initial_weights(net, hp: dict, ctx: list) -> None:
@@ -194,13 +221,62 @@ class EpochStats:
     data_wait: float  # share of the epoch spent waiting for the next batch
 
 
-def train_one_epoch(net, criterion, trainer, loader, ctx, schedule, epoch, first_iteration, hp, stop) -> EpochStats:
-    """One epoch of ``len(loader)`` iterations."""
+@dataclass
+class EpochProgress:
+    """How far an epoch got, so that SIGTERM can checkpoint it and a resumed run continue it."""
+
+    done: int = 0  # iterations trained
+    loss: float = 0.0  # their summed loss over this host's samples
+    samples: int = 0
+
+
+def batch_norm_layer(hp: dict, ctx: list) -> dict:
+    """``syncbn`` on several devices: GluonCV's recipe, MXNet's SyncBatchNorm over ``len(ctx)`` devices."""
+    if not hp["syncbn"] or len(ctx) < 2:
+        return {}
+    log.info("syncbn: BatchNorm statistics are synchronized across %d devices", len(ctx))
+    return {"norm_layer": mx.gluon.contrib.nn.SyncBatchNorm, "norm_kwargs": {"num_devices": len(ctx)}}
+
+
+def finish_deferred_init(net, hp: dict, ctx: list) -> None:
+    """One inference pass, so every parameter has its shape before a kvstore or parallel threads see it."""
+    net(mx.nd.zeros((1, 3, hp["crop_size"], hp["crop_size"]), ctx=ctx[0]))
+    mx.nd.waitall()
+
+
+def forward_backward(net, criterion, images, labels, ctx: list, aux: bool) -> list:
+    """Losses of this batch split over the devices, gradients computed.
+
+    With several devices each runs in its own thread, as GluonCV does: SyncBatchNorm waits inside
+    the forward pass for every device to arrive, so one thread driving them in turn would deadlock.
+    """
+    def one(x, y):
+        with autograd.record():
+            loss = criterion(*net(x), y) if aux else criterion(net(x)[0], y)
+        loss.backward()
+        return loss
+
+    image_parts = gluon.utils.split_and_load(images, ctx, even_split=False)
+    label_parts = gluon.utils.split_and_load(labels, ctx, even_split=False)
+    if len(ctx) == 1:
+        return [one(image_parts[0], label_parts[0])]
+    with ThreadPoolExecutor(len(ctx)) as pool:
+        return list(pool.map(one, image_parts, label_parts))
+
+
+def train_one_epoch(net, criterion, trainer, loader, ctx, schedule, epoch, first_iteration, hp, stop,
+                    progress: EpochProgress | None = None, kvstore=None, first_device: int = 0) -> EpochStats:
+    """One epoch of ``len(loader)`` iterations; a resumed epoch starts after ``progress.done`` of them.
+
+    ``kvstore``: a dist kvstore summing gradients over hosts; ``first_device``: the job-wide number
+    of ``ctx[0]`` (each device's dropout is seeded by its number, so N hosts train like N devices).
+    """
+    progress = progress or EpochProgress()
     frequency = hp["_logging_frequency"]
-    total_loss, samples, waiting, start = 0.0, 0, 0.0, time.time()
+    waiting, start, samples = 0.0, time.time(), 0
     window_start, window_samples = start, 0
     batches = iter(loader)
-    for i in range(len(loader)):
+    for i in range(progress.done, len(loader)):
         fetch_start = time.time()
         try:
             images, labels = next(batches)
@@ -208,16 +284,17 @@ def train_one_epoch(net, criterion, trainer, loader, ctx, schedule, epoch, first
             break
         waiting += time.time() - fetch_start
         stop.check()
+        for number, device in enumerate(ctx, first_device):  # dropout
+            mx.random.seed(derived_seed(hp["_seed"], "iteration", first_iteration + i) + number, ctx=device)
         learning_rate = schedule(first_iteration + i)
         trainer.set_learning_rate(learning_rate)
-        image_parts = gluon.utils.split_and_load(images, ctx, even_split=False)
-        label_parts = gluon.utils.split_and_load(labels, ctx, even_split=False)
-        with autograd.record():
-            losses = [criterion(*net(x), y) if hp["_aux_loss"] else criterion(net(x)[0], y)
-                      for x, y in zip(image_parts, label_parts)]
-        autograd.backward(losses)
-        trainer.step(images.shape[0])
-        total_loss += sum(float(loss.sum().asscalar()) for loss in losses)  # also waits for the step
+        losses = forward_backward(net, criterion, images, labels, ctx, hp["_aux_loss"])
+        if kvstore is not None:
+            distributed.sum_gradients(kvstore, net)
+        trainer.step(hp["mini_batch_size"])  # the global batch: gradients are summed over devices and hosts
+        progress.loss += sum(float(loss.sum().asscalar()) for loss in losses)  # also waits for the step
+        progress.samples += images.shape[0]
+        progress.done = i + 1
         samples += images.shape[0]
         window_samples += images.shape[0]
         if (i + 1) % frequency == 0:
@@ -225,7 +302,7 @@ def train_one_epoch(net, criterion, trainer, loader, ctx, schedule, epoch, first
             logs.train_progress(epoch, i + 1, window_samples / max(now - window_start, 1e-9), learning_rate)
             window_start, window_samples = now, 0
     elapsed = max(time.time() - start, 1e-9)
-    return EpochStats(total_loss / max(1, samples), samples / elapsed, waiting / elapsed)
+    return EpochStats(progress.loss / max(1, progress.samples), samples / elapsed, waiting / elapsed)
 
 
 def evaluate(net, loader, ctx, num_classes: int, epoch: int, hp: dict, stop) -> tuple[ConfusionMatrix, float]:
@@ -260,60 +337,147 @@ def seed_everything(seed: int) -> None:
     mx.random.seed(seed)
 
 
-def run(stop: StopFlag) -> None:
+def derived_seed(seed: int, kind: str, number: int) -> int:
+    """A seed for one epoch or iteration of the run seeded ``seed``: resumed runs draw the same numbers."""
+    return (seed * 1_000_003 + number * 7_919 + (1 if kind == "epoch" else 2)) % (2**31 - 1)
+
+
+def check_batch_size(hp: dict, devices: int, hosts: int) -> None:
+    if hp["mini_batch_size"] >= devices * hosts:
+        return
+    if hosts == 1:
+        raise UserError(
+            f"mini_batch_size is {hp['mini_batch_size']} but {devices} GPUs are in use; "
+            "it must be at least the number of GPUs"
+        )
+    raise UserError(f"mini_batch_size is {hp['mini_batch_size']} but {hosts} hosts with {devices} devices each "
+                    f"are in use; it must be at least {hosts * devices}, the number of devices in all")
+
+
+def training_configuration(hp: dict, iterations: int, hosts: int) -> dict:
+    """What a checkpoint must share with this run to be resumed by it."""
+    keys = hyperparameters.ARCHITECTURE_KEYS + ("mini_batch_size", "_seed")
+    return {**{key: hyperparameters.to_string(hp[key]) for key in keys}, "iterations_per_epoch": iterations,
+            "hosts": hosts}
+
+
+def resume(host: str, cluster, configuration: dict, net, trainer, ctx) -> TrainingState:
+    """The newest complete checkpoint's state, loaded into ``net`` and ``trainer``; a fresh state without one.
+
+    In a multi-host job every host resumes from the position all hosts agreed on at start-up.
+    """
+    if not checkpoint.enabled():
+        log.info("Checkpoints are off: neither %s nor %s exists", paths.checkpoint_config_file(),
+                 checkpoint.directory())
+    if cluster is not None and cluster.resume_position is None:
+        return TrainingState(configuration=configuration)
+    found = checkpoint.load(host, cluster.resume_position if cluster else None)
+    if found is None:
+        return TrainingState(configuration=configuration)
+    state = checkpoint.restore_training(found, configuration, net, trainer, ctx)
+    log.info("Resuming from checkpoint %s: epoch %d, after %d of its %d iterations", found.path, state.epoch,
+             state.iteration, configuration["iterations_per_epoch"])
+    best = found.file(checkpoint.BEST)
+    if best is not None and (cluster is None or cluster.is_master):
+        artifacts.write_atomically(paths.model_dir() / paths.BEST_PARAMS, lambda tmp: shutil.copyfile(best, tmp))
+    return state
+
+
+def run(stop: StopFlag, cluster: distributed.Cluster | None = None) -> None:
     start = time.time()
     hp, _ = configure()
     resources = sm_config.read_resource_config()
     host = resources.current_host
+    rank, hosts = (cluster.rank, cluster.size) if cluster else (0, 1)
+    writes_artifacts = cluster is None or cluster.is_master  # SageMaker merges every host's model/
     channels = sm_config.read_input_data_config()
     seed_everything(hp["_seed"])
-    splits = data_splits(hp, channels, hp["_seed"], stop)
+    splits = data_splits(hp, channels, hp["_seed"], stop, shard=(rank, hosts))
     ctx = contexts()
-    if hp["mini_batch_size"] < len(ctx):
-        raise UserError(
-            f"mini_batch_size is {hp['mini_batch_size']} but {len(ctx)} GPUs are in use; "
-            "it must be at least the number of GPUs"
-        )
+    check_batch_size(hp, len(ctx), hosts)
 
-    net = build_from_hyperparameters(hp)
+    net = build_from_hyperparameters(hp, **batch_norm_layer(hp, ctx))
     initial_weights(net, hp, ctx)
     net.hybridize(static_alloc=True, static_shape=True)
+    if len(ctx) > 1 or cluster:
+        finish_deferred_init(net, hp, ctx)
     criterion = make_criterion(hp)
     name, settings = optimizer_settings(hp)
-    trainer = gluon.Trainer(net.collect_params(), name, settings, kvstore="device" if len(ctx) > 1 else None)
+    local = "device" if len(ctx) > 1 and not cluster else None  # sums over this host's devices
+    trainer = gluon.Trainer(net.collect_params(), name, settings, kvstore=local,
+                            update_on_kvstore=False if local else None)
     iterations = splits.iterations_per_epoch
     log.info("LRScheduler setup: iters per epoch: %d, num_epochs %d", iterations, hp["epochs"])
     schedule = lr_schedule(hp, iterations)
     stopping = EarlyStopping(hp["early_stopping"], hp["early_stopping_min_epochs"],
                              hp["early_stopping_patience"], hp["early_stopping_tolerance"])
+    state = resume(host, cluster, training_configuration(hp, iterations, hosts), net, trainer, ctx)
+    for key, value in state.early_stopping.items():
+        setattr(stopping, key, value)
+    if splits.train_batches is not None and state.sampler is not None:
+        splits.train_batches.sampler.restore(state.sampler)
+    kvstore = distributed.create_kvstore(net, ctx) if cluster else None
+    if kvstore is not None:
+        stop.agree = distributed.any_worker(kvstore)
     model_dir = paths.model_dir()
-    history, best = [], None
     setup_seconds = time.time() - start
 
-    epochs_done = 0
-    for epoch in range(hp["epochs"]):
-        stats = train_one_epoch(net, criterion, trainer, splits.train_loader, ctx, schedule,
-                                epoch, epoch * iterations, hp, stop)
-        logs.train_epoch_end(host, epoch, stats.loss, stats.throughput)
-        log.info("Waiting for data took %.1f%% of the epoch", 100 * stats.data_wait)
-        matrix, validation_speed = evaluate(net, splits.validation_loader, ctx, hp["num_classes"], epoch, hp, stop)
+    def save_checkpoint(epoch: int, progress: EpochProgress, sampler_state: dict | None) -> None:
+        state.epoch, state.iteration, state.loss, state.samples = epoch, progress.done, progress.loss, progress.samples
+        state.sampler = sampler_state
+        state.early_stopping = {"best": stopping.best,
+                                "epochs_without_improvement": stopping.epochs_without_improvement}
+        best_weights = model_dir / paths.BEST_PARAMS if writes_artifacts else None
+        checkpoint.save_training(host, state, net, trainer, best_weights)
+
+    epochs_done = state.epoch
+    for epoch in range(state.epoch, state.epoch if state.early_stopped else hp["epochs"]):
+        seed_everything(derived_seed(hp["_seed"], "epoch", epoch))
+        progress = EpochProgress()
+        if epoch == state.epoch and (splits.train_batches is not None or state.iteration == iterations):
+            progress = EpochProgress(state.iteration, state.loss, state.samples)
+        sampler_state = splits.train_batches.sampler.state() if splits.train_batches is not None else None
+        if splits.train_batches is not None and progress.done:
+            splits.train_batches.resume_at(progress.done)
+        try:
+            stats = train_one_epoch(net, criterion, trainer, splits.train_loader, ctx, schedule,
+                                    epoch, epoch * iterations, hp, stop, progress, kvstore, rank * len(ctx))
+            logs.train_epoch_end(host, epoch, stats.loss, stats.throughput)
+            log.info("Waiting for data took %.1f%% of the epoch", 100 * stats.data_wait)
+            if len(ctx) > 1 or cluster:
+                distributed.average_running_statistics(net, kvstore, hosts)
+            matrix, validation_speed = evaluate(net, splits.validation_loader, ctx, hp["num_classes"], epoch, hp,
+                                                stop)
+        except Stopped:
+            if (epoch, progress.done) != state.position:
+                save_checkpoint(epoch, progress, sampler_state)
+            raise
         pixel_accuracy, miou = matrix.pixel_accuracy(), matrix.mean_iou()
         logs.validation_end(host, epoch, pixel_accuracy, miou, validation_speed)
         epochs_done = epoch + 1
         entry = {"epoch": epoch, "train_loss": stats.loss, "pixel_accuracy": pixel_accuracy, "mIOU": miou,
                  "learning_rate": schedule((epoch + 1) * iterations - 1)}
-        history.append(entry)
+        state.history.append(entry)
         if stopping.update(miou):
-            artifacts.save_hyperparameters(hp, model_dir)
-            logs.serializing(model_dir / paths.BEST_PARAMS)
-            artifacts.save_parameters(net, model_dir / paths.BEST_PARAMS)
-            best = {**entry, "per_class_iou": matrix.iou().tolist(), "confusion_matrix": matrix.matrix.tolist()}
-        write_report(history, best, splits.class_pixels)
+            if writes_artifacts:
+                artifacts.save_hyperparameters(hp, model_dir)
+                logs.serializing(model_dir / paths.BEST_PARAMS)
+                artifacts.save_parameters(net, model_dir / paths.BEST_PARAMS)
+            state.best = {**entry, "per_class_iou": matrix.iou().tolist(), "confusion_matrix": matrix.matrix.tolist()}
+        if writes_artifacts:
+            write_report(state.history, state.best, splits.class_pixels)
         logs.epochs_progress(host, epochs_done, hp["epochs"])
-        if stopping.should_stop(epochs_done):
+        state.early_stopped = stopping.should_stop(epochs_done)
+        save_checkpoint(epochs_done, EpochProgress(),
+                        splits.train_batches.sampler.state() if splits.train_batches is not None else None)
+        if state.early_stopped:
             log.info("Early stopping: validation mIOU has not improved for %d epochs", stopping.patience)
             break
 
+    if not writes_artifacts:
+        log.info("Model artifacts are written by the first host, %s", cluster.hosts[0])
+        logs.end_of_training_metrics(host, epochs_done, start, setup_seconds)
+        return
     final = model_dir / paths.host_model_file(host)
     artifacts.save_hyperparameters(hp, model_dir)
     logs.serializing(final)

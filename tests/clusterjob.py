@@ -1,0 +1,54 @@
+"""Running several "hosts" of one training job as separate ``train`` processes on 127.0.0.1.
+
+Each host has its own /opt/ml root and resourceconfig.json; ``SEMSEG_HOST_ADDRESSES`` maps the
+host names to 127.0.0.1, and the job's ``_ps_port`` is a free port of this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+from pathlib import Path
+
+from trainjob import TRAIN, Job, make_tree
+
+HOSTS = ("algo-1", "algo-2")
+
+
+def free_port_pair() -> int:
+    """A port p such that p and p + 1 (scheduler and control channel) are both free on 127.0.0.1."""
+    for _ in range(100):
+        port = random.randrange(20000, 60000)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair")
+
+
+def make_cluster(base: Path, port: int, **hyperparameters) -> list[Path]:
+    roots = []
+    for host in HOSTS:
+        root = make_tree(base / host, _ps_port=str(port), **hyperparameters)
+        (root / "input" / "config" / "resourceconfig.json").write_text(
+            json.dumps({"current_host": host, "hosts": list(HOSTS), "network_interface_name": "lo"}))
+        roots.append(root)
+    return roots
+
+
+def start_host(root: Path, env: dict | None = None) -> subprocess.Popen:
+    addresses = ",".join(f"{host}=127.0.0.1" for host in HOSTS)
+    return subprocess.Popen([TRAIN], env={**os.environ, "SAGEMAKER_BASE_DIR": str(root),
+                                          "SEMSEG_HOST_ADDRESSES": addresses, **(env or {})},
+                            stdout=open(root / "train.log", "w"), stderr=subprocess.STDOUT)
+
+
+def finish(root: Path, process: subprocess.Popen, timeout: float) -> Job:
+    code = process.wait(timeout=timeout)
+    return Job(root, code, (root / "train.log").read_text())
