@@ -61,12 +61,12 @@ def write_split(images_dir: Path, masks_dir: Path, count: int, seed: int, sizes=
 
 
 def write_opt_ml_tree(root, train: int = 24, validation: int = 8, hyperparameters: dict | None = None,
-                      seed: int = 0) -> Path:
+                      seed: int = 0, sizes=DEFAULT_SIZES) -> Path:
     """Write a complete SageMaker training tree (config files + the four File-mode channels)."""
     root = Path(root)
     data = root / "input" / "data"
-    write_split(data / "train", data / "train_annotation", train, seed)
-    write_split(data / "validation", data / "validation_annotation", validation, seed + 1)
+    write_split(data / "train", data / "train_annotation", train, seed, sizes)
+    write_split(data / "validation", data / "validation_annotation", validation, seed + 1, sizes)
     config = root / "input" / "config"
     config.mkdir(parents=True, exist_ok=True)
     values = {

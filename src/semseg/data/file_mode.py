@@ -56,7 +56,7 @@ def find_pairs(images_dir: Path, masks_dir: Path) -> list[Sample]:
     """Image/mask pairs of one split; unmatched files are skipped with one warning each side."""
     for directory in (images_dir, masks_dir):
         if not directory.is_dir():
-            raise UserError(f"The channel '{directory.name}' is missing: expected a directory at {directory}")
+            raise UserError(f"The '{directory.name}' channel is missing: expected a directory at {directory}")
     images, masks = _readable_images(images_dir), _readable_images(masks_dir)
     unmatched_images = sorted(set(images) - set(masks))
     unmatched_masks = sorted(set(masks) - set(images))

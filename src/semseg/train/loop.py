@@ -160,12 +160,23 @@ def make_criterion(hp: dict):
                                       ignore_label=label_map.IGNORE_LABEL)
 
 
-def train_one_epoch(net, criterion, trainer, loader, ctx, schedule, epoch, first_iteration, hp, host, stop):
-    """One epoch of ``len(loader)`` iterations; returns (mean train loss, samples/sec)."""
+@dataclass
+class EpochStats:
+    loss: float  # mean per-sample training loss
+    throughput: float  # samples/sec over the epoch
+    data_wait: float  # share of the epoch spent waiting for the next batch
+
+
+def train_one_epoch(net, criterion, trainer, loader, ctx, schedule, epoch, first_iteration, hp, stop) -> EpochStats:
+    """One epoch of ``len(loader)`` iterations."""
     frequency = hp["_logging_frequency"]
-    total_loss, samples, start = 0.0, 0, time.time()
+    total_loss, samples, waiting, start = 0.0, 0, 0.0, time.time()
     window_start, window_samples = start, 0
-    for i, (images, labels) in enumerate(loader):
+    batches = iter(loader)
+    for i in range(len(loader)):
+        fetch_start = time.time()
+        images, labels = next(batches)
+        waiting += time.time() - fetch_start
         stop.check()
         learning_rate = schedule(first_iteration + i)
         trainer.set_learning_rate(learning_rate)
@@ -176,14 +187,15 @@ def train_one_epoch(net, criterion, trainer, loader, ctx, schedule, epoch, first
                       for x, y in zip(image_parts, label_parts)]
         autograd.backward(losses)
         trainer.step(images.shape[0])
-        total_loss += sum(float(loss.sum().asscalar()) for loss in losses)
+        total_loss += sum(float(loss.sum().asscalar()) for loss in losses)  # also waits for the step
         samples += images.shape[0]
         window_samples += images.shape[0]
         if (i + 1) % frequency == 0:
             now = time.time()
             logs.train_progress(epoch, i + 1, window_samples / max(now - window_start, 1e-9), learning_rate)
             window_start, window_samples = now, 0
-    return total_loss / max(1, samples), samples / max(time.time() - start, 1e-9)
+    elapsed = max(time.time() - start, 1e-9)
+    return EpochStats(total_loss / max(1, samples), samples / elapsed, waiting / elapsed)
 
 
 def evaluate(net, loader, ctx, num_classes: int, epoch: int, hp: dict, stop) -> tuple[ConfusionMatrix, float]:
@@ -250,14 +262,15 @@ def run(stop: StopFlag) -> None:
 
     epochs_done = 0
     for epoch in range(hp["epochs"]):
-        loss, train_speed = train_one_epoch(net, criterion, trainer, splits.train_loader, ctx, schedule,
-                                            epoch, epoch * iterations, hp, host, stop)
-        logs.train_epoch_end(host, epoch, loss, train_speed)
+        stats = train_one_epoch(net, criterion, trainer, splits.train_loader, ctx, schedule,
+                                epoch, epoch * iterations, hp, stop)
+        logs.train_epoch_end(host, epoch, stats.loss, stats.throughput)
+        log.info("Waiting for data took %.1f%% of the epoch", 100 * stats.data_wait)
         matrix, validation_speed = evaluate(net, splits.validation_loader, ctx, hp["num_classes"], epoch, hp, stop)
         pixel_accuracy, miou = matrix.pixel_accuracy(), matrix.mean_iou()
         logs.validation_end(host, epoch, pixel_accuracy, miou, validation_speed)
         epochs_done = epoch + 1
-        entry = {"epoch": epoch, "train_loss": loss, "pixel_accuracy": pixel_accuracy, "mIOU": miou,
+        entry = {"epoch": epoch, "train_loss": stats.loss, "pixel_accuracy": pixel_accuracy, "mIOU": miou,
                  "learning_rate": schedule((epoch + 1) * iterations - 1)}
         history.append(entry)
         if stopping.update(miou):

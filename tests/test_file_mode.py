@@ -1,0 +1,89 @@
+"""File-mode channels: pairing by base name, skipping junk, and failing early on bad masks."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import save_image, save_mask
+from semseg.data import file_mode, images
+from semseg.errors import UserError
+
+
+def test_pairs_by_base_name_and_skips_junk_and_unmatched(split_dirs, caplog):
+    image_dir, mask_dir = split_dirs
+    for name in ("a", "b", "c"):
+        save_image(image_dir / f"{name}.jpg", 20, 10)
+    save_image(image_dir / "d.png", 20, 10)
+    for name in ("a", "b", "d", "e"):
+        save_mask(mask_dir / f"{name}.png", np.zeros((10, 20)))
+    (image_dir / "train_annotation").mkdir()  # an S3 prefix collision, as the built-in's log shows
+    (image_dir / "notes.txt").write_text("not an image")
+    pairs = file_mode.find_pairs(image_dir, mask_dir)
+    assert [p.image.name for p in pairs] == ["a.jpg", "b.jpg", "d.png"]
+    assert f"{image_dir / 'train_annotation'} is not a readable image file" in caplog.text
+    assert "1 images in" in caplog.text and "1 masks in" in caplog.text
+
+
+def test_no_pairs_is_a_clear_error(split_dirs):
+    image_dir, mask_dir = split_dirs
+    save_image(image_dir / "a.jpg", 8, 8)
+    save_mask(mask_dir / "b.png", np.zeros((8, 8)))
+    with pytest.raises(UserError, match="No image/mask pairs found"):
+        file_mode.find_pairs(image_dir, mask_dir)
+
+
+def test_missing_channel_directory(tmp_path):
+    with pytest.raises(UserError, match="The 'train_annotation' channel is missing"):
+        file_mode.find_pairs(tmp_path, tmp_path / "train_annotation")
+
+
+def test_mask_of_another_size_fails_naming_both_files(split_dirs):
+    image_dir, mask_dir = split_dirs
+    save_image(image_dir / "a.jpg", 20, 10)
+    save_mask(mask_dir / "a.png", np.zeros((10, 21)))
+    pairs = file_mode.find_pairs(image_dir, mask_dir)
+    with pytest.raises(UserError, match=r"a.png is 21x10 but its image .*a.jpg is 20x10"):
+        file_mode.check_pairs(pairs, {"scale": 1}, 3, "train")
+
+
+def test_rgb_mask_fails_with_what_masks_must_be(split_dirs):
+    image_dir, mask_dir = split_dirs
+    save_image(image_dir / "a.jpg", 8, 8)
+    save_image(mask_dir / "a.png", 8, 8)
+    pairs = file_mode.find_pairs(image_dir, mask_dir)
+    with pytest.raises(UserError, match="single-channel 8-bit PNGs"):
+        file_mode.check_pairs(pairs, {"scale": 1}, 3, "train")
+
+
+def test_exif_rotated_image_pairs_with_an_upright_mask(split_dirs):
+    image_dir, mask_dir = split_dirs
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: stored 20x10, shown 10x20
+    Image.new("RGB", (20, 10), (10, 200, 10)).save(image_dir / "a.jpg", exif=exif)
+    save_mask(mask_dir / "a.png", np.zeros((20, 10)))
+    pairs = file_mode.find_pairs(image_dir, mask_dir)
+    file_mode.check_pairs(pairs, {"scale": 1}, 3, "train")
+    assert images.read_rgb(pairs[0].image).shape == (20, 10, 3)
+
+
+def test_values_outside_the_classes_are_counted_in_one_warning(split_dirs, caplog):
+    image_dir, mask_dir = split_dirs
+    for name in ("a", "b"):
+        save_image(image_dir / f"{name}.jpg", 4, 2)
+    save_mask(mask_dir / "a.png", np.array([[0, 1, 2, 7], [255, 255, 1, 1]]), mode="L")
+    save_mask(mask_dir / "b.png", np.array([[9, 0, 0, 0], [0, 0, 0, 0]]))
+    counts = file_mode.check_pairs(file_mode.find_pairs(image_dir, mask_dir), {"scale": 1}, 3, "train")
+    assert counts.tolist() == [8, 3, 1]
+    warnings = [r for r in caplog.records if "map to no class" in r.getMessage()]
+    assert len(warnings) == 1 and "values: 7, 9" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
+def test_images_of_any_mode_decode_to_rgb(tmp_path, mode):
+    path = tmp_path / "x.png"
+    if mode == "I;16":
+        Image.fromarray(np.full((5, 7), 1000, dtype=np.uint16)).save(path)
+    else:
+        save_image(path, 7, 5, mode=mode)
+    rgb = images.read_rgb(path)
+    assert rgb.shape == (5, 7, 3) and rgb.dtype == np.uint8

@@ -1,0 +1,47 @@
+"""Running the real ``train`` command on a fake /opt/ml tree, as SageMaker would run it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from semseg.sample_data import write_opt_ml_tree
+
+TRAIN = str(Path(sys.executable).parent / "train")
+
+# Small enough for a CPU: one epoch of two iterations at crop 32.
+TINY = {"crop_size": "32", "base_size": "48", "epochs": "1", "mini_batch_size": "2",
+        "validation_mini_batch_size": "4", "num_training_samples": "4", "_workers": "0"}
+
+
+@dataclass
+class Job:
+    root: Path
+    returncode: int
+    log: str
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def failure(self) -> str | None:
+        path = self.root / "output" / "failure"
+        return path.read_text().strip() if path.exists() else None
+
+    def lines(self, pattern: str) -> list[str]:
+        return re.findall(pattern, self.log)
+
+
+def make_tree(root: Path, train: int = 6, validation: int = 4, **hyperparameters) -> Path:
+    return write_opt_ml_tree(root, train=train, validation=validation, hyperparameters={**TINY, **hyperparameters})
+
+
+def run_train(root: Path, timeout: float = 300, env: dict | None = None) -> Job:
+    result = subprocess.run([TRAIN], env={**os.environ, "SAGEMAKER_BASE_DIR": str(root), **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    return Job(root, result.returncode, result.stdout)
