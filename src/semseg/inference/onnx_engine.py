@@ -1,23 +1,24 @@
 """The ONNX Runtime engine: the training job's ``model.onnx`` export, run on the CPU.
 
 On CPUs it is faster than MXNet for the same network: ONNX Runtime folds the batch norms into the
-convolutions, fuses convolution + add + ReLU, and runs its own tuned kernels. It needs no MXNet at
-all at run time. The session gets every graph optimization and, by default, one intra-op thread
-per core this process may run on (``os.sched_getaffinity``, which follows CPU sets and container
-limits applied by affinity) divided among the server's workers; ``SEMSEG_INFERENCE_THREADS`` sets
-the count per worker explicitly.
+convolutions, fuses convolution + add + ReLU, and runs its own tuned kernels. The session gets
+every graph optimization and, per worker, ``SEMSEG_INFERENCE_THREADS`` intra-op threads, or else
+the cores this process may run on (``os.sched_getaffinity``: CPU sets and affinity limits count)
+shared among the server's ``SAGEMAKER_MODEL_SERVER_WORKERS`` workers.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from ..errors import UserError
 
 THREADS_VARIABLE = "SEMSEG_INFERENCE_THREADS"
+WORKERS_VARIABLE = "SAGEMAKER_MODEL_SERVER_WORKERS"
 
 
 def available_cores() -> int:
@@ -28,15 +29,22 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def intra_op_threads(workers: int = 1, environ=None) -> int:
-    """Threads per worker: ``SEMSEG_INFERENCE_THREADS``, else the available cores shared by the workers."""
+def _positive(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise UserError(f"The environment variable {name} is '{raw}'; it must be a whole number, at least 1")
+    return int(raw)
+
+
+def intra_op_threads(environ: Mapping[str, str] | None = None) -> int:
+    """Threads for one worker's session: the explicit setting, else its share of the available cores."""
     env = os.environ if environ is None else environ
-    raw = env.get(THREADS_VARIABLE, "").strip()
-    if raw:
-        if not raw.isdigit() or int(raw) < 1:
-            raise UserError(f"The environment variable {THREADS_VARIABLE} is '{raw}'; it must be a whole number, at least 1")
-        return int(raw)
-    return max(1, available_cores() // max(1, workers))
+    explicit = _positive(env, THREADS_VARIABLE)
+    if explicit:
+        return explicit
+    return max(1, available_cores() // (_positive(env, WORKERS_VARIABLE) or 1))
 
 
 def cpu_session(path: Path, threads: int):
