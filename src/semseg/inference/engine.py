@@ -8,6 +8,7 @@ images, mapping back to the exact input height and width) belongs to the predict
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -21,3 +22,13 @@ class Engine(Protocol):
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, S, S) normalised images -> float32 (N, C, S, S) softmax probabilities."""
         ...
+
+
+def load_engine(model_dir: Path, hp: dict, input_size: int, worker_index: int = 0) -> Engine:
+    """The engine that runs the model in ``model_dir``: the one place that chooses between engines.
+
+    MXNet serves every model, on the GPU when one is visible (worker ``i`` takes GPU ``i mod n``).
+    """
+    from .mxnet_engine import MXNetEngine, pick_context
+
+    return MXNetEngine(hp, model_dir, input_size, pick_context(worker_index))

@@ -1,0 +1,147 @@
+"""Content types: which request bodies the server reads and which answers it writes, in one table.
+
+Every request type is an encoded image, decoded by sniffing its bytes (``Predictor.decode``), so
+a mislabelled JPEG sent as ``image/png`` still works. Responses:
+
+- ``image/png`` (the default): an 8-bit palette PNG whose pixel values are class ids, exactly the
+  input's height x width, as the built-in algorithm answers;
+- ``application/x-protobuf`` and ``application/x-recordio-protobuf``: the built-in's probability
+  record (``recordio_protobuf``), identical bodies under both names;
+- ``application/json``: ``{"shape": [H, W], "mask": [[class id, ...], ...]}``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+from PIL import Image
+
+from ..errors import PayloadTooLarge, UnsupportedAccept, UnsupportedContentType
+from . import recordio_protobuf as rp
+from .predictor import Prediction, Predictor
+
+
+@dataclass
+class Encoded:
+    content_type: str
+    length: int
+    chunks: Iterable[bytes]
+
+
+def _single(content_type: str, body: bytes) -> Encoded:
+    return Encoded(content_type, len(body), [body])
+
+
+def _voc_palette() -> list[int]:
+    """The PASCAL VOC colour map: distinct colours for class ids, so the mask is viewable as is."""
+    palette = []
+    for index in range(256):
+        red = green = blue = 0
+        value = index
+        for bit in range(8):
+            red |= ((value >> 0) & 1) << (7 - bit)
+            green |= ((value >> 1) & 1) << (7 - bit)
+            blue |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette += [red, green, blue]
+    return palette
+
+
+_PALETTE = _voc_palette()
+
+
+def encode_png(prediction: Prediction, content_type: str) -> Encoded:
+    image = Image.fromarray(prediction.class_ids())
+    image.putpalette(_PALETTE)  # mode L -> P, pixel values unchanged
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=3)
+    return _single(content_type, buffer.getvalue())
+
+
+def encode_json(prediction: Prediction, content_type: str) -> Encoded:
+    ids = prediction.class_ids()
+    rows = ",".join(json.dumps(row.tolist()) for row in ids)
+    body = f'{{"shape": [{prediction.height}, {prediction.width}], "mask": [{rows}]}}'.encode()
+    return _single(content_type, body)
+
+
+def encode_probabilities(prediction: Prediction, content_type: str) -> Encoded:
+    shape = [1, prediction.num_classes, prediction.height, prediction.width]
+    size = rp.probabilities_payload_size(shape)
+    if size > rp.MAX_RECORD_BYTES:
+        raise PayloadTooLarge(
+            f"The class probabilities of a {prediction.width}x{prediction.height} image with "
+            f"{prediction.num_classes} classes take {size / 2**20:.0f} MB, more than the "
+            f"{rp.MAX_RECORD_BYTES / 2**20:.0f} MB a RecordIO record can hold; ask for image/png or send a smaller image"
+        )
+    count = int(np.prod(shape))
+    prefix = rp.feature_prefix("target", rp.FLOAT32_TENSOR, 4 * count)
+    suffix = rp.int32_feature("shape", shape)
+    payload = np.empty(size, dtype=np.uint8)
+    payload[:len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
+    values = payload[len(prefix):len(prefix) + 4 * count].view("<f4").reshape(shape[1:])
+    for top, strip in prediction.strips():
+        values[:, top:top + strip.shape[1]] = strip
+    payload[len(prefix) + 4 * count:] = np.frombuffer(suffix, dtype=np.uint8)
+    length, chunks = rp.framed(payload)
+    return Encoded(content_type, length, chunks)
+
+
+@dataclass(frozen=True)
+class ContentType:
+    request: bool  # accepted as a request body
+    encode: Callable[[Prediction, str], Encoded] | None  # how a response of this type is written
+
+
+CONTENT_TYPES: dict[str, ContentType] = {
+    "image/jpeg": ContentType(request=True, encode=None),
+    "image/png": ContentType(request=True, encode=encode_png),
+    "application/x-image": ContentType(request=True, encode=None),
+    "application/octet-stream": ContentType(request=True, encode=None),
+    "application/x-protobuf": ContentType(request=False, encode=encode_probabilities),
+    "application/x-recordio-protobuf": ContentType(request=False, encode=encode_probabilities),
+    "application/json": ContentType(request=False, encode=encode_json),
+}
+REQUEST_TYPES = [name for name, kind in CONTENT_TYPES.items() if kind.request]
+RESPONSE_TYPES = [name for name, kind in CONTENT_TYPES.items() if kind.encode]
+_WILDCARDS = ("*/*", "image/*", "application/*")
+
+
+def _media_type(value: str) -> str:
+    return value.split(";", 1)[0].strip().lower()
+
+
+def request_type(header: str | None) -> str:
+    """The request's media type; a missing Content-Type is read as octet-stream (sniffed)."""
+    media = _media_type(header or "") or "application/octet-stream"
+    if media not in REQUEST_TYPES:
+        raise UnsupportedContentType(
+            f"The Content-Type '{media}' is not supported; send one of {', '.join(REQUEST_TYPES)}"
+        )
+    return media
+
+
+def response_type(header: str | None, default: str) -> str:
+    """The first supported type of a comma-separated Accept header; ``*/*`` and none mean ``default``."""
+    wanted = [_media_type(part) for part in (header or "").split(",") if _media_type(part)] or ["*/*"]
+    for media in wanted:
+        if media in RESPONSE_TYPES:
+            return media
+        if media in _WILDCARDS:
+            family = "" if media == "*/*" else media[:-1]
+            return next(t for t in [default, *RESPONSE_TYPES] if t in RESPONSE_TYPES and t.startswith(family))
+    raise UnsupportedAccept(
+        f"The Accept type '{header}' is not supported; ask for one of {', '.join(RESPONSE_TYPES)}"
+    )
+
+
+def invoke(predictor: Predictor, body: bytes, content_type: str | None, accept: str | None,
+           default_accept: str) -> Encoded:
+    """Check the content types, predict, encode: the whole of one ``/invocations`` request."""
+    request_type(content_type)
+    media = response_type(accept, default_accept)
+    return CONTENT_TYPES[media].encode(predictor.predict(body), media)

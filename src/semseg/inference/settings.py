@@ -1,0 +1,63 @@
+"""The model server's settings, read from the environment in one place.
+
+SageMaker's own variables come first (``SAGEMAKER_*``, as the AWS inference toolkits name them);
+the ``SEMSEG_*`` ones are this server's additions. Each is documented in the README's serving
+section; a malformed value is a configuration error explained in one sentence.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+from ..errors import UserError
+
+DEFAULT_PORT = 8080
+DEFAULT_TIMEOUT_S = 60
+DEFAULT_MAX_PAYLOAD_MB = 10  # what the built-in answers to /execution-parameters
+UNLIMITED_PAYLOAD_MB = 100  # MaxPayloadInMB=0 asks for "no limit"; batch transform's own maximum is 100
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000  # 8000x8000; a 50000x50000 decompression bomb is refused
+DEFAULT_ACCEPT = "image/png"
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    port: int = DEFAULT_PORT
+    workers: int | None = None  # None: one per GPU, else a CPU-based count (see semseg.server)
+    timeout_s: int = DEFAULT_TIMEOUT_S
+    max_payload_mb: int = DEFAULT_MAX_PAYLOAD_MB
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    inference_size: int | None = None  # None: the model's base_size
+    default_accept: str = DEFAULT_ACCEPT
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return self.max_payload_mb * 1024 * 1024
+
+
+def _integer(environ: Mapping[str, str], name: str, default: int | None, low: int) -> int | None:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UserError(f"The environment variable {name} is '{raw}'; it must be a whole number") from None
+    if value < low:
+        raise UserError(f"The environment variable {name} is {value}; it must be at least {low}")
+    return value
+
+
+def from_environment(environ: Mapping[str, str] | None = None) -> ServingSettings:
+    env = os.environ if environ is None else environ
+    payload_mb = _integer(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB, 0)
+    return ServingSettings(
+        port=_integer(env, "SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT, 1),
+        workers=_integer(env, "SAGEMAKER_MODEL_SERVER_WORKERS", None, 1),
+        timeout_s=_integer(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", DEFAULT_TIMEOUT_S, 1),
+        max_payload_mb=payload_mb or UNLIMITED_PAYLOAD_MB,
+        max_image_pixels=_integer(env, "SEMSEG_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, 1),
+        inference_size=_integer(env, "SEMSEG_INFERENCE_SIZE", None, 8),
+        default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip() or DEFAULT_ACCEPT,
+    )
