@@ -2,9 +2,10 @@
 
 All four run the same network (ResNet-50 dilated to output stride 8, FCN or DeepLabV3 head,
 random weights, no aux head, softmax included) at batch 1 on exact input shapes, in one run, so
-the ratios hold even on a noisy shared machine. Times are the median of ``--repeats`` runs after
-one warm-up. torchvision runs in its own Python, because PyTorch must not enter the product's
-environment; create it once with
+the ratios hold even on a noisy shared machine. Times are the median (and minimum) of
+``--repeats`` rounds after one warm-up, the engines taking turns within each round, so that load
+from other processes falls on all of them alike. torchvision runs in its own Python, because
+PyTorch must not enter the product's environment; create it once with
 
     python3.11 -m venv /work/bench-venv-torch
     /work/bench-venv-torch/bin/pip install torch==2.14.1 torchvision==0.29.1
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import platform
 import statistics
@@ -29,6 +29,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import mxnet as mx
 import numpy as np
@@ -40,21 +41,39 @@ TORCHVISION_MODEL = {"fcn": "fcn_resnet50", "deeplab": "deeplabv3_resnet50"}
 LABEL = {"fcn": "FCN-ResNet50", "deeplab": "DeepLabV3-ResNet50"}
 
 TORCH_SCRIPT = r"""
-import json, statistics, sys, time
-import torch, torchvision
-name, height, width, classes, repeats, threads = sys.argv[1], *map(int, sys.argv[2:7])
+import sys, time
+import numpy, torch, torchvision
+name, height, width, classes, threads = sys.argv[1], *map(int, sys.argv[2:6])
 torch.set_num_threads(threads)
 net = getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None,
                                                      num_classes=classes, aux_loss=False).eval()
-x = torch.from_numpy(__import__("numpy").random.RandomState(0).randn(1, 3, height, width).astype("float32"))
-times = []
+x = torch.from_numpy(numpy.random.RandomState(0).randn(1, 3, height, width).astype("float32"))
+print(torch.__version__, flush=True)
 with torch.inference_mode():
-    for i in range(repeats + 1):
+    for line in sys.stdin:  # one forward pass per line, its seconds answered on stdout
         start = time.perf_counter()
         torch.softmax(net(x)["out"], dim=1)
-        times.append(time.perf_counter() - start)
-print(json.dumps({"median": statistics.median(times[1:]), "version": torch.__version__}))
+        print(time.perf_counter() - start, flush=True)
 """
+
+
+class Torchvision:
+    """torchvision's network in its own Python process, timed on request so runs can interleave."""
+
+    def __init__(self, python: str, model: str, height: int, width: int, classes: int, threads: int):
+        command = [python, "-c", TORCH_SCRIPT, TORCHVISION_MODEL[model], str(height), str(width), str(classes),
+                   str(threads)]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.version = self.process.stdout.readline().strip()
+
+    def __call__(self) -> float:
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
 
 
 class Probabilities(mx.gluon.HybridBlock):
@@ -82,42 +101,40 @@ def gluoncv_network(model: str, height: int, width: int, classes: int, seed: int
     return Probabilities(net)
 
 
-def median_seconds(run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats + 1):
+def timed(run) -> Callable[[], float]:
+    def once() -> float:
         start = time.perf_counter()
         run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+        return time.perf_counter() - start
+    return once
 
 
-def bench_mxnet(block: Probabilities, x: np.ndarray, repeats: int, mkldnn: bool) -> float:
+def mxnet_runner(block: Probabilities, x: np.ndarray, mkldnn: bool) -> Callable[[], float]:
     data = mx.nd.array(x)
     if mkldnn:
         block.optimize_for(data, backend="MKLDNN", static_alloc=True, static_shape=True)
     else:
         block.hybridize(static_alloc=True, static_shape=True)
-    return median_seconds(lambda: block(data).wait_to_read(), repeats)
+    return timed(lambda: block(data).wait_to_read())
 
 
-def bench_onnx(block: Probabilities, x: np.ndarray, repeats: int, threads: int, scratch: Path) -> float:
+def onnx_runner(block: Probabilities, x: np.ndarray, threads: int, path: Path) -> Callable[[], float]:
     """The product's export and session settings, on an export of this exact shape."""
-    path = scratch / "model.onnx"
     export_block(block, x.shape[2], x.shape[3], path, {})
     session = cpu_session(path, threads)
     feed = {session.get_inputs()[0].name: x}
-    return median_seconds(lambda: session.run(None, feed), repeats)
+    return timed(lambda: session.run(None, feed))
 
 
-def bench_torchvision(python: str, model: str, height: int, width: int, classes: int, repeats: int,
-                      threads: int) -> float | None:
-    command = [python, "-c", TORCH_SCRIPT, TORCHVISION_MODEL[model], str(height), str(width), str(classes),
-               str(repeats), str(threads)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        print(f"torchvision failed: {result.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
-    return json.loads(result.stdout.strip().splitlines()[-1])["median"]
+def measure(runners: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """One warm-up each, then ``repeats`` rounds in which every runner runs once, in turn."""
+    for run in runners.values():
+        run()
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            times[name].append(run())
+    return times
 
 
 def main() -> None:
@@ -125,42 +142,54 @@ def main() -> None:
     parser.add_argument("--models", default="fcn,deeplab")
     parser.add_argument("--sizes", default="480x480,1024x768", help="WIDTHxHEIGHT, comma-separated")
     parser.add_argument("--classes", type=int, default=21)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=available_cores())
     parser.add_argument("--torch-python", default="/work/bench-venv-torch/bin/python")
     args = parser.parse_args()
     have_torch = Path(args.torch_python).exists()
 
     print(f"# machine: {platform.processor() or platform.machine()}, {available_cores()} cores available, "
-          f"{args.threads} threads per engine; batch 1, fp32, random weights, {args.classes} classes, "
-          f"median of {args.repeats} after 1 warm-up")
-    print(f"# mxnet {mx.__version__} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), "
-          f"onnxruntime {__import__('onnxruntime').__version__}, torchvision python: "
+          f"load average {os.getloadavg()[0]:.1f}; {args.threads} threads per engine; batch 1, fp32, random weights, "
+          f"{args.classes} classes; engines interleaved, {args.repeats} rounds after 1 warm-up each; "
+          f"median and (min) seconds")
+    print(f"# mxnet {mx.__version__}, onnxruntime {__import__('onnxruntime').__version__}, torchvision python: "
           f"{args.torch_python if have_torch else 'not found, column skipped'}")
-    header = ("model", "size", "mxnet hybridized s", "mxnet+MKLDNN s", "onnxruntime s", "torchvision s",
-              "ort/torchvision", "best mxnet/torchvision", "ort/mxnet")
+    header = ("model", "size", "mxnet hybridized", "mxnet+MKLDNN", "onnxruntime", "torchvision",
+              "ort/torchvision median (min)", "best mxnet/torchvision median", "ort/best mxnet median")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    x_cache = {}
     for model in args.models.split(","):
         for size in args.sizes.split(","):
             width, height = map(int, size.lower().split("x"))
-            x = x_cache.setdefault((height, width),
-                                   np.random.RandomState(0).randn(1, 3, height, width).astype(np.float32))
-            hybrid = bench_mxnet(gluoncv_network(model, height, width, args.classes), x, args.repeats, False)
-            mkldnn = bench_mxnet(gluoncv_network(model, height, width, args.classes), x, args.repeats, True)
+            x = np.random.RandomState(0).randn(1, 3, height, width).astype(np.float32)
+            torch = None
             with tempfile.TemporaryDirectory() as scratch:
-                ort_s = bench_onnx(gluoncv_network(model, height, width, args.classes), x, args.repeats,
-                                   args.threads, Path(scratch))
-            torch_s = (bench_torchvision(args.torch_python, model, height, width, args.classes, args.repeats,
-                                         args.threads) if have_torch else None)
+                runners = {
+                    "mxnet": mxnet_runner(gluoncv_network(model, height, width, args.classes), x, False),
+                    "mkldnn": mxnet_runner(gluoncv_network(model, height, width, args.classes), x, True),
+                    "onnx": onnx_runner(gluoncv_network(model, height, width, args.classes), x, args.threads,
+                                        Path(scratch) / "model.onnx"),
+                }
+                if have_torch:
+                    torch = Torchvision(args.torch_python, model, height, width, args.classes, args.threads)
+                    runners["torch"] = torch
+                times = measure(runners, args.repeats)
+            if torch:
+                torch.close()
+            med = {k: statistics.median(v) for k, v in times.items()}
+            low = {k: min(v) for k, v in times.items()}
+
+            def cell(name):
+                return f"{med[name]:.3f} ({low[name]:.3f})" if name in med else "-"
 
             def ratio(a, b):
-                return f"{a / b:.2f}" if a and b else "-"
+                if a not in med or b not in med:
+                    return "-"
+                return f"{med[a] / med[b]:.2f} ({low[a] / low[b]:.2f})"
 
-            cells = (LABEL[model], f"{width}x{height}", f"{hybrid:.3f}", f"{mkldnn:.3f}", f"{ort_s:.3f}",
-                     f"{torch_s:.3f}" if torch_s else "-", ratio(ort_s, torch_s),
-                     ratio(min(hybrid, mkldnn), torch_s), ratio(ort_s, min(hybrid, mkldnn)))
+            best = "mxnet" if med["mxnet"] <= med["mkldnn"] else "mkldnn"
+            cells = (LABEL[model], f"{width}x{height}", cell("mxnet"), cell("mkldnn"), cell("onnx"), cell("torch"),
+                     ratio("onnx", "torch"), ratio(best, "torch"), ratio("onnx", best))
             print("| " + " | ".join(cells) + " |", flush=True)
 
 
