@@ -12,7 +12,10 @@ PyTorch must not enter the product's environment; create it once with
 
 and pass ``--torch-python`` if it lives elsewhere (without it the torchvision column is left out).
 
-    .venv/bin/python bench/onnx_engine.py [--models fcn,deeplab] [--sizes 480x480,1024x768]
+    .venv/bin/python bench/onnx_engine.py [--models fcn,deeplab] [--sizes 480x480,1024x768] [--threads N]
+
+MXNet takes its thread count from ``OMP_NUM_THREADS`` when it is imported; this script sets it to
+``--threads`` first, so all four engines run with the same number of threads.
 """
 
 from __future__ import annotations
@@ -31,8 +34,20 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-import mxnet as mx
-import numpy as np
+
+def _threads_argument(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--threads="):
+            return arg.split("=", 1)[1]
+        if arg == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+os.environ["OMP_NUM_THREADS"] = _threads_argument(sys.argv) or str(len(os.sched_getaffinity(0)))
+
+import mxnet as mx  # noqa: E402 - after OMP_NUM_THREADS
+import numpy as np  # noqa: E402
 
 from semseg.inference.onnx_engine import available_cores, cpu_session
 from semseg.model.export import export_block
@@ -152,7 +167,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}; {args.threads} threads per engine; batch 1, fp32, random weights, "
           f"{args.classes} classes; engines interleaved, {args.repeats} rounds after 1 warm-up each; "
           f"median and (min) seconds")
-    print(f"# mxnet {mx.__version__}, onnxruntime {__import__('onnxruntime').__version__}, torchvision python: "
+    print(f"# mxnet {mx.__version__} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}), onnxruntime {__import__('onnxruntime').__version__}, torchvision python: "
           f"{args.torch_python if have_torch else 'not found, column skipped'}")
     header = ("model", "size", "mxnet hybridized", "mxnet+MKLDNN", "onnxruntime", "torchvision",
               "ort/torchvision median (min)", "best mxnet/torchvision median", "ort/best mxnet median")
