@@ -79,10 +79,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--per-size", type=int, default=4)
+    parser.add_argument("--workdir", help="keep the training tree here, and reuse the model trained there before")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         started = time.time()
-        model_dir = train(Path(scratch), args.epochs)
+        root = Path(args.workdir or scratch)
+        trained = (root / "model" / "hyperparams.json").exists()
+        model_dir = root / "model" if trained else train(root, args.epochs)
         hp = artifacts.read_hyperparameters(model_dir)
         if not (model_dir / export.ONNX_FILE).exists():  # model dirs from before the loop exported
             export.export_onnx(hp, model_dir)
