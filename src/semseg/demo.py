@@ -25,8 +25,8 @@ from .sample_data import PALETTE, make_pair, write_opt_ml_tree
 # Settings a CPU learns the sample task with in a few minutes (see tests/test_learning.py).
 DEMO_HYPERPARAMETERS = {
     "algorithm": "fcn", "backbone": "resnet-50", "use_pretrained_model": "False", "crop_size": "64",
-    "base_size": "96", "epochs": "6", "mini_batch_size": "4", "num_training_samples": "64",
-    "learning_rate": "0.5", "validation_mini_batch_size": "8",
+    "base_size": "96", "epochs": "8", "mini_batch_size": "4", "num_training_samples": "160",
+    "optimizer": "adam", "learning_rate": "0.002", "validation_mini_batch_size": "12",
 }
 
 

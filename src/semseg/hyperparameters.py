@@ -105,7 +105,7 @@ def _range_text(spec: Spec, noun: str) -> str:
 def _check_range(name: str, raw: Any, value: float, spec: Spec, noun: str) -> None:
     too_low = spec.low is not None and (value <= spec.low if spec.low_open else value < spec.low)
     too_high = spec.high is not None and (value >= spec.high if spec.high_open else value > spec.high)
-    if too_low or too_high or (isinstance(value, float) and math.isnan(value)):
+    if too_low or too_high:
         raise _invalid(name, raw, _range_text(spec, noun))
 
 
@@ -133,25 +133,27 @@ def _parse_bool(name: str, raw: Any, spec: Spec) -> bool:
     raise _invalid(name, raw, "one of the following: 'True', 'False'")
 
 
-def _parse_int(name: str, raw: Any, spec: Spec) -> int:
+def _number(raw: Any) -> float:
+    """The value as a finite float, or NaN when it is not a number (booleans are not numbers)."""
     value = _unwrap(raw)
     try:
         number = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
-        number = math.nan
-    if math.isnan(number) or math.isinf(number) or number != int(number):
+        return math.nan
+    return number if math.isfinite(number) else math.nan
+
+
+def _parse_int(name: str, raw: Any, spec: Spec) -> int:
+    number = _number(raw)
+    if math.isnan(number) or number != int(number):
         raise _invalid(name, raw, _range_text(spec, "an integer"))
     _check_range(name, raw, int(number), spec, "an integer")
     return int(number)
 
 
 def _parse_float(name: str, raw: Any, spec: Spec) -> float:
-    value = _unwrap(raw)
-    try:
-        number = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        number = math.nan
-    if math.isnan(number) or math.isinf(number):
+    number = _number(raw)
+    if math.isnan(number):
         raise _invalid(name, raw, _range_text(spec, "a number"))
     _check_range(name, raw, number, spec, "a number")
     return number
