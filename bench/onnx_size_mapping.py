@@ -1,7 +1,7 @@
 """mIoU of serving through the fixed-shape ONNX export (resize-and-pad) against full-resolution MXNet.
 
 Method: the real ``train`` command learns the synthetic task (``semseg.sample_data``, the demo's
-settings: FCN-ResNet50, crop 64, base 96), and training's ONNX export is taken as is. A held-out
+settings: FCN-ResNet50 from scratch, crop 64, base 96), and training's ONNX export is taken as is. A held-out
 set drawn with another seed, at sizes from 50x75 to 500x375 and aspect ratios up to 3:1, is then
 segmented three ways and scored with the training metric (mIoU over the whole set):
 
@@ -11,7 +11,7 @@ segmented three ways and scored with the training metric (mIoU over the whole se
 - native, MXNet: no resize at all; the network is built for each image's own size (padded to a
   multiple of 8), which is what a variable-shape runtime would do.
 
-    .venv/bin/python bench/onnx_size_mapping.py [--epochs 6] [--per-size 4]
+    .venv/bin/python bench/onnx_size_mapping.py [--epochs 8] [--per-size 4] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ HELD_OUT_SIZES = ((96, 96), (160, 112), (240, 180), (320, 240), (500, 375), (75,
 
 def train(root: Path, epochs: int) -> Path:
     settings = {**DEMO_HYPERPARAMETERS, "epochs": str(epochs), "_workers": "0"}
-    sample_data.write_opt_ml_tree(root, train=64, validation=16, hyperparameters=settings)
+    sample_data.write_opt_ml_tree(root, train=32, validation=12, hyperparameters=settings)
     command = [str(Path(sys.executable).parent / "train")]
     result = subprocess.run(command, env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -77,7 +77,7 @@ class NativeSize:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=int(DEMO_HYPERPARAMETERS["epochs"]))
     parser.add_argument("--per-size", type=int, default=4)
     parser.add_argument("--workdir", help="keep the training tree here, and reuse the model trained there before")
     args = parser.parse_args()
@@ -97,9 +97,11 @@ def main() -> None:
         served_mxnet = Predictor(MXNetEngine(hp, model_dir, size, mx.cpu()), 10**8)
         native = NativeSize(hp, model_dir)
         matrices = {name: ConfusionMatrix(hp["num_classes"]) for name in ("onnx", "mxnet", "native")}
+        by_size = {}  # (width, height) -> {method: ConfusionMatrix}
         agree, pixels = 0, 0
         rng = np.random.RandomState(1234)
         for width, height in HELD_OUT_SIZES:
+            per_size = by_size.setdefault((width, height), {n: ConfusionMatrix(hp["num_classes"]) for n in matrices})
             for _ in range(args.per_size):
                 image, mask = sample_data.make_pair(rng, width, height)
                 body = io.BytesIO()
@@ -107,10 +109,14 @@ def main() -> None:
                 labels = np.asarray(mask)
                 onnx_ids = served_onnx.predict(body.getvalue()).class_ids()
                 matrices["onnx"].update(labels, onnx_ids)
+                per_size["onnx"].update(labels, onnx_ids)
                 mxnet_ids = served_mxnet.predict(body.getvalue()).class_ids()
                 matrices["mxnet"].update(labels, mxnet_ids)
+                per_size["mxnet"].update(labels, mxnet_ids)
                 decoded = np.asarray(Image.open(io.BytesIO(body.getvalue())).convert("RGB"))
-                matrices["native"].update(labels, native.class_ids(decoded))
+                native_ids = native.class_ids(decoded)
+                matrices["native"].update(labels, native_ids)
+                per_size["native"].update(labels, native_ids)
                 agree += int((onnx_ids == mxnet_ids).sum())
                 pixels += onnx_ids.size
         count = len(HELD_OUT_SIZES) * args.per_size
@@ -121,6 +127,10 @@ def main() -> None:
                   "mxnet": f"served: resize-and-pad to {size}, MXNet", "native": "native size, MXNet"}
         for name, matrix in matrices.items():
             print(f"| {labels[name]} | {matrix.mean_iou():.4f} | {matrix.pixel_accuracy():.4f} |")
+        print("| image size | served mIoU (ONNX Runtime) | native-size mIoU |")
+        print("|---|---|---|")
+        for (width, height), per_size in by_size.items():
+            print(f"| {width}x{height} | {per_size['onnx'].mean_iou():.4f} | {per_size['native'].mean_iou():.4f} |")
         print(f"# mIoU change of the served method vs native size: "
               f"{matrices['onnx'].mean_iou() - matrices['native'].mean_iou():+.4f}; "
               f"ONNX Runtime vs MXNet class agreement through the predictor: {100 * agree / pixels:.3f}% of pixels")
