@@ -90,9 +90,9 @@ def main() -> None:
         if not (model_dir / export.ONNX_FILE).exists():  # model dirs from before the loop exported
             export.export_onnx(hp, model_dir)
         size = export.export_size(hp)
-        print(f"# machine: {platform.processor() or platform.machine()}; trained {hp['algorithm']}/{hp['backbone']} "
-              f"crop {hp['crop_size']} base {hp['base_size']} for {args.epochs} epochs in {time.time() - started:.0f} s; "
-              f"export size {size}")
+        how = "reused the model trained before" if trained else f"trained for {args.epochs} epochs in {time.time() - started:.0f} s"
+        print(f"# machine: {platform.processor() or platform.machine()}; {hp['algorithm']}/{hp['backbone']} "
+              f"crop {hp['crop_size']} base {hp['base_size']}, {how}; export size {size}")
         served_onnx = Predictor(OnnxEngine(model_dir / export.ONNX_FILE, intra_op_threads()), 10**8)
         served_mxnet = Predictor(MXNetEngine(hp, model_dir, size, mx.cpu()), 10**8)
         native = NativeSize(hp, model_dir)
