@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast test-container bench clean image-cpu image-gpu docker-train docker-serve
 
 install: $(BIN)/train
 
@@ -24,8 +24,40 @@ test: install
 test-fast: install
 	$(BIN)/pytest -q -m "not slow and not container"
 
+# Container tests: start a Docker engine if none answers (tests/container/engine.sh), build the CPU image,
+# run it as SageMaker does; lint the Dockerfiles.
+test-container: install
+	$(BIN)/pytest -q tests/container
+
 bench: install
 	$(BIN)/python bench/train_speed.py
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info src/*.egg-info
+
+# Images. The build fetches GluonCV's ImageNet backbones; PRETRAINED_WEIGHTS=skip builds without them
+# where the builder has no network to them (use_pretrained_model=True then fails saying so).
+# Without a Docker engine here: eval "$$(tests/container/engine.sh start)" first.
+IMAGE ?= semseg
+PRETRAINED_WEIGHTS ?= stage
+DOCKER_BUILD := docker build --network host --build-arg PRETRAINED_WEIGHTS=$(PRETRAINED_WEIGHTS)
+
+image-cpu:
+	$(DOCKER_BUILD) -f Dockerfile.cpu -t $(IMAGE):cpu .
+
+image-gpu:
+	$(DOCKER_BUILD) -f Dockerfile.gpu -t $(IMAGE):gpu .
+
+# Run an image on a local directory laid out as /opt/ml (the demo's by default; `.venv/bin/semseg
+# sample-data DIR` makes one). VARIANT=gpu runs the GPU image on all GPUs; PORT is where serve listens.
+ML ?= demo/opt_ml
+VARIANT ?= cpu
+PORT ?= 8080
+DOCKER_RUN = docker run --rm --network host $(if $(filter gpu,$(VARIANT)),--gpus all)
+
+docker-train:
+	@test -d $(ML)/input/config || { echo "$(ML) is not an /opt/ml tree: set ML=DIR, or make one with .venv/bin/semseg sample-data $(ML)"; exit 1; }
+	$(DOCKER_RUN) -v $(abspath $(ML)):/opt/ml $(IMAGE):$(VARIANT) train
+
+docker-serve:
+	$(DOCKER_RUN) -e SAGEMAKER_BIND_TO_PORT=$(PORT) -v $(abspath $(ML))/model:/opt/ml/model $(IMAGE):$(VARIANT) serve

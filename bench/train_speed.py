@@ -30,7 +30,7 @@ def measure(algorithm: str, steps: int, crop: int, batch: int, workers: int) -> 
         "crop_size": str(crop), "base_size": str(crop * 2), "mini_batch_size": str(batch),
         "use_pretrained_model": "False", "_workers": str(workers), "_logging_frequency": "1000",
     })
-    splits = loop.file_mode_splits(hp, {}, seed=0)
+    splits = loop.data_splits(hp, {}, seed=0)
     ctx = [mx.cpu()]
     net = build_from_hyperparameters(hp)
     loop.initial_weights(net, hp, ctx)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -76,10 +77,13 @@ def create_app() -> Flask:
     def invocations():
         if predictor is None:
             return _error(load_error, 503)
+        started = time.perf_counter()
         encoded = codecs.invoke(predictor, request.get_data(), request.headers.get("Content-Type"),
                                 request.headers.get("Accept"), settings.default_accept)
         response = Response(encoded.chunks, content_type=encoded.content_type, direct_passthrough=True)
         response.content_length = encoded.length
+        # The time spent predicting and encoding, so a client can tell it from network and queueing time.
+        response.headers["Server-Timing"] = f"invoke;dur={(time.perf_counter() - started) * 1000:.1f}"
         return response
 
     @app.errorhandler(UserError)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_short_cpu_run_reaches_the_stated_miou(tmp_path):
-    root = write_opt_ml_tree(tmp_path, train=32, validation=12, hyperparameters=DEMO_HYPERPARAMETERS)
+    root = write_opt_ml_tree(tmp_path, train=32, validation=16, hyperparameters=DEMO_HYPERPARAMETERS)
     job = run_train(root, timeout=1500)
     assert job.returncode == 0, job.log[-3000:]
     mious = [float(v) for v in re.findall(METRIC_REGEXES["validation:mIOU"], job.log)]

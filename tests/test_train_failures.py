@@ -132,8 +132,8 @@ def test_a_failed_run_leaves_earlier_artifacts_untouched(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_stops_training_promptly(tmp_path):
-    root = make_tree(tmp_path, epochs="50", _logging_frequency="1")
+def test_sigterm_stops_training_promptly_with_loader_processes(tmp_path):
+    root = make_tree(tmp_path, epochs="50", _logging_frequency="1", _workers="2")
     process = subprocess.Popen([TRAIN], env={"SAGEMAKER_BASE_DIR": str(root), "PATH": "/usr/bin:/bin"},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in process.stdout:

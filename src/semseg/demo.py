@@ -26,7 +26,7 @@ from .sample_data import PALETTE, make_pair, write_opt_ml_tree
 DEMO_HYPERPARAMETERS = {
     "algorithm": "fcn", "backbone": "resnet-50", "use_pretrained_model": "False", "crop_size": "64",
     "base_size": "96", "epochs": "8", "mini_batch_size": "4", "num_training_samples": "160",
-    "optimizer": "adam", "learning_rate": "0.002", "validation_mini_batch_size": "12",
+    "optimizer": "adam", "learning_rate": "0.002", "validation_mini_batch_size": "16",
 }
 
 
@@ -58,7 +58,7 @@ def _wait_for_ping(url: str, server: subprocess.Popen, timeout: float = 240) -> 
 def run_demo(workdir: str) -> int:
     root = Path(workdir).resolve() / "opt_ml"
     print(f"1/3 Writing a sample dataset and training job under {root}", flush=True)
-    write_opt_ml_tree(root, train=32, validation=12, hyperparameters=DEMO_HYPERPARAMETERS)
+    write_opt_ml_tree(root, train=32, validation=16, hyperparameters=DEMO_HYPERPARAMETERS)
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(root)}
     print("2/3 Training (the log lines are those of SageMaker's built-in algorithm)", flush=True)
     if subprocess.call([_script("train")], env=env) != 0:

@@ -1,8 +1,8 @@
 """A small synthetic segmentation dataset that a network learns in minutes on a CPU.
 
-Each image is a noisy textured background (class 0) with one to three large shapes (a third to
-two thirds of the short side, so that they stay several output cells wide at the networks' output
-stride of 8): discs (class 1),
+Each image is a noisy textured background (class 0) with one or two large shapes (0.45 to 0.8 of
+the short side, so that they stay several output cells wide at the networks' output stride of 8):
+discs (class 1),
 rectangles (class 2) and triangles (class 3), each class with its own hue and some per-shape
 variation. Masks are palette PNGs, as SageMaker Ground Truth writes them. Used by the demo, the
 tests and the benchmarks; ``write_opt_ml_tree`` lays it out as a SageMaker training job would.
@@ -32,9 +32,9 @@ def make_pair(rng: np.random.RandomState, width: int, height: int) -> tuple[Imag
     mask.putpalette(PALETTE)
     draw_image, draw_mask = ImageDraw.Draw(picture), ImageDraw.Draw(mask)
     shortest = min(width, height)
-    for _ in range(rng.randint(1, 4)):
+    for _ in range(rng.randint(1, 3)):
         cls = int(rng.randint(1, NUM_CLASSES))
-        size = rng.randint(shortest // 3, 2 * shortest // 3 + 1)
+        size = rng.randint(int(shortest * 0.45), int(shortest * 0.8) + 1)
         x0, y0 = rng.randint(0, max(1, width - size)), rng.randint(0, max(1, height - size))
         box = [x0, y0, x0 + size, y0 + size]
         colour = tuple(int(np.clip(c + rng.randint(-25, 26), 0, 255)) for c in CLASS_COLOURS[cls])

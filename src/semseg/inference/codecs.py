@@ -79,14 +79,13 @@ def encode_probabilities(prediction: Prediction, content_type: str) -> Encoded:
             f"{rp.MAX_RECORD_BYTES / 2**20:.0f} MB a RecordIO record can hold; ask for image/png or send a smaller image"
         )
     count = int(np.prod(shape))
-    prefix = rp.feature_prefix("target", rp.FLOAT32_TENSOR, 4 * count)
-    suffix = rp.int32_feature("shape", shape)
+    # The features in key order ("shape", "target"), as protobuf's deterministic serialisation has them.
+    head = rp.int32_feature("shape", shape) + rp.feature_prefix("target", rp.FLOAT32_TENSOR, 4 * count)
     payload = np.empty(size, dtype=np.uint8)
-    payload[:len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
-    values = payload[len(prefix):len(prefix) + 4 * count].view("<f4").reshape(shape[1:])
+    payload[:len(head)] = np.frombuffer(head, dtype=np.uint8)
+    values = payload[len(head):].view("<f4").reshape(shape[1:])
     for top, strip in prediction.strips():
         values[:, top:top + strip.shape[1]] = strip
-    payload[len(prefix) + 4 * count:] = np.frombuffer(suffix, dtype=np.uint8)
     length, chunks = rp.framed(payload)
     return Encoded(content_type, length, chunks)
 

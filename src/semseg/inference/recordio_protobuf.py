@@ -20,8 +20,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-MAGIC = 0xCED7230A
-MAX_RECORD_BYTES = (1 << 29) - 1  # lrec keeps 29 bits for the length
+from ..data.recordio import MAGIC, MAX_LENGTH as MAX_RECORD_BYTES
 CHUNK_BYTES = 1 << 20  # the response is handed to the server in pieces of this size
 
 _LENGTH_DELIMITED = 2

@@ -22,7 +22,7 @@ import numpy as np
 from mxnet import autograd, gluon
 
 from .. import hyperparameters, logs, paths, sm_config
-from ..data import file_mode, label_map
+from ..data import file_mode, label_map, pipe_mode
 from ..data.dataset import EpochSampler, PairDataset, ValidationSampler
 from ..data.transforms import train_transform, validation_transform
 from ..errors import UserError
@@ -46,15 +46,25 @@ class Stopped(Exception):
 
 
 class StopFlag:
-    """Set by SIGTERM; checked by the loop between iterations so it stops within one step."""
+    """Set by SIGTERM; checked by the loop between iterations so it stops within one step.
+
+    Data-loader processes are forked after the handler is installed and inherit it; in them
+    SIGTERM must keep its default meaning, or the pool could never be terminated on the way out.
+    """
 
     def __init__(self):
         self.raised = False
+        self._owner = os.getpid()
 
     def install(self) -> None:
+        self._owner = os.getpid()
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         self.raised = True
 
     def check(self) -> None:
@@ -95,8 +105,12 @@ def loader_workers(hp: dict) -> int:
     return max(0, min(hp["_workers"], os.cpu_count() or 1))
 
 
-def file_mode_splits(hp: dict, channels: dict, seed: int) -> Splits:
+def data_splits(hp: dict, channels: dict, seed: int, stop: StopFlag | None = None) -> Splits:
+    """Each split from its directories (File mode) or its per-epoch FIFOs (Pipe mode)."""
+    streamed = pipe_mode.check_channels(channels)
     for name in REQUIRED_CHANNELS:
+        if name.removesuffix("_annotation") in streamed:
+            continue
         if name not in channels and not paths.channel_dir(name).is_dir():
             raise UserError(
                 f"The '{name}' channel is missing; File mode needs the channels "
@@ -104,8 +118,18 @@ def file_mode_splits(hp: dict, channels: dict, seed: int) -> Splits:
             )
     label_map_dir = paths.channel_dir("label_map") if paths.channel_dir("label_map").is_dir() else None
     workers = loader_workers(hp)
-    loaders, sizes, class_pixels = {}, {}, None
+    loaders, sizes, class_pixels = {}, {}, np.zeros(0, dtype=np.int64)
+    iterations = max(1, hp["num_training_samples"] // hp["mini_batch_size"])
     for split in ("train", "validation"):
+        if split in streamed:  # the stream's length is unknown: num_training_samples is the train size
+            spec = label_map.load(label_map_dir, split)
+            table = label_map.lookup_table(spec, hp["num_classes"], f"{split} label map")
+            transform = (train_transform(hp["base_size"], hp["crop_size"]) if split == "train"
+                         else validation_transform(hp["crop_size"]))
+            loaders[split] = pipe_mode.pipe_loader(split, hp, transform, table, seed, workers,
+                                                   stop.check if stop else pipe_mode.no_stop)
+            sizes[split] = hp["num_training_samples"] if split == "train" else 0
+            continue
         pairs = file_mode.find_pairs(paths.channel_dir(split), paths.channel_dir(f"{split}_annotation"))
         spec = label_map.load(label_map_dir, split)
         table = label_map.lookup_table(spec, hp["num_classes"], f"{split} label map")
@@ -113,7 +137,6 @@ def file_mode_splits(hp: dict, channels: dict, seed: int) -> Splits:
         if split == "train":
             class_pixels = counts
             transform = train_transform(hp["base_size"], hp["crop_size"])
-            iterations = max(1, hp["num_training_samples"] // hp["mini_batch_size"])
             sampler = EpochSampler(len(pairs), hp["mini_batch_size"], iterations, seed)
         else:
             transform = validation_transform(hp["crop_size"])
@@ -179,7 +202,10 @@ def train_one_epoch(net, criterion, trainer, loader, ctx, schedule, epoch, first
     batches = iter(loader)
     for i in range(len(loader)):
         fetch_start = time.time()
-        images, labels = next(batches)
+        try:
+            images, labels = next(batches)
+        except StopIteration:  # a Pipe-mode stream shorter than num_training_samples: a shorter epoch
+            break
         waiting += time.time() - fetch_start
         stop.check()
         learning_rate = schedule(first_iteration + i)
@@ -241,7 +267,7 @@ def run(stop: StopFlag) -> None:
     host = resources.current_host
     channels = sm_config.read_input_data_config()
     seed_everything(hp["_seed"])
-    splits = file_mode_splits(hp, channels, hp["_seed"])
+    splits = data_splits(hp, channels, hp["_seed"], stop)
     ctx = contexts()
     if hp["mini_batch_size"] < len(ctx):
         raise UserError(

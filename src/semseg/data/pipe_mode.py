@@ -1,0 +1,365 @@
+"""Pipe mode: image/mask pairs streamed by SageMaker from an augmented manifest, one FIFO per epoch.
+
+With ``TrainingInputMode: Pipe``, ``RecordWrapperType: RecordIO`` and ``AttributeNames:
+["source-ref", "<label>-ref"]``, SageMaker writes epoch N of a channel into the FIFO
+``/opt/ml/input/data/<channel>_<N>`` as RecordIO records: image 1, mask 1, image 2, mask 2, ...
+Nothing reaches the disk and the stream's length is unknown up front, so:
+
+- a reader thread waits for the FIFO (``_pipe_wait_seconds``), reads records, pairs them, and for
+  the train split shuffles them through a buffer of ``_pipe_shuffle_buffer`` pairs; it hands them
+  over through a bounded queue (at most 80 pairs), so the encoded pairs held at any time number at
+  most ``_pipe_shuffle_buffer`` + 80 plus the loader's prefetch, whatever the stream's length;
+- the batch sampler turns pairs into batches of keys that carry the encoded bytes, and gluon's
+  ``DataLoader`` decodes and augments them in its worker processes while the next records are read,
+  exactly as it does for File mode (same ``prepare_pair``, transforms and label maps);
+- a train epoch is ``num_training_samples // mini_batch_size`` iterations, as in File mode: the
+  FIFO is closed once they are drawn (SageMaker allows closing early); a stream that ends sooner
+  gives a shorter epoch. Both are logged. A validation epoch is the whole stream, in order.
+
+Every error names the channel, the epoch, and the record's index and byte offset in the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
+
+import numpy as np
+from mxnet import gluon
+
+from .. import paths
+from ..errors import UserError
+from ..sm_config import ChannelConfig
+from .dataset import prepare_pair
+from .images import MASK_MODES, open_image, upright_size
+from .recordio import Record, read_records
+from .transforms import Compose
+
+log = logging.getLogger(__name__)
+
+STREAMED_SPLITS = ("train", "validation")
+CONTENT_TYPES = ("application/x-recordio", "application/x-image")
+SETTINGS = ('use TrainingInputMode "Pipe", RecordWrapperType "RecordIO", AttributeNames '
+            '["source-ref", "<label>-ref"] (image first, then mask) and ContentType "application/x-recordio"')
+POLL_SECONDS = 0.1
+READ_BUFFER = 1 << 20
+HANDOFF = 16  # pairs per queue item: one lock round-trip per 16 pairs keeps the thread handoff cheap
+
+
+def _content_type(config: ChannelConfig) -> str | None:
+    return config.content_type.split(";")[0].strip().lower() if config.content_type else None
+
+
+def check_channels(channels: dict[str, ChannelConfig]) -> set[str]:
+    """The splits SageMaker streams in Pipe mode; fails fast on settings that cannot work.
+
+    A missing ContentType is accepted (the RecordIO wrapping says all there is to know); a File-mode
+    train or validation channel that names RecordIO but has no annotation channel is the classic
+    augmented-manifest mistake and is told which settings to use.
+    """
+    streamed = set()
+    for name, config in channels.items():
+        if not config.is_pipe:
+            wants_recordio = _content_type(config) == CONTENT_TYPES[0] or config.record_wrapper == "RecordIO"
+            if name in STREAMED_SPLITS and wants_recordio and f"{name}_annotation" not in channels \
+                    and not paths.channel_dir(f"{name}_annotation").is_dir():
+                raise UserError(f"The '{name}' channel is in File mode with RecordIO data and has no "
+                                f"'{name}_annotation' channel; to train from an augmented manifest, {SETTINGS}")
+            continue
+        if name not in STREAMED_SPLITS:
+            raise UserError(f"The '{name}' channel is in Pipe mode, which only the train and validation channels "
+                            "support; give it TrainingInputMode \"File\"")
+        if config.record_wrapper != "RecordIO":
+            raise UserError(f"The '{name}' channel is in Pipe mode with RecordWrapperType {config.record_wrapper}, "
+                            f"so images and masks cannot be told apart in the stream; {SETTINGS}")
+        if _content_type(config) not in (None, *CONTENT_TYPES):
+            raise UserError(f"The '{name}' channel is in Pipe mode with ContentType {config.content_type}, which "
+                            f"this algorithm does not read; {SETTINGS}")
+        streamed.add(name)
+    return streamed
+
+
+def wait_for_fifo(path: Path, timeout: float, stopping: Callable[[], bool] = lambda: False) -> bool:
+    """Wait until ``path`` exists; False if ``stopping()`` became true first.
+
+    SageMaker creates ``<channel>_<N+1>`` only after ``<channel>_<N>`` is closed, so a short wait is
+    normal; the timeout turns a stream that never comes into a clear failure instead of a hang.
+    """
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if stopping():
+            return False
+        if time.monotonic() > deadline:
+            raise UserError(f"The Pipe-mode input {path} did not appear within {timeout:g} seconds (the "
+                            "_pipe_wait_seconds hyperparameter); SageMaker creates it when the channel is in Pipe mode")
+        time.sleep(POLL_SECONDS)
+    if stat.S_ISDIR(path.stat().st_mode):
+        raise UserError(f"The Pipe-mode input {path} is a directory, not the FIFO SageMaker streams into")
+    return True
+
+
+class PairKey(NamedTuple):
+    """One streamed pair as a DataLoader key: the encoded bytes and where they came from."""
+
+    image: bytes
+    mask: bytes
+    seed: int
+    where: str  # "the 'train' channel, epoch 0"
+    image_at: str  # "record 4 (byte offset 1234)"
+    mask_at: str
+
+
+def _at(record: Record) -> str:
+    return f"record {record.index} (byte offset {record.offset})"
+
+
+def pair_records(records: Iterator[Record], where: str) -> Iterator[tuple[Record, Record]]:
+    """[image, mask] pairs in AttributeNames order; an image left without its mask is an error."""
+    image = None
+    for record in records:
+        if image is None:
+            image = record
+        else:
+            yield image, record
+            image = None
+    if image is not None:
+        raise UserError(f"In {where}, the stream holds an odd number of records: the last, {_at(image)}, is an "
+                        f"image without its mask; every manifest line must give two attributes, {SETTINGS}")
+
+
+def _describe(image) -> str:
+    return f"a {image.format or 'image'} of mode {image.mode}"
+
+
+def _open(payload: bytes, key: PairKey, at: str, role: str):
+    try:
+        return open_image(payload)
+    except Exception:
+        raise UserError(f"In {key.where}, the {role} {at} is not an image (it starts with {payload[:24]!r}); "
+                        f"the attributes must be -ref attributes naming image files, so {SETTINGS}") from None
+
+
+def check_pair(key: PairKey) -> None:
+    """Header-only checks that give the user's mistake a name before any pixel is decoded."""
+    image = _open(key.image, key, key.image_at, "image")
+    mask = _open(key.mask, key, key.mask_at, "mask")
+    with image, mask:
+        if mask.mode not in MASK_MODES:
+            if image.mode in MASK_MODES and image.format == "PNG":
+                raise UserError(f"In {key.where}, the mask seems to come before its image: {key.image_at} is "
+                                f"{_describe(image)} and {key.mask_at} is {_describe(mask)}; AttributeNames must "
+                                "list the image first, as [\"source-ref\", \"<label>-ref\"]")
+            raise UserError(f"In {key.where}, the mask {key.mask_at} is {_describe(mask)}; masks must be "
+                            "single-channel 8-bit PNGs (palette 'P' or grayscale 'L') whose pixel values are class ids")
+        width, height = upright_size(image)
+        if mask.size != (width, height):
+            raise UserError(f"In {key.where}, the mask {key.mask_at} is {mask.size[0]}x{mask.size[1]} but its image "
+                            f"{key.image_at} is {width}x{height}; a mask must have the size of its image")
+
+
+class StreamedPairs:
+    """The dataset of streamed pairs: ``__getitem__`` decodes a ``PairKey`` (in a loader worker)."""
+
+    def __init__(self, transform: Compose, table: np.ndarray):
+        self.transform, self.table = transform, table
+
+    def __getitem__(self, key: PairKey):
+        check_pair(key)
+        try:
+            return prepare_pair(key.image, key.mask, self.transform, self.table, random.Random(key.seed))
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"In {key.where}, the pair {key.image_at} and {key.mask_at} could not be decoded "
+                            f"({type(exc).__name__}: {exc})") from None
+
+
+_END = object()
+
+
+class EpochStream:
+    """A reader thread over one epoch's FIFO: records -> pairs -> shuffle buffer -> bounded queue."""
+
+    def __init__(self, channel: str, epoch: int, wait_seconds: float, shuffle_buffer: int, seed: int):
+        self.channel, self.epoch = channel, epoch
+        self.path = paths.pipe_path(channel, epoch)
+        self.where = f"the '{channel}' channel, epoch {epoch}"
+        self.wait_seconds, self.shuffle_buffer = wait_seconds, shuffle_buffer
+        self.rng = random.Random(f"{seed}/{channel}/{epoch}")
+        self.pairs_read = 0
+        self.bytes_read = 0
+        self.exhausted = False
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"pipe-{channel}-{epoch}", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._cancel.is_set():
+            try:
+                self._queue.put(item, timeout=POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _pairs(self, stream) -> Iterator[tuple[Record, Record]]:
+        for pair in pair_records(read_records(stream, self.where), self.where):
+            self.pairs_read += 1
+            self.bytes_read = pair[1].offset + len(pair[1].payload)
+            yield pair
+
+    def _shuffled(self, pairs: Iterator[tuple[Record, Record]]) -> Iterator[tuple[Record, Record]]:
+        """Uniform draws from a buffer refilled by the stream (1 = stream order)."""
+        buffer: list = []
+        for pair in pairs:
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(pair)
+                continue
+            slot = self.rng.randrange(len(buffer))
+            yield buffer[slot]
+            buffer[slot] = pair
+        self.rng.shuffle(buffer)
+        yield from buffer
+
+    def _run(self) -> None:
+        try:
+            if not wait_for_fifo(self.path, self.wait_seconds, self._cancel.is_set):
+                return
+            chunk: list[PairKey] = []
+            with open(self.path, "rb", buffering=READ_BUFFER) as stream:
+                for image, mask in self._shuffled(self._pairs(stream)):
+                    chunk.append(PairKey(image.payload, mask.payload, self.rng.getrandbits(31), self.where,
+                                         _at(image), _at(mask)))
+                    if len(chunk) == HANDOFF:
+                        if not self._put(chunk):
+                            return
+                        chunk = []
+                self.exhausted = True
+            if chunk and not self._put(chunk):
+                return
+            self._put(_END)
+        except BaseException as exc:  # handed to the consumer, which raises it in the main thread
+            self._put(exc)
+
+    def pairs(self, stop_check: Callable[[], None]) -> Iterator[PairKey]:
+        """The pairs as they arrive; ``stop_check`` runs while waiting, so SIGTERM is not delayed."""
+        while True:
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                stop_check()
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
+
+    def close(self, stop_check: Callable[[], None]) -> None:
+        """Stop reading and close the FIFO, so that SageMaker can open the next epoch's."""
+        self._cancel.set()
+        while self._thread.is_alive():
+            self._thread.join(0.5)
+            stop_check()
+
+
+def no_stop() -> None:
+    return None
+
+
+class PipeBatchSampler:
+    """Batches of ``PairKey`` for gluon's DataLoader, one epoch's FIFO per ``iter()``.
+
+    Train (``iterations`` set): shuffled, full batches only, at most ``iterations`` of them.
+    Validation (``iterations`` None): the whole stream in order, the last batch possibly short.
+    """
+
+    def __init__(self, channel: str, batch_size: int, iterations: int | None, seed: int,
+                 wait_seconds: float, shuffle_buffer: int, stop_check: Callable[[], None] = no_stop):
+        self.channel, self.batch_size, self.iterations = channel, batch_size, iterations
+        self.seed, self.wait_seconds, self.stop_check = seed, wait_seconds, stop_check
+        self.shuffle_buffer = shuffle_buffer if iterations is not None else 1
+        self.epoch = 0
+        self.last_batches = 0
+
+    def __len__(self) -> int:
+        """Train: the iterations of an epoch; validation: the batches of the previous epoch (0 at first)."""
+        return self.iterations if self.iterations is not None else self.last_batches
+
+    def __iter__(self) -> Iterator[list[PairKey]]:
+        """One epoch. Each batch is held back until the next one is complete, so the last is handed
+        out only after the FIFO is closed and the epoch reported: a consumer that stops after
+        ``len()`` batches never leaves the FIFO open (SageMaker opens the next epoch's after it)."""
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        stream = EpochStream(self.channel, epoch, self.wait_seconds, self.shuffle_buffer, self.seed)
+        wanted = None if self.iterations is None else self.iterations * self.batch_size
+        batch: list[PairKey] = []
+        pending: list[PairKey] | None = None
+        batches = used = 0
+        start = time.monotonic()
+        try:
+            for key in stream.pairs(self.stop_check):
+                batch.append(key)
+                if len(batch) < self.batch_size:
+                    continue
+                if pending is not None:
+                    yield pending
+                pending, batch = batch, []
+                batches, used = batches + 1, used + len(pending)
+                if wanted is not None and used >= wanted:
+                    break
+            if batch and wanted is None:
+                if pending is not None:
+                    yield pending
+                pending = batch
+                batches, used = batches + 1, used + len(batch)
+        finally:
+            stream.close(self.stop_check)
+        self.last_batches = batches
+        self._report(stream, epoch, used, batches, wanted, time.monotonic() - start)
+        if pending is not None:
+            yield pending
+
+    def _report(self, stream: EpochStream, epoch: int, used: int, batches: int, wanted: int | None,
+                seconds: float) -> None:
+        source = f"The {self.channel} stream of epoch {epoch} ({stream.path})"
+        if stream.pairs_read == 0:
+            raise UserError(f"{source} holds no records; the augmented manifest of the channel must list "
+                            f"image/mask pairs, {SETTINGS}")
+        log.info("%s: %d image/mask pairs used in %d batches, %.1f MB read in %.1f s", source, used, batches,
+                 stream.bytes_read / 1e6, seconds)
+        if wanted is None:
+            return
+        if batches == 0:
+            raise UserError(f"{source} holds {stream.pairs_read} image/mask pairs, fewer than one mini_batch_size "
+                            f"of {self.batch_size}")
+        if used < wanted:
+            log.warning("%s ended after %d image/mask pairs, fewer than the %d that %d iterations of %d need "
+                        "(num_training_samples // mini_batch_size): the epoch ran %d iterations", source,
+                        stream.pairs_read, wanted, self.iterations, self.batch_size, batches)
+        elif not stream.exhausted or stream.pairs_read > used:
+            log.info("%s holds more than the %d image/mask pairs that %d iterations of %d use (num_training_samples "
+                     "// mini_batch_size); the epoch ends there and the rest of the stream is skipped", source,
+                     used, self.iterations, self.batch_size)
+
+
+def pipe_loader(split: str, hp: dict, transform: Compose, table: np.ndarray, seed: int, workers: int,
+                stop_check: Callable[[], None] = no_stop) -> gluon.data.DataLoader:
+    """The DataLoader of a streamed split, a drop-in for the File-mode one."""
+    if split == "train":
+        batch_size, iterations = hp["mini_batch_size"], max(1, hp["num_training_samples"] // hp["mini_batch_size"])
+    else:
+        batch_size, iterations = hp["validation_mini_batch_size"], None
+    sampler = PipeBatchSampler(split, batch_size, iterations, seed, hp["_pipe_wait_seconds"],
+                               hp["_pipe_shuffle_buffer"], stop_check)
+    log.info("%s: streamed in Pipe mode from %s", split, paths.pipe_path(split, 0).with_name(f"{split}_<epoch>"))
+    return gluon.data.DataLoader(StreamedPairs(transform, table), batch_sampler=sampler, num_workers=workers,
+                                 thread_pool=False, prefetch=2 * workers if workers else None)

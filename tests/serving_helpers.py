@@ -1,0 +1,157 @@
+"""Shared by the serving tests: models trained by short real runs, a real ``serve`` process on
+127.0.0.1, the protobuf classes compiled from the project's own ``record.proto``, and test images.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+from semseg.sample_data import make_pair, write_opt_ml_tree
+
+BIN = Path(sys.executable).parent
+PROTO = Path(__file__).resolve().parents[1] / "src" / "semseg" / "inference" / "record.proto"
+TINY_TRAINING = dict(crop_size=32, base_size=48, epochs=1, mini_batch_size=4, validation_mini_batch_size=2)
+
+
+def trained_model(cache: Path, algorithm: str) -> Path:
+    """The /opt/ml root of a one-iteration training run of ``algorithm`` (run once per session)."""
+    root = cache / algorithm
+    if not (root / "model" / "model_best.params").exists():
+        write_opt_ml_tree(root, train=4, validation=2, hyperparameters=dict(TINY_TRAINING, algorithm=algorithm))
+        env = dict(os.environ, SAGEMAKER_BASE_DIR=str(root))
+        done = subprocess.run([str(BIN / "train")], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``serve`` as SageMaker runs it, on a free port, reached on 127.0.0.1 only."""
+
+    def __init__(self, base_dir: Path, log_path: Path, **env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        environment = {**os.environ, "SAGEMAKER_MODEL_SERVER_WORKERS": "1", **env,
+                       "SAGEMAKER_BASE_DIR": str(base_dir), "SAGEMAKER_BIND_TO_PORT": str(self.port)}
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen([str(BIN / "serve")], env=environment, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
+
+    def wait_until_up(self, timeout: float = 120) -> requests.Response:
+        """The first answer of /ping (any status), once the server listens and a worker is ready."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"serve exited early: {self.log()}"
+            try:
+                return requests.get(self.url + "/ping", timeout=5)
+            except requests.ConnectionError:
+                time.sleep(0.3)
+            except requests.Timeout:
+                pass
+        raise AssertionError(f"serve did not answer /ping within {timeout} s: {self.log()}")
+
+    def invoke(self, body: bytes, content_type: str | None = "image/jpeg", accept: str | None = "image/png",
+               timeout: float = 60) -> requests.Response:
+        headers = {}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        if accept is not None:
+            headers["Accept"] = accept
+        return requests.post(self.url + "/invocations", data=body, headers=headers, timeout=timeout)
+
+    def worker_pids(self) -> set[int]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return {int(pid) for pid in children}
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> tuple[int, float]:
+        """SIGTERM, as SageMaker sends it; (exit code, seconds taken)."""
+        started = time.monotonic()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self._log.close()
+        return code, time.monotonic() - started
+
+
+def record_pb2(directory: Path):
+    """The Python classes protoc generates from the project's record.proto."""
+    from grpc_tools import protoc
+
+    code = protoc.main(["protoc", f"-I{PROTO.parent}", f"--python_out={directory}", str(PROTO)])
+    assert code == 0, "protoc failed on record.proto"
+    sys.path.insert(0, str(directory))
+    try:
+        return importlib.import_module("record_pb2")
+    finally:
+        sys.path.remove(str(directory))
+
+
+def decode_probabilities(body: bytes, record_module) -> np.ndarray:
+    """(C, H, W) from a RecordIO-protobuf body, read exactly as AWS's example notebook reads it."""
+    import mxnet as mx
+
+    record = record_module.Record()
+    with tempfile.NamedTemporaryFile(mode="w+b") as handle:
+        handle.write(body)
+        handle.flush()
+        reader = mx.recordio.MXRecordIO(handle.name, "r")
+        record.ParseFromString(reader.read())
+        assert reader.read() is None, "the body holds more than one record"
+        reader.close()
+    values = np.array(record.features["target"].float32_tensor.values, dtype=np.float32)
+    shape = list(record.features["shape"].int32_tensor.values)
+    return np.squeeze(values.reshape(shape), axis=0)
+
+
+def mask_of(body: bytes) -> np.ndarray:
+    return np.array(Image.open(io.BytesIO(body)))
+
+
+def encoded(image: Image.Image, fmt: str = "JPEG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def sample_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A sample-data picture (shapes on texture) of exactly ``width`` x ``height``."""
+    picture = make_pair(np.random.RandomState(seed), max(width, 32), max(height, 32))[0]
+    return picture if picture.size == (width, height) else picture.resize((width, height), Image.BILINEAR)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A few-hundred-byte PNG whose header declares ``width`` x ``height`` (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
