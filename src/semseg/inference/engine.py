@@ -8,10 +8,13 @@ images, mapping back to the exact input height and width) belongs to the predict
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
@@ -27,8 +30,30 @@ class Engine(Protocol):
 def load_engine(model_dir: Path, hp: dict, input_size: int, worker_index: int = 0) -> Engine:
     """The engine that runs the model in ``model_dir``: the one place that chooses between engines.
 
-    MXNet serves every model, on the GPU when one is visible (worker ``i`` takes GPU ``i mod n``).
+    ONNX Runtime on the CPU when training wrote an ONNX export (``model.onnx``) for this input size;
+    MXNet on the GPU when one is visible (worker ``i`` takes GPU ``i mod n``), and for every model
+    without a usable export (older model directories, another ``SEMSEG_INFERENCE_SIZE``).
     """
+    from ..model.export import ONNX_FILE
     from .mxnet_engine import MXNetEngine, pick_context
+    from .onnx_engine import OnnxEngine, intra_op_threads
 
-    return MXNetEngine(hp, model_dir, input_size, pick_context(worker_index))
+    ctx = pick_context(worker_index)
+    export = model_dir / ONNX_FILE
+    if ctx.device_type == "gpu":
+        reason = "a GPU is visible"
+    elif not export.is_file():
+        reason = f"the model has no {ONNX_FILE}"
+    else:
+        threads = intra_op_threads()
+        try:
+            engine = OnnxEngine(export, threads)
+        except Exception as exc:  # a damaged or foreign file: MXNet still serves the weights
+            reason = f"its {ONNX_FILE} could not be loaded ({type(exc).__name__}: {str(exc).strip()[:200]})"
+        else:
+            if engine.input_size == input_size:
+                log.info("Engine: %s, from %s", engine.name, ONNX_FILE)
+                return engine
+            reason = f"the inference size is {input_size} but {ONNX_FILE} takes {engine.input_size}"
+    log.info("Engine: MXNet, because %s", reason)
+    return MXNetEngine(hp, model_dir, input_size, ctx)
