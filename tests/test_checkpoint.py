@@ -121,8 +121,8 @@ def test_sigterm_in_epoch_2_of_4_then_restart_trains_like_an_uninterrupted_run(u
     assert (f"Resuming from checkpoint {root}/checkpoints/algo-1-00001-0000001: epoch 1, after 1 of its 2 "
             "iterations") in resumed.log
     assert "#progress_metric: host=algo-1, completed 100 % of epochs" in resumed.log
-    assert sorted(p.name for p in (root / "model").iterdir()) == ["hyperparams.json", "model_algo-1",
-                                                                  "model_best.params"]
+    assert sorted(p.name for p in (root / "model").iterdir()) == ["hyperparams.json", "model.onnx",
+                                                                  "model_algo-1", "model_best.params"]
     assert_same_epochs(quality(first_part + resumed.log), quality(uninterrupted.log), epochs=slice(1, 4))
     report = json.loads((root / "output" / "data" / "metrics.json").read_text())
     assert [entry["epoch"] for entry in report["history"]] == [0, 1, 2, 3]

@@ -63,8 +63,8 @@ def test_two_hosts_train_like_one_host_with_two_devices(tmp_path):
     assert "All 2 hosts joined: this is algo-2, rank 1" in second.log
 
     # Only the first host writes the model; every host logs its metrics under its own name.
-    assert sorted(p.name for p in first.model_dir.iterdir()) == ["hyperparams.json", "model_algo-1",
-                                                                 "model_best.params"]
+    assert sorted(p.name for p in first.model_dir.iterdir()) == ["hyperparams.json", "model.onnx",
+                                                                 "model_algo-1", "model_best.params"]
     assert list(second.model_dir.iterdir()) == []
     assert "Model artifacts are written by the first host, algo-1" in second.log
     for job, host in ((first, "algo-1"), (second, "algo-2")):

@@ -474,8 +474,8 @@ def test_pipe_mode_trains_like_file_mode(file_and_pipe_runs):
     assert file_code == 0, file_log[-3000:]
     assert pipe_code == 0, pipe_log[-3000:]
     for root in (file_root, pipe_root):
-        assert sorted(p.name for p in (root / "model").iterdir()) == ["hyperparams.json", "model_algo-1",
-                                                                      "model_best.params"]
+        assert sorted(p.name for p in (root / "model").iterdir()) == ["hyperparams.json", "model.onnx",
+                                                                      "model_algo-1", "model_best.params"]
     # The same number of samples per epoch: 2 iterations of 4 in both modes, every validation pair once.
     assert iterations_per_epoch(file_log) == iterations_per_epoch(pipe_log) == {0: 2, 1: 2}
     assert "LRScheduler setup: iters per epoch: 2, num_epochs 2" in pipe_log

@@ -23,9 +23,9 @@ def fcn_job(tmp_path_factory):
     return job
 
 
-def test_writes_the_three_built_in_artifacts(fcn_job):
+def test_writes_the_three_built_in_artifacts_and_an_onnx_export(fcn_job):
     names = sorted(p.name for p in fcn_job.model_dir.iterdir())
-    assert names == ["hyperparams.json", "model_algo-1", "model_best.params"]
+    assert names == ["hyperparams.json", "model.onnx", "model_algo-1", "model_best.params"]
     hyperparams = json.loads((fcn_job.model_dir / "hyperparams.json").read_text())
     assert hyperparams["algorithm"] == "fcn" and hyperparams["num_classes"] == "4"
     assert hyperparams["crop_size"] == "32" and all(isinstance(v, str) for v in hyperparams.values())

@@ -35,7 +35,7 @@ from ..data import file_mode, label_map, pipe_mode
 from ..data.dataset import EpochSampler, PairDataset, ValidationSampler
 from ..data.transforms import train_transform, validation_transform
 from ..errors import UserError
-from ..model import artifacts, pretrained
+from ..model import artifacts, export, pretrained
 from ..model.factory import build_from_hyperparameters
 from . import checkpoint, distributed
 from .checkpoint import TrainingState
@@ -482,4 +482,5 @@ def run(stop: StopFlag, cluster: distributed.Cluster | None = None) -> None:
     artifacts.save_hyperparameters(hp, model_dir)
     logs.serializing(final)
     artifacts.save_parameters(net, final)
+    export.export_onnx(hp, model_dir)  # model/model.onnx for CPU serving; a failure only warns
     logs.end_of_training_metrics(host, epochs_done, start, setup_seconds)
