@@ -20,13 +20,14 @@ import argparse
 import json
 import os
 import platform
-import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from clusterjob import free_port_pair  # noqa: E402
 
 TRAIN = str(Path(sys.executable).parent / "train")
 HOSTS = ("algo-1", "algo-2")
@@ -46,20 +47,8 @@ def tree(root: Path, hosts: list[str], host: str, args, port: int) -> Path:
     return root
 
 
-def free_port() -> int:
-    while True:
-        port = random.randrange(20000, 60000)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-
-
 def run_hosts(base: Path, hosts: list[str], args, threads: int | None) -> list[float]:
-    port = free_port()
+    port = free_port_pair()
     env = {**os.environ, "SEMSEG_HOST_ADDRESSES": ",".join(f"{h}=127.0.0.1" for h in hosts)}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)

@@ -50,7 +50,7 @@ import mxnet as mx  # noqa: E402 - after OMP_NUM_THREADS
 import numpy as np  # noqa: E402
 
 from semseg.inference.onnx_engine import available_cores, cpu_session
-from semseg.model.export import export_block
+from semseg.model.export import Probabilities, export_block
 
 TORCHVISION_MODEL = {"fcn": "fcn_resnet50", "deeplab": "deeplabv3_resnet50"}
 LABEL = {"fcn": "FCN-ResNet50", "deeplab": "DeepLabV3-ResNet50"}
@@ -89,16 +89,6 @@ class Torchvision:
     def close(self) -> None:
         self.process.stdin.close()
         self.process.wait()
-
-
-class Probabilities(mx.gluon.HybridBlock):
-    def __init__(self, net):
-        super().__init__()
-        with self.name_scope():
-            self.net = net
-
-    def hybrid_forward(self, F, x):
-        return F.softmax(self.net(x)[0], axis=1)
 
 
 def gluoncv_network(model: str, height: int, width: int, classes: int, seed: int = 0) -> Probabilities:

@@ -74,7 +74,7 @@ def _fixed_pool(self, F, x, size: int):
     return F.concat(*columns, dim=3)
 
 
-class _Probabilities(mx.gluon.HybridBlock):
+class Probabilities(mx.gluon.HybridBlock):
     """The network's main head, as softmax probabilities: what the export computes."""
 
     def __init__(self, net):
@@ -93,7 +93,7 @@ def export_network(hp: dict, params_path: Path, size: int) -> mx.gluon.HybridBlo
     if hp["algorithm"] == "psp":
         pyramid = net.head.psp
         pyramid.pool = types.MethodType(_fixed_pool, pyramid)
-    return _Probabilities(net)
+    return Probabilities(net)
 
 
 def _set_shape(value, dims: tuple) -> None:
