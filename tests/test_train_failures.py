@@ -146,3 +146,11 @@ def test_sigterm_stops_training_promptly_with_loader_processes(tmp_path):
     assert code == 143 and time.time() - sent < 30
     assert "Received SIGTERM: training stopped before completion" in rest
     assert not (root / "model" / "model_algo-1").exists()
+
+
+def test_an_image_cut_short_after_its_header_fails_naming_it(tmp_path):
+    root = make_tree(tmp_path, train=2, num_training_samples="2")  # one batch: both images are drawn
+    path = root / "input" / "data" / "train" / "0001.jpg"
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])  # the header reads; the pixels do not
+    job = run_train(root)
+    assert_user_failure(job, "0001.jpg or its mask could not be decoded")

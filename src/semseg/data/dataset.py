@@ -13,6 +13,7 @@ import random
 import numpy as np
 from PIL import Image
 
+from ..errors import UserError
 from .file_mode import Sample
 from .images import open_image, read_mask, to_rgb_array
 from .transforms import Compose, normalize
@@ -40,7 +41,10 @@ class PairDataset:
     def __getitem__(self, key):
         position, seed = key
         sample = self.samples[position]
-        return prepare_pair(sample.image, sample.mask, self.transform, self.table, random.Random(seed))
+        try:
+            return prepare_pair(sample.image, sample.mask, self.transform, self.table, random.Random(seed))
+        except (OSError, ValueError, SyntaxError) as exc:  # e.g. a file cut short after a readable header
+            raise UserError(f"The image {sample.image} or its mask could not be decoded ({exc})") from None
 
 
 class EpochSampler:

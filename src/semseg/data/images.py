@@ -11,7 +11,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from ..errors import UserError
 
@@ -24,8 +24,11 @@ def open_image(source, max_pixels: int | None = None) -> Image.Image:
     """Open ``source`` (path or bytes) lazily, refusing pixel counts above ``max_pixels``.
 
     Only the header is read here; ``max_pixels`` guards against decompression bombs before any
-    pixel is decoded.
+    pixel is decoded. A cut-off file must fail to decode, never come out as a grey half picture:
+    importing GluonCV turns on Pillow's ``LOAD_TRUNCATED_IMAGES`` for the whole process, so it is
+    turned off again here, on the one path every image and mask of ours is opened through.
     """
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image
 
 from ..data.images import ImageTooLarge, open_image, to_rgb_array, upright_size
 from ..data.transforms import MEAN, STD, normalize
@@ -72,8 +72,6 @@ class Predictor:
         self.engine = engine
         self.max_image_pixels = max_image_pixels
         self._forward_lock = threading.Lock()
-        # gluoncv.data sets this on import; a cut-off upload must be an error, not a grey half image.
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, settings: ServingSettings, worker_index: int = 0) -> "Predictor":
