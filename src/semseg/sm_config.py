@@ -76,10 +76,6 @@ class ResourceConfig:
     hosts: list[str] = field(default_factory=lambda: ["algo-1"])
     network_interface_name: str = "eth0"
 
-    @property
-    def is_master(self) -> bool:
-        return self.current_host == sorted(self.hosts)[0]
-
 
 def read_resource_config() -> ResourceConfig:
     data = _read_json(paths.resource_config_file(), {})

@@ -93,14 +93,12 @@ class Splits:
 
     train_loader: gluon.data.DataLoader
     validation_loader: gluon.data.DataLoader
-    train_size: int
-    validation_size: int
     iterations_per_epoch: int
     class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(0))
     train_batches: distributed.WorkerBatches | None = None  # None: a stream, which cannot skip ahead
 
 
-def configure() -> tuple[dict, dict]:
+def configure() -> dict:
     """Read, merge and validate hyperparameters, logging the three lines the built-in logs."""
     defaults = hyperparameters.defaults_as_strings()
     log.info("Reading default configuration from %s: %s", hyperparameters.__file__, defaults)
@@ -108,7 +106,7 @@ def configure() -> tuple[dict, dict]:
     log.info("Merging with provided configuration from %s: %s", paths.hyperparameters_file(), provided)
     hp = hyperparameters.parse(provided)
     log.info("Final configuration: %s", {k: hyperparameters.to_string(v) for k, v in hp.items() if v is not None})
-    return hp, provided
+    return hp
 
 
 def contexts() -> list:
@@ -178,8 +176,7 @@ def data_splits(hp: dict, channels: dict, seed: int, stop: StopFlag | None = Non
     if hp["num_training_samples"] != sizes["train"]:
         log.info("num_training_samples is %d; the train channel holds %d pairs",
                  hp["num_training_samples"], sizes["train"])
-    return Splits(loaders["train"], loaders["validation"], sizes["train"], sizes["validation"],
-                  iterations, class_pixels, train_batches)
+    return Splits(loaders["train"], loaders["validation"], iterations, class_pixels, train_batches)
 
 
 def initial_weights(net, hp: dict, ctx: list) -> None:
@@ -385,7 +382,7 @@ def resume(host: str, cluster, configuration: dict, net, trainer, ctx) -> Traini
 
 def run(stop: StopFlag, cluster: distributed.Cluster | None = None) -> None:
     start = time.time()
-    hp, _ = configure()
+    hp = configure()
     resources = sm_config.read_resource_config()
     host = resources.current_host
     rank, hosts = (cluster.rank, cluster.size) if cluster else (0, 1)
