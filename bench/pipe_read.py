@@ -140,7 +140,7 @@ def decoding_table(pairs: list[tuple[bytes, bytes]], workers_list: list[int]) ->
     from semseg.data.file_mode import Sample
     from semseg.data.pipe_feed import pair_stream
     from semseg.data.transforms import train_transform
-    from mxnet import gluon
+    from semseg.data.batch_loader import BatchLoader
 
     hp = hyperparameters.parse({"num_classes": 4, "num_training_samples": len(pairs), "mini_batch_size": 8})
     table = label_map.lookup_table({"scale": 1}, 4)
@@ -160,16 +160,15 @@ def decoding_table(pairs: list[tuple[bytes, bytes]], workers_list: list[int]) ->
             samples.append(Sample(data_dir / f"{i}.jpg", data_dir / f"{i}.png"))
         for workers in workers_list:
             sampler = EpochSampler(len(samples), hp["mini_batch_size"], iterations, seed=0)
-            file_loader = gluon.data.DataLoader(PairDataset(samples, transform, table), batch_sampler=sampler,
-                                                num_workers=workers, prefetch=2 * workers if workers else None)
-            start = time.perf_counter()
-            count = sum(images.shape[0] for images, _ in file_loader)
-            file_rate = 2 * count / (time.perf_counter() - start)
+            with BatchLoader(PairDataset(samples, transform, table), sampler, workers) as file_loader:
+                start = time.perf_counter()
+                count = sum(images.shape[0] for images, _ in file_loader)
+                file_rate = 2 * count / (time.perf_counter() - start)
             writer = start_writer(data_dir, "train", b"".join(pair_stream(pairs)))
-            pipe_loader = pipe_mode.pipe_loader("train", hp, transform, table, 0, workers)
-            start = time.perf_counter()
-            count = sum(images.shape[0] for images, _ in pipe_loader)
-            pipe_rate = 2 * count / (time.perf_counter() - start)
+            with pipe_mode.pipe_loader("train", hp, transform, table, 0, workers) as pipe_loader:
+                start = time.perf_counter()
+                count = sum(images.shape[0] for images, _ in pipe_loader)
+                pipe_rate = 2 * count / (time.perf_counter() - start)
             writer.join()
             os.unlink(data_dir / "train_0")
             print(f"{'File mode (PairDataset)':28s} {workers:7d} {file_rate:10.1f} {1.0:12.2f}")

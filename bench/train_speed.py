@@ -14,6 +14,7 @@ import argparse
 import os
 import platform
 import tempfile
+from contextlib import closing
 
 import mxnet as mx
 from mxnet import gluon
@@ -23,6 +24,7 @@ def measure(algorithm: str, steps: int, crop: int, batch: int, workers: int) -> 
     from semseg import hyperparameters
     from semseg.model.factory import build_from_hyperparameters
     from semseg.train import loop
+    from semseg.train.stop import StopFlag
     from semseg.train.optim import lr_schedule, optimizer_settings
 
     hp = hyperparameters.parse({
@@ -38,10 +40,12 @@ def measure(algorithm: str, steps: int, crop: int, batch: int, workers: int) -> 
     name, settings = optimizer_settings(hp)
     trainer = gluon.Trainer(net.collect_params(), name, settings)
     schedule = lr_schedule(hp, steps)
-    stop = loop.StopFlag()
-    loop.train_one_epoch(net, loop.make_criterion(hp), trainer, splits.train_loader, ctx, schedule, 0, 0, hp, stop)
-    stats = loop.train_one_epoch(net, loop.make_criterion(hp), trainer, splits.train_loader, ctx, schedule,
-                                 1, steps, hp, stop)
+    stop = StopFlag()
+    with closing(splits):
+        loop.train_one_epoch(net, loop.make_criterion(hp), trainer, splits.train_loader, ctx, schedule, 0, 0, hp,
+                             stop)
+        stats = loop.train_one_epoch(net, loop.make_criterion(hp), trainer, splits.train_loader, ctx, schedule,
+                                     1, steps, hp, stop)
     return stats.throughput, stats.data_wait
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import logs, sm_config
 from .errors import UserError
+from .train.stop import StopFlag, Stopped
 
 log = logging.getLogger("semseg")
 
@@ -28,16 +30,15 @@ def train_main(argv: list[str] | None = None) -> int:
     With several hosts, ``distributed.start`` sets up the parameter server before mxnet is
     imported, and ``Cluster.finish`` ends the process so that every host ends together.
     """
+    stop = StopFlag().install()  # before anything slow: a SIGTERM during start-up is noticed too
     logs.setup_logging()
     from .train import distributed
 
     cluster, code, message = None, 0, ""
     try:
         cluster = distributed.start()
-        from .train.loop import StopFlag, Stopped, run
+        from .train.loop import run
 
-        stop = StopFlag()
-        stop.install()
         try:
             run(stop, cluster)
         except Stopped:
@@ -60,7 +61,18 @@ def train_main(argv: list[str] | None = None) -> int:
 def _exit(code: int) -> int:
     logging.shutdown()
     sys.stdout.flush()
+    sys.stderr.flush()
     return code
+
+
+def train_command() -> None:
+    """The ``train`` console script: the job, then an immediate exit with its code.
+
+    Everything the job owes is written and flushed when ``train_main`` returns (its loader
+    processes are already ended), so interpreter teardown has nothing left to do, and skipping
+    it means no library finalizer or leftover thread can keep a finished job alive (and billed).
+    """
+    os._exit(train_main())
 
 
 def serve_main(argv: list[str] | None = None) -> int:
@@ -83,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--validation", type=int, default=8)
     args = parser.parse_args(argv)
     if args.command == "train":
-        return train_main()
+        train_command()
     if args.command == "serve":
         return serve_main()
     if args.command == "sample-data":

@@ -9,8 +9,8 @@ Nothing reaches the disk and the stream's length is unknown up front, so:
   the train split shuffles them through a buffer of ``_pipe_shuffle_buffer`` pairs; it hands them
   over through a bounded queue (at most 80 pairs), so the encoded pairs held at any time number at
   most ``_pipe_shuffle_buffer`` + 80 plus the loader's prefetch, whatever the stream's length;
-- the batch sampler turns pairs into batches of keys that carry the encoded bytes, and gluon's
-  ``DataLoader`` decodes and augments them in its worker processes while the next records are read,
+- the batch sampler turns pairs into batches of keys that carry the encoded bytes, and the
+  ``BatchLoader`` decodes and augments them in its worker processes while the next records are read,
   exactly as it does for File mode (same ``prepare_pair``, transforms and label maps);
 - a train epoch is ``num_training_samples // mini_batch_size`` iterations, as in File mode: the
   FIFO is closed once they are drawn (SageMaker allows closing early); a stream that ends sooner
@@ -22,7 +22,6 @@ Every error names the channel, the epoch, and the record's index and byte offset
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import random
 import stat
@@ -32,11 +31,11 @@ from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
-from mxnet import gluon
 
 from .. import paths
 from ..errors import UserError
 from ..sm_config import ChannelConfig
+from .batch_loader import BatchLoader, no_stop
 from .dataset import prepare_pair
 from .images import MASK_MODES, open_image, upright_size
 from .recordio import Record, read_records
@@ -106,7 +105,7 @@ def wait_for_fifo(path: Path, timeout: float, stopping: Callable[[], bool] = lam
 
 
 class PairKey(NamedTuple):
-    """One streamed pair as a DataLoader key: the encoded bytes and where they came from."""
+    """One streamed pair as a loader key: the encoded bytes and where they came from."""
 
     image: bytes
     mask: bytes
@@ -165,7 +164,7 @@ def check_pair(key: PairKey) -> None:
 
 
 class StreamedPairs:
-    """The dataset of streamed pairs: ``__getitem__`` decodes a ``PairKey`` (in a loader worker)."""
+    """The dataset of streamed pairs: ``__getitem__`` decodes a ``PairKey`` (in a loader process)."""
 
     def __init__(self, transform: Compose, table: np.ndarray):
         self.transform, self.table = transform, table
@@ -271,12 +270,8 @@ class EpochStream:
             stop_check()
 
 
-def no_stop() -> None:
-    return None
-
-
 class PipeBatchSampler:
-    """Batches of ``PairKey`` for gluon's DataLoader, one epoch's FIFO per ``iter()``.
+    """Batches of ``PairKey`` for the ``BatchLoader``, one epoch's FIFO per ``iter()``.
 
     Train (``iterations`` set): shuffled, full batches only, at most ``iterations`` of them.
     Validation (``iterations`` None): the whole stream in order, the last batch possibly short.
@@ -352,8 +347,8 @@ class PipeBatchSampler:
 
 
 def pipe_loader(split: str, hp: dict, transform: Compose, table: np.ndarray, seed: int, workers: int,
-                stop_check: Callable[[], None] = no_stop) -> gluon.data.DataLoader:
-    """The DataLoader of a streamed split, a drop-in for the File-mode one."""
+                stop_check: Callable[[], None] = no_stop) -> BatchLoader:
+    """The loader of a streamed split, a drop-in for the File-mode one."""
     if split == "train":
         batch_size, iterations = hp["mini_batch_size"], max(1, hp["num_training_samples"] // hp["mini_batch_size"])
     else:
@@ -361,5 +356,4 @@ def pipe_loader(split: str, hp: dict, transform: Compose, table: np.ndarray, see
     sampler = PipeBatchSampler(split, batch_size, iterations, seed, hp["_pipe_wait_seconds"],
                                hp["_pipe_shuffle_buffer"], stop_check)
     log.info("%s: streamed in Pipe mode from %s", split, paths.pipe_path(split, 0).with_name(f"{split}_<epoch>"))
-    return gluon.data.DataLoader(StreamedPairs(transform, table), batch_sampler=sampler, num_workers=workers,
-                                 thread_pool=False, prefetch=2 * workers if workers else None)
+    return BatchLoader(StreamedPairs(transform, table), sampler, workers, stop_check=stop_check)

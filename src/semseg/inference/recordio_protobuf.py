@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..data.recordio import MAGIC, MAX_LENGTH as MAX_RECORD_BYTES
+from ..data.recordio import MAGIC
 CHUNK_BYTES = 1 << 20  # the response is handed to the server in pieces of this size
 
 _LENGTH_DELIMITED = 2

@@ -39,11 +39,9 @@ maps names to addresses without DNS.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -53,6 +51,7 @@ from dataclasses import dataclass
 
 from .. import hyperparameters, paths, sm_config
 from ..errors import UserError
+from ..processes import die_with_parent
 from . import checkpoint
 
 log = logging.getLogger("semseg")
@@ -118,10 +117,6 @@ class _Connection:
             return json.loads(line) if line else None
         except (OSError, ValueError):
             return None
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -205,7 +200,7 @@ class Cluster:
         for role in (["scheduler"] if self.is_master else []) + ["server"]:
             process = subprocess.Popen([sys.executable, "-c", "import mxnet"],
                                        env={**os.environ, **self.dmlc_environment(role)},
-                                       preexec_fn=_die_with_parent, start_new_session=True)
+                                       preexec_fn=die_with_parent, start_new_session=True)
             self.children.append((role, process))
         os.environ.update(self.dmlc_environment("worker"))
         for connection in self.peers.values():

@@ -18,7 +18,6 @@ import logging
 import os
 import random
 import shutil
-import signal
 import tempfile
 import time
 import warnings
@@ -32,6 +31,7 @@ from mxnet import autograd, gluon
 
 from .. import hyperparameters, logs, paths, sm_config
 from ..data import file_mode, label_map, pipe_mode
+from ..data.batch_loader import BatchLoader
 from ..data.dataset import EpochSampler, PairDataset, ValidationSampler
 from ..data.transforms import train_transform, validation_transform
 from ..errors import UserError
@@ -42,6 +42,7 @@ from .checkpoint import TrainingState
 from .early_stopping import EarlyStopping
 from .metrics import ConfusionMatrix
 from .optim import lr_schedule, optimizer_settings
+from .stop import StopFlag, Stopped
 
 log = logging.getLogger("semseg")
 
@@ -53,49 +54,20 @@ REQUIRED_CHANNELS = ("train", "train_annotation", "validation", "validation_anno
 CPU_CONTEXTS_ENV = "SEMSEG_CPU_CONTEXTS"  # testing aid: N CPU contexts stand in for N GPUs
 
 
-class Stopped(Exception):
-    """SIGTERM arrived: the job stops between iterations."""
-
-
-class StopFlag:
-    """Set by SIGTERM; checked by the loop between iterations so it stops within one step.
-
-    Data-loader processes are forked after the handler is installed and inherit it; in them
-    SIGTERM must keep its default meaning, or the pool could never be terminated on the way out.
-    In a multi-host job ``agree`` makes the check collective, so every host stops at the same
-    iteration (a host that went on alone would wait for the others forever).
-    """
-
-    def __init__(self):
-        self.raised = False
-        self._owner = os.getpid()
-        self.agree = None
-
-    def install(self) -> None:
-        self._owner = os.getpid()
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if os.getpid() != self._owner:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        self.raised = True
-
-    def check(self) -> None:
-        if self.agree(self.raised) if self.agree else self.raised:
-            raise Stopped()
-
-
 @dataclass
 class Splits:
     """What the loop needs to know about the data of both splits."""
 
-    train_loader: gluon.data.DataLoader
-    validation_loader: gluon.data.DataLoader
+    train_loader: BatchLoader
+    validation_loader: BatchLoader
     iterations_per_epoch: int
     class_pixels: np.ndarray = field(default_factory=lambda: np.zeros(0))
     train_batches: distributed.WorkerBatches | None = None  # None: a stream, which cannot skip ahead
+
+    def close(self) -> None:
+        """End both loaders' processes (nothing else does: see ``data.batch_loader``)."""
+        self.train_loader.close()
+        self.validation_loader.close()
 
 
 def configure() -> dict:
@@ -166,11 +138,8 @@ def data_splits(hp: dict, channels: dict, seed: int, stop: StopFlag | None = Non
         else:
             transform = validation_transform(hp["crop_size"])
             sampler = ValidationSampler(len(pairs), hp["validation_mini_batch_size"])
-        dataset = PairDataset(pairs, transform, table)
-        loaders[split] = gluon.data.DataLoader(
-            dataset, batch_sampler=sampler, num_workers=workers, thread_pool=False,
-            prefetch=2 * workers if workers else None,
-        )
+        loaders[split] = BatchLoader(PairDataset(pairs, transform, table), sampler, workers,
+                                     stop_check=stop.check if stop else pipe_mode.no_stop)
         sizes[split] = len(pairs)
         log.info("%s: %d image/mask pairs", split, len(pairs))
     if hp["num_training_samples"] != sizes["train"]:
@@ -381,20 +350,30 @@ def resume(host: str, cluster, configuration: dict, net, trainer, ctx) -> Traini
 
 
 def run(stop: StopFlag, cluster: distributed.Cluster | None = None) -> None:
+    """The whole job; its loader processes are ended here on every way out."""
     start = time.time()
     hp = configure()
+    seed_everything(hp["_seed"])
+    rank, hosts = (cluster.rank, cluster.size) if cluster else (0, 1)
+    splits = data_splits(hp, sm_config.read_input_data_config(), hp["_seed"], stop, shard=(rank, hosts))
+    try:
+        stop.check()
+        train(hp, splits, stop, cluster, start)
+    finally:
+        splits.close()
+
+
+def train(hp: dict, splits: Splits, stop: StopFlag, cluster: distributed.Cluster | None, start: float) -> None:
     resources = sm_config.read_resource_config()
     host = resources.current_host
     rank, hosts = (cluster.rank, cluster.size) if cluster else (0, 1)
     writes_artifacts = cluster is None or cluster.is_master  # SageMaker merges every host's model/
-    channels = sm_config.read_input_data_config()
-    seed_everything(hp["_seed"])
-    splits = data_splits(hp, channels, hp["_seed"], stop, shard=(rank, hosts))
     ctx = contexts()
     check_batch_size(hp, len(ctx), hosts)
 
     net = build_from_hyperparameters(hp, **batch_norm_layer(hp, ctx))
     initial_weights(net, hp, ctx)
+    stop.check()
     net.hybridize(static_alloc=True, static_shape=True)
     if len(ctx) > 1 or cluster:
         finish_deferred_init(net, hp, ctx)
@@ -471,6 +450,7 @@ def run(stop: StopFlag, cluster: distributed.Cluster | None = None) -> None:
             log.info("Early stopping: validation mIOU has not improved for %d epochs", stopping.patience)
             break
 
+    stop.check()  # collective in a multi-host job: every host makes it
     if not writes_artifacts:
         log.info("Model artifacts are written by the first host, %s", cluster.hosts[0])
         logs.end_of_training_metrics(host, epochs_done, start, setup_seconds)

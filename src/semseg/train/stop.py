@@ -1,0 +1,36 @@
+"""SIGTERM as SageMaker sends it: a flag the loop checks between steps, and the ``Stopped`` it raises.
+
+The handler is installed first thing in ``train``, before MXNet is imported, so a SIGTERM that
+arrives while the job is still starting is noticed at the first check instead of killing the
+process with nothing said. Loader processes set SIGTERM back to its default action themselves
+(``data.batch_loader``). In a multi-host job ``agree`` makes the check collective, so every host
+stops at the same iteration (a host that went on alone would wait for the others forever).
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Callable
+
+
+class Stopped(Exception):
+    """SIGTERM arrived: the job stops at the next check."""
+
+
+class StopFlag:
+    """Set by SIGTERM; ``check()`` raises ``Stopped`` once it is set (once every host agrees)."""
+
+    def __init__(self):
+        self.raised = False
+        self.agree: Callable[[bool], bool] | None = None
+
+    def install(self) -> "StopFlag":
+        signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = True
+
+    def check(self) -> None:
+        if self.agree(self.raised) if self.agree else self.raised:
+            raise Stopped()
