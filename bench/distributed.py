@@ -38,12 +38,25 @@ def tree(root: Path, hosts: list[str], host: str, args, port: int) -> Path:
     from semseg.sample_data import write_opt_ml_tree
 
     batch = args.batch * len(hosts)
-    write_opt_ml_tree(root, train=2 * args.steps * batch, validation=2, hyperparameters={
-        "crop_size": args.crop, "base_size": args.crop * 3 // 2, "epochs": 2, "mini_batch_size": batch,
-        "validation_mini_batch_size": 2, "num_training_samples": args.steps * batch, "_workers": 0,
-        "_logging_frequency": 1000, "_ps_port": port})
+    write_opt_ml_tree(
+        root,
+        train=2 * args.steps * batch,
+        validation=2,
+        hyperparameters={
+            "crop_size": args.crop,
+            "base_size": args.crop * 3 // 2,
+            "epochs": 2,
+            "mini_batch_size": batch,
+            "validation_mini_batch_size": 2,
+            "num_training_samples": args.steps * batch,
+            "_workers": 0,
+            "_logging_frequency": 1000,
+            "_ps_port": port,
+        },
+    )
     (root / "input" / "config" / "resourceconfig.json").write_text(
-        json.dumps({"current_host": host, "hosts": hosts, "network_interface_name": "lo"}))
+        json.dumps({"current_host": host, "hosts": hosts, "network_interface_name": "lo"})
+    )
     return root
 
 
@@ -55,8 +68,15 @@ def run_hosts(base: Path, hosts: list[str], args, threads: int | None) -> list[f
     processes = []
     for host in hosts:
         root = tree(base / host, hosts, host, args, port)
-        processes.append(subprocess.Popen([TRAIN], env={**env, "SAGEMAKER_BASE_DIR": str(root)},
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        processes.append(
+            subprocess.Popen(
+                [TRAIN],
+                env={**env, "SAGEMAKER_BASE_DIR": str(root)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     figures = []
     for process in processes:
         log = process.communicate()[0]
@@ -79,17 +99,20 @@ def main() -> None:
         one = run_hosts(base / "one", ["algo-1"], args, None)
         one_limited = run_hosts(base / "one-limited", ["algo-1"], args, per_worker)
         two = run_hosts(base / "two", list(HOSTS), args, per_worker)
-    print(f"Machine: {platform.processor() or platform.machine()}, {cores} cores; FCN ResNet-50, crop {args.crop}, "
-          f"{args.batch} images per worker per iteration, {args.steps} iterations, CPU")
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, {cores} cores; FCN ResNet-50, crop {args.crop}, "
+        f"{args.batch} images per worker per iteration, {args.steps} iterations, CPU"
+    )
     print(f"{'configuration':<44}{'threads/worker':>15}{'images/s per worker':>21}{'ratio':>8}")
-    rows = [("one host (dist off)", "all", one[0]),
-            ("one host (dist off)", str(per_worker), one_limited[0])]
+    rows = [("one host (dist off)", "all", one[0]), ("one host (dist off)", str(per_worker), one_limited[0])]
     rows += [(f"two hosts, dist_sync: {host}", str(per_worker), figure) for host, figure in zip(HOSTS, two)]
     for name, threads, figure in rows:
         print(f"{name:<44}{threads:>15}{figure:>21.3f}{figure / one_limited[0]:>8.2f}")
-    print(f"per-worker ratio, two hosts / one host at {per_worker} thread(s) per worker: "
-          f"{sum(two) / len(two) / one_limited[0]:.2f}; two hosts / one host with every core: "
-          f"{sum(two) / len(two) / one[0]:.2f}")
+    print(
+        f"per-worker ratio, two hosts / one host at {per_worker} thread(s) per worker: "
+        f"{sum(two) / len(two) / one_limited[0]:.2f}; two hosts / one host with every core: "
+        f"{sum(two) / len(two) / one[0]:.2f}"
+    )
 
 
 if __name__ == "__main__":

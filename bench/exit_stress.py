@@ -51,18 +51,24 @@ def main() -> int:
     plan = [SCENARIOS[i % len(SCENARIOS)] for i in range(args.runs)]
     seeds = [rng.randrange(2**31) for _ in plan]
     hogs = start_hogs(args.hogs)
-    print(f"{args.runs} runs, {args.parallel} at a time, {args.hogs} CPU hogs, {os.cpu_count()} cores; "
-          f"bound {args.bound:g} s after the end marker", flush=True)
+    print(
+        f"{args.runs} runs, {args.parallel} at a time, {args.hogs} CPU hogs, {os.cpu_count()} cores; "
+        f"bound {args.bound:g} s after the end marker",
+        flush=True,
+    )
 
     def one(i: int) -> Outcome:
         with tempfile.TemporaryDirectory(prefix="exit-stress-") as scratch:
             outcome = run_one(plan[i], Path(scratch), random.Random(seeds[i]), args.hang, args.cap, args.train.split())
         after = "-" if outcome.seconds_after_marker is None else f"{outcome.seconds_after_marker:.1f}"
-        print(f"run {i:3d} {outcome.scenario:15s} code {outcome.code!s:5s} exit {after:>6s} s after marker, "
-              f"{outcome.total_seconds:6.1f} s in all"
-              f"{'' if outcome.seconds_after_sigterm is None else f', {outcome.seconds_after_sigterm:.1f} s after SIGTERM'}"
-              f"{'  HUNG' if outcome.hung else ''}"
-              f"{'' if passed(outcome, args.bound, args.stop_bound) else '  FAIL'}", flush=True)
+        print(
+            f"run {i:3d} {outcome.scenario:15s} code {outcome.code!s:5s} exit {after:>6s} s after marker, "
+            f"{outcome.total_seconds:6.1f} s in all"
+            f"{'' if outcome.seconds_after_sigterm is None else f', {outcome.seconds_after_sigterm:.1f} s after SIGTERM'}"
+            f"{'  HUNG' if outcome.hung else ''}"
+            f"{'' if passed(outcome, args.bound, args.stop_bound) else '  FAIL'}",
+            flush=True,
+        )
         return outcome
 
     try:
@@ -77,9 +83,11 @@ def main() -> int:
     for scenario in (*SCENARIOS, "all"):
         chosen = [o for o in outcomes if scenario in ("all", o.scenario)]
         exits = [o.seconds_after_marker for o in chosen if o.seconds_after_marker is not None and not o.hung]
-        print(f"{scenario:15s} {len(chosen):5d} {sum(passed(o, args.bound, args.stop_bound) for o in chosen):9d} "
-              f"{sum(o.hung for o in chosen):5d} {sum(not o.hung and not o.right_code for o in chosen):9d} "
-              f"{max(exits) if exits else float('nan'):17.1f}")
+        print(
+            f"{scenario:15s} {len(chosen):5d} {sum(passed(o, args.bound, args.stop_bound) for o in chosen):9d} "
+            f"{sum(o.hung for o in chosen):5d} {sum(not o.hung and not o.right_code for o in chosen):9d} "
+            f"{max(exits) if exits else float('nan'):17.1f}"
+        )
     return 0 if all(passed(o, args.bound, args.stop_bound) for o in outcomes) else 1
 
 

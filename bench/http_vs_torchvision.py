@@ -31,13 +31,21 @@ from trainjob import run_train  # noqa: E402
 from semseg.sample_data import write_opt_ml_tree  # noqa: E402
 
 SIZE = 480
-ONE_ITERATION = {"crop_size": "32", "base_size": str(SIZE), "epochs": "1", "mini_batch_size": "2",
-                 "validation_mini_batch_size": "2", "num_training_samples": "2", "_workers": "0"}
+ONE_ITERATION = {
+    "crop_size": "32",
+    "base_size": str(SIZE),
+    "epochs": "1",
+    "mini_batch_size": "2",
+    "validation_mini_batch_size": "2",
+    "num_training_samples": "2",
+    "_workers": "0",
+}
 
 
 def post(url: str, body: bytes) -> float:
-    request = urllib.request.Request(url + "/invocations", data=body,
-                                     headers={"Content-Type": "image/jpeg", "Accept": "image/png"})
+    request = urllib.request.Request(
+        url + "/invocations", data=body, headers={"Content-Type": "image/jpeg", "Accept": "image/png"}
+    )
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=120) as answer:
         answer.read()
@@ -51,14 +59,20 @@ def main() -> None:
     args = parser.parse_args()
     threads = len(os.sched_getaffinity(0))
     body = encoded(sample_image(SIZE, SIZE), "JPEG")
-    print(f"# {threads} cores, load average {os.getloadavg()[0]:.1f}; {SIZE}x{SIZE} JPEG; medians of "
-          f"{args.repeats} rounds after a warm-up; seconds")
+    print(
+        f"# {threads} cores, load average {os.getloadavg()[0]:.1f}; {SIZE}x{SIZE} JPEG; medians of "
+        f"{args.repeats} rounds after a warm-up; seconds"
+    )
     print("| model | engine chosen by serve | HTTP end to end | torchvision forward | ratio |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as scratch:
         for algorithm, torch_model in (("fcn", "fcn"), ("deeplab", "deeplab")):
-            root = write_opt_ml_tree(Path(scratch) / algorithm, train=2, validation=2,
-                                     hyperparameters={**ONE_ITERATION, "algorithm": algorithm})
+            root = write_opt_ml_tree(
+                Path(scratch) / algorithm,
+                train=2,
+                validation=2,
+                hyperparameters={**ONE_ITERATION, "algorithm": algorithm},
+            )
             job = run_train(root)
             assert job.returncode == 0, job.log[-2000:]
             server = Server(root, Path(scratch) / f"{algorithm}.log")
@@ -73,11 +87,20 @@ def main() -> None:
             finally:
                 torchvision.close()
                 server.stop()
-            engine = next((line.split("Engine: ", 1)[1].split(" (")[0] for line in
-                           (Path(scratch) / f"{algorithm}.log").read_text().splitlines() if "Engine: " in line), "?")
+            engine = next(
+                (
+                    line.split("Engine: ", 1)[1].split(" (")[0]
+                    for line in (Path(scratch) / f"{algorithm}.log").read_text().splitlines()
+                    if "Engine: " in line
+                ),
+                "?",
+            )
             ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
-            print(f"| {algorithm} | {engine} | {ours_median:.3f} | {theirs_median:.3f} | "
-                  f"{ours_median / theirs_median:.2f} |", flush=True)
+            print(
+                f"| {algorithm} | {engine} | {ours_median:.3f} | {theirs_median:.3f} | "
+                f"{ours_median / theirs_median:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def _threads_argument(argv: list[str]) -> str | None:
@@ -76,8 +76,16 @@ class Torchvision:
     """torchvision's network in its own Python process, timed on request so runs can interleave."""
 
     def __init__(self, python: str, model: str, height: int, width: int, classes: int, threads: int):
-        command = [python, "-c", TORCH_SCRIPT, TORCHVISION_MODEL[model], str(height), str(width), str(classes),
-                   str(threads)]
+        command = [
+            python,
+            "-c",
+            TORCH_SCRIPT,
+            TORCHVISION_MODEL[model],
+            str(height),
+            str(width),
+            str(classes),
+            str(threads),
+        ]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.version = self.process.stdout.readline().strip()
 
@@ -97,8 +105,15 @@ def gluoncv_network(model: str, height: int, width: int, classes: int, seed: int
 
     cls = {"fcn": FCN, "deeplab": DeepLabV3}[model]
     with contextlib.redirect_stdout(io.StringIO()):
-        net = cls(classes, backbone="resnet50", aux=False, pretrained_base=False, height=height, width=width,
-                  crop_size=max(height, width))
+        net = cls(
+            classes,
+            backbone="resnet50",
+            aux=False,
+            pretrained_base=False,
+            height=height,
+            width=width,
+            crop_size=max(height, width),
+        )
     mx.random.seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -111,6 +126,7 @@ def timed(run) -> Callable[[], float]:
         start = time.perf_counter()
         run()
         return time.perf_counter() - start
+
     return once
 
 
@@ -153,14 +169,27 @@ def main() -> None:
     args = parser.parse_args()
     have_torch = Path(args.torch_python).exists()
 
-    print(f"# machine: {platform.processor() or platform.machine()}, {available_cores()} cores available, "
-          f"load average {os.getloadavg()[0]:.1f}; {args.threads} threads per engine; batch 1, fp32, random weights, "
-          f"{args.classes} classes; engines interleaved, {args.repeats} rounds after 1 warm-up each; "
-          f"median and (min) seconds")
-    print(f"# mxnet {mx.__version__} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}), onnxruntime {__import__('onnxruntime').__version__}, torchvision python: "
-          f"{args.torch_python if have_torch else 'not found, column skipped'}")
-    header = ("model", "size", "mxnet hybridized", "mxnet+MKLDNN", "onnxruntime", "torchvision",
-              "ort/torchvision median (min)", "best mxnet/torchvision median", "ort/best mxnet median")
+    print(
+        f"# machine: {platform.processor() or platform.machine()}, {available_cores()} cores available, "
+        f"load average {os.getloadavg()[0]:.1f}; {args.threads} threads per engine; batch 1, fp32, random weights, "
+        f"{args.classes} classes; engines interleaved, {args.repeats} rounds after 1 warm-up each; "
+        f"median and (min) seconds"
+    )
+    print(
+        f"# mxnet {mx.__version__} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}), onnxruntime {__import__('onnxruntime').__version__}, torchvision python: "
+        f"{args.torch_python if have_torch else 'not found, column skipped'}"
+    )
+    header = (
+        "model",
+        "size",
+        "mxnet hybridized",
+        "mxnet+MKLDNN",
+        "onnxruntime",
+        "torchvision",
+        "ort/torchvision median (min)",
+        "best mxnet/torchvision median",
+        "ort/best mxnet median",
+    )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for model in args.models.split(","):
@@ -172,8 +201,12 @@ def main() -> None:
                 runners = {
                     "mxnet": mxnet_runner(gluoncv_network(model, height, width, args.classes), x, False),
                     "mkldnn": mxnet_runner(gluoncv_network(model, height, width, args.classes), x, True),
-                    "onnx": onnx_runner(gluoncv_network(model, height, width, args.classes), x, args.threads,
-                                        Path(scratch) / "model.onnx"),
+                    "onnx": onnx_runner(
+                        gluoncv_network(model, height, width, args.classes),
+                        x,
+                        args.threads,
+                        Path(scratch) / "model.onnx",
+                    ),
                 }
                 if have_torch:
                     torch = Torchvision(args.torch_python, model, height, width, args.classes, args.threads)
@@ -193,8 +226,17 @@ def main() -> None:
                 return f"{med[a] / med[b]:.2f} ({low[a] / low[b]:.2f})"
 
             best = "mxnet" if med["mxnet"] <= med["mkldnn"] else "mkldnn"
-            cells = (LABEL[model], f"{width}x{height}", cell("mxnet"), cell("mkldnn"), cell("onnx"), cell("torch"),
-                     ratio("onnx", "torch"), ratio(best, "torch"), ratio("onnx", best))
+            cells = (
+                LABEL[model],
+                f"{width}x{height}",
+                cell("mxnet"),
+                cell("mkldnn"),
+                cell("onnx"),
+                cell("torch"),
+                ratio("onnx", "torch"),
+                ratio(best, "torch"),
+                ratio("onnx", best),
+            )
             print("| " + " | ".join(cells) + " |", flush=True)
 
 

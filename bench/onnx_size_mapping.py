@@ -31,8 +31,8 @@ import numpy as np
 from PIL import Image
 
 from semseg import sample_data
-from semseg.demo import DEMO_HYPERPARAMETERS
 from semseg.data.transforms import normalize
+from semseg.demo import DEMO_HYPERPARAMETERS
 from semseg.inference.mxnet_engine import MXNetEngine
 from semseg.inference.onnx_engine import OnnxEngine, intra_op_threads
 from semseg.inference.predictor import Predictor
@@ -47,8 +47,13 @@ def train(root: Path, epochs: int) -> Path:
     settings = {**DEMO_HYPERPARAMETERS, "epochs": str(epochs), "_workers": "0"}
     sample_data.write_opt_ml_tree(root, train=32, validation=12, hyperparameters=settings)
     command = [str(Path(sys.executable).parent / "train")]
-    result = subprocess.run(command, env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = subprocess.run(
+        command,
+        env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     if result.returncode != 0:
         sys.exit(f"training failed:\n{result.stdout[-3000:]}")
     return root / "model"
@@ -64,8 +69,9 @@ class NativeSize:
         height, width = rgb.shape[:2]
         side = -(-max(height, width) // 8) * 8
         if side not in self.nets:
-            net = build_network(self.hp["algorithm"], self.hp["backbone"], self.hp["num_classes"], side,
-                                self.hp["base_size"], aux=False)
+            net = build_network(
+                self.hp["algorithm"], self.hp["backbone"], self.hp["num_classes"], side, self.hp["base_size"], aux=False
+            )
             net.load_parameters(self.params, ignore_extra=True)
             net.hybridize(static_alloc=True, static_shape=True)
             self.nets[side] = net
@@ -90,9 +96,15 @@ def main() -> None:
         if not (model_dir / export.ONNX_FILE).exists():  # model dirs from before the loop exported
             export.export_onnx(hp, model_dir)
         size = export.export_size(hp)
-        how = "reused the model trained before" if trained else f"trained for {args.epochs} epochs in {time.time() - started:.0f} s"
-        print(f"# machine: {platform.processor() or platform.machine()}; {hp['algorithm']}/{hp['backbone']} "
-              f"crop {hp['crop_size']} base {hp['base_size']}, {how}; export size {size}")
+        how = (
+            "reused the model trained before"
+            if trained
+            else f"trained for {args.epochs} epochs in {time.time() - started:.0f} s"
+        )
+        print(
+            f"# machine: {platform.processor() or platform.machine()}; {hp['algorithm']}/{hp['backbone']} "
+            f"crop {hp['crop_size']} base {hp['base_size']}, {how}; export size {size}"
+        )
         served_onnx = Predictor(OnnxEngine(model_dir / export.ONNX_FILE, intra_op_threads()), 10**8)
         served_mxnet = Predictor(MXNetEngine(hp, model_dir, size, mx.cpu()), 10**8)
         native = NativeSize(hp, model_dir)
@@ -123,17 +135,22 @@ def main() -> None:
         print(f"# held-out set: {count} images, sizes {', '.join(f'{w}x{h}' for w, h in HELD_OUT_SIZES)}")
         print("| method | mIoU | pixel accuracy |")
         print("|---|---|---|")
-        labels = {"onnx": f"served: resize-and-pad to {size}, ONNX Runtime",
-                  "mxnet": f"served: resize-and-pad to {size}, MXNet", "native": "native size, MXNet"}
+        labels = {
+            "onnx": f"served: resize-and-pad to {size}, ONNX Runtime",
+            "mxnet": f"served: resize-and-pad to {size}, MXNet",
+            "native": "native size, MXNet",
+        }
         for name, matrix in matrices.items():
             print(f"| {labels[name]} | {matrix.mean_iou():.4f} | {matrix.pixel_accuracy():.4f} |")
         print("| image size | served mIoU (ONNX Runtime) | native-size mIoU |")
         print("|---|---|---|")
         for (width, height), per_size in by_size.items():
             print(f"| {width}x{height} | {per_size['onnx'].mean_iou():.4f} | {per_size['native'].mean_iou():.4f} |")
-        print(f"# mIoU change of the served method vs native size: "
-              f"{matrices['onnx'].mean_iou() - matrices['native'].mean_iou():+.4f}; "
-              f"ONNX Runtime vs MXNet class agreement through the predictor: {100 * agree / pixels:.3f}% of pixels")
+        print(
+            f"# mIoU change of the served method vs native size: "
+            f"{matrices['onnx'].mean_iou() - matrices['native'].mean_iou():+.4f}; "
+            f"ONNX Runtime vs MXNet class agreement through the predictor: {100 * agree / pixels:.3f}% of pixels"
+        )
 
 
 if __name__ == "__main__":

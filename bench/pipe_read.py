@@ -112,8 +112,11 @@ def reading_table(pairs: list[tuple[bytes, bytes]], megabytes: int, rounds: int)
 
     one_pass = b"".join(pair_stream(pairs))
     data = one_pass * max(1, round(megabytes * 1e6 / len(one_pass)))
-    methods = {"cat FIFO > /dev/null": time_cat, "read_records (bare reader)": time_reader,
-               "EpochStream (thread, pairs, shuffle)": time_epoch_stream}
+    methods = {
+        "cat FIFO > /dev/null": time_cat,
+        "read_records (bare reader)": time_reader,
+        "EpochStream (thread, pairs, shuffle)": time_epoch_stream,
+    }
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
     for _ in range(rounds):
         for name, method in methods.items():
@@ -126,8 +129,10 @@ def reading_table(pairs: list[tuple[bytes, bytes]], megabytes: int, rounds: int)
     cpu = {name: statistics.median(c for _, c in values) / (len(data) / 1e9) for name, values in times.items()}
     cat = speeds["cat FIFO > /dev/null"]
     records = len(data) // len(one_pass) * 2 * len(pairs)
-    print(f"\nReading a FIFO: {len(data) / 1e6:.0f} MB, {records} records of {len(one_pass) / 2 / len(pairs) / 1e3:.1f} "
-          f"kB on average, median of {rounds} rounds; CPU s/GB is the reader's own CPU time (not the writer's)")
+    print(
+        f"\nReading a FIFO: {len(data) / 1e6:.0f} MB, {records} records of {len(one_pass) / 2 / len(pairs) / 1e3:.1f} "
+        f"kB on average, median of {rounds} rounds; CPU s/GB is the reader's own CPU time (not the writer's)"
+    )
     print(f"{'method':40s} {'MB/s':>9s} {'records/s':>11s} {'x cat':>7s} {'CPU s/GB':>9s}")
     for name, speed in speeds.items():
         print(f"{name:40s} {speed:9.0f} {speed * 1e6 / len(data) * records:11.0f} {speed / cat:7.2f} {cpu[name]:9.2f}")
@@ -136,18 +141,20 @@ def reading_table(pairs: list[tuple[bytes, bytes]], megabytes: int, rounds: int)
 def decoding_table(pairs: list[tuple[bytes, bytes]], workers_list: list[int]) -> None:
     from semseg import hyperparameters
     from semseg.data import label_map, pipe_mode
+    from semseg.data.batch_loader import BatchLoader
     from semseg.data.dataset import EpochSampler, PairDataset
     from semseg.data.file_mode import Sample
     from semseg.data.pipe_feed import pair_stream
     from semseg.data.transforms import train_transform
-    from semseg.data.batch_loader import BatchLoader
 
     hp = hyperparameters.parse({"num_classes": 4, "num_training_samples": len(pairs), "mini_batch_size": 8})
     table = label_map.lookup_table({"scale": 1}, 4)
     transform = train_transform(hp["base_size"], hp["crop_size"])
     iterations = len(pairs) // hp["mini_batch_size"]
-    print(f"\nDecoding and augmenting {iterations * hp['mini_batch_size']} pairs (480x360 JPEG + PNG) at crop "
-          f"{hp['crop_size']}, base {hp['base_size']}, batch {hp['mini_batch_size']}")
+    print(
+        f"\nDecoding and augmenting {iterations * hp['mini_batch_size']} pairs (480x360 JPEG + PNG) at crop "
+        f"{hp['crop_size']}, base {hp['base_size']}, batch {hp['mini_batch_size']}"
+    )
     print(f"{'loader':28s} {'workers':>7s} {'records/s':>10s} {'x File mode':>12s}")
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["SAGEMAKER_BASE_DIR"] = scratch

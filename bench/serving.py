@@ -80,17 +80,23 @@ def latency_table(root: Path, size: int, repeats: int, bodies: dict, logs: Path)
 
             in_process, http = paired_medians(local, remote, repeats)
             added = statistics.median(total - inside for total, inside in served[1:])
-            rows.append(f"| {width}x{height} | {in_process * 1000:.0f} | {http * 1000:.0f} | "
-                        f"{(http / in_process - 1) * 100:+.1f}% | {added * 1000:.1f} | "
-                        f"{added / (http - added) * 100:.2f}% |")
+            rows.append(
+                f"| {width}x{height} | {in_process * 1000:.0f} | {http * 1000:.0f} | "
+                f"{(http / in_process - 1) * 100:+.1f}% | {added * 1000:.1f} | "
+                f"{added / (http - added) * 100:.2f}% |"
+            )
         return rows
     finally:
         server.stop()
 
 
 def throughput_row(root: Path, size: int, workers: int, requests_per_run: int, body: bytes, logs: Path) -> str:
-    server = Server(root, logs / f"workers{workers}.log", SEMSEG_INFERENCE_SIZE=str(size),
-                    SAGEMAKER_MODEL_SERVER_WORKERS=str(workers))
+    server = Server(
+        root,
+        logs / f"workers{workers}.log",
+        SEMSEG_INFERENCE_SIZE=str(size),
+        SAGEMAKER_MODEL_SERVER_WORKERS=str(workers),
+    )
     try:
         assert server.wait_until_up().status_code == 200, server.log()
         deadline = time.monotonic() + 300
@@ -109,8 +115,7 @@ def throughput_row(root: Path, size: int, workers: int, requests_per_run: int, b
             elapsed = time.perf_counter() - started
         rss = [peak_rss_mb(pid) for pid in sorted(server.worker_pids())]
         threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // workers))
-        return (f"| {workers} | {threads} | {requests_per_run / elapsed:.2f} | "
-                f"{max(rss):.0f} | {sum(rss):.0f} |")
+        return f"| {workers} | {threads} | {requests_per_run / elapsed:.2f} | {max(rss):.0f} | {sum(rss):.0f} |"
     finally:
         server.stop()
 
@@ -126,17 +131,25 @@ def main() -> int:
         scratch = Path(scratch)
         root = args.model_root or trained_model(scratch / "models", "fcn")
         bodies = {(w, h): encoded(sample_image(w, h), quality=90) for w, h in SIZES}
-        print(f"# Serving benchmark: FCN/ResNet-50, inference size {args.inference_size}, "
-              f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, no GPU")
-        print("\n| image | in-process ms | HTTP ms | HTTP vs in-process | HTTP overhead ms | overhead share |\n"
-              "|---|---|---|---|---|---|")
+        print(
+            f"# Serving benchmark: FCN/ResNet-50, inference size {args.inference_size}, "
+            f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, no GPU"
+        )
+        print(
+            "\n| image | in-process ms | HTTP ms | HTTP vs in-process | HTTP overhead ms | overhead share |\n"
+            "|---|---|---|---|---|---|"
+        )
         for row in latency_table(root, args.inference_size, args.repeats, bodies, scratch):
             print(row, flush=True)
         print("\nThroughput at concurrency 4 (512x512 JPEG, PNG answers)\n")
-        print("| workers | threads/worker | requests/s | peak RSS per worker MB | all workers MB |\n|---|---|---|---|---|")
+        print(
+            "| workers | threads/worker | requests/s | peak RSS per worker MB | all workers MB |\n|---|---|---|---|---|"
+        )
         for workers in (1, 2, 4):
-            print(throughput_row(root, args.inference_size, workers, args.requests, bodies[(512, 512)], scratch),
-                  flush=True)
+            print(
+                throughput_row(root, args.inference_size, workers, args.requests, bodies[(512, 512)], scratch),
+                flush=True,
+            )
     return 0
 
 

@@ -24,14 +24,22 @@ def measure(algorithm: str, steps: int, crop: int, batch: int, workers: int) -> 
     from semseg import hyperparameters
     from semseg.model.factory import build_from_hyperparameters
     from semseg.train import loop
-    from semseg.train.stop import StopFlag
     from semseg.train.optim import lr_schedule, optimizer_settings
+    from semseg.train.stop import StopFlag
 
-    hp = hyperparameters.parse({
-        "algorithm": algorithm, "num_classes": "4", "num_training_samples": str(steps * batch),
-        "crop_size": str(crop), "base_size": str(crop * 2), "mini_batch_size": str(batch),
-        "use_pretrained_model": "False", "_workers": str(workers), "_logging_frequency": "1000",
-    })
+    hp = hyperparameters.parse(
+        {
+            "algorithm": algorithm,
+            "num_classes": "4",
+            "num_training_samples": str(steps * batch),
+            "crop_size": str(crop),
+            "base_size": str(crop * 2),
+            "mini_batch_size": str(batch),
+            "use_pretrained_model": "False",
+            "_workers": str(workers),
+            "_logging_frequency": "1000",
+        }
+    )
     splits = loop.data_splits(hp, {}, seed=0)
     ctx = [mx.cpu()]
     net = build_from_hyperparameters(hp)
@@ -42,10 +50,10 @@ def measure(algorithm: str, steps: int, crop: int, batch: int, workers: int) -> 
     schedule = lr_schedule(hp, steps)
     stop = StopFlag()
     with closing(splits):
-        loop.train_one_epoch(net, loop.make_criterion(hp), trainer, splits.train_loader, ctx, schedule, 0, 0, hp,
-                             stop)
-        stats = loop.train_one_epoch(net, loop.make_criterion(hp), trainer, splits.train_loader, ctx, schedule,
-                                     1, steps, hp, stop)
+        loop.train_one_epoch(net, loop.make_criterion(hp), trainer, splits.train_loader, ctx, schedule, 0, 0, hp, stop)
+        stats = loop.train_one_epoch(
+            net, loop.make_criterion(hp), trainer, splits.train_loader, ctx, schedule, 1, steps, hp, stop
+        )
     return stats.throughput, stats.data_wait
 
 
@@ -65,9 +73,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         write_opt_ml_tree(root, train=16, validation=2, sizes=((320, 240),))
         os.environ["SAGEMAKER_BASE_DIR"] = root
-        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, MXNet {mx.__version__}, "
-              f"contexts: cpu; crop {args.crop}, batch {args.batch}, {args.steps} measured steps, "
-              f"{args.workers} loader processes")
+        print(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, MXNet {mx.__version__}, "
+            f"contexts: cpu; crop {args.crop}, batch {args.batch}, {args.steps} measured steps, "
+            f"{args.workers} loader processes"
+        )
         print(f"{'algorithm':<10} {'images/s':>9} {'s/step':>8} {'data wait':>10}")
         for algorithm in args.algorithms.split(","):
             throughput, wait = measure(algorithm, args.steps, args.crop, args.batch, args.workers)

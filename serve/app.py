@@ -17,7 +17,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from semseg import logs, paths
 from semseg.errors import UserError
-from semseg.inference import codecs, settings as serving_settings
+from semseg.inference import codecs
+from semseg.inference import settings as serving_settings
 from semseg.inference.predictor import Predictor
 
 log = logging.getLogger("semseg.serve")
@@ -78,8 +79,13 @@ def create_app() -> Flask:
         if predictor is None:
             return _error(load_error, 503)
         started = time.perf_counter()
-        encoded = codecs.invoke(predictor, request.get_data(), request.headers.get("Content-Type"),
-                                request.headers.get("Accept"), settings.default_accept)
+        encoded = codecs.invoke(
+            predictor,
+            request.get_data(),
+            request.headers.get("Content-Type"),
+            request.headers.get("Accept"),
+            settings.default_accept,
+        )
         response = Response(encoded.chunks, content_type=encoded.content_type, direct_passthrough=True)
         response.content_length = encoded.length
         # The time spent predicting and encoding, so a client can tell it from network and queueing time.

@@ -37,16 +37,20 @@ def make_cluster(base: Path, port: int, **hyperparameters) -> list[Path]:
     for host in HOSTS:
         root = make_tree(base / host, _ps_port=str(port), **hyperparameters)
         (root / "input" / "config" / "resourceconfig.json").write_text(
-            json.dumps({"current_host": host, "hosts": list(HOSTS), "network_interface_name": "lo"}))
+            json.dumps({"current_host": host, "hosts": list(HOSTS), "network_interface_name": "lo"})
+        )
         roots.append(root)
     return roots
 
 
 def start_host(root: Path, env: dict | None = None) -> subprocess.Popen:
     addresses = ",".join(f"{host}=127.0.0.1" for host in HOSTS)
-    return subprocess.Popen([TRAIN], env={**os.environ, "SAGEMAKER_BASE_DIR": str(root),
-                                          "SEMSEG_HOST_ADDRESSES": addresses, **(env or {})},
-                            stdout=open(root / "train.log", "w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [TRAIN],
+        env={**os.environ, "SAGEMAKER_BASE_DIR": str(root), "SEMSEG_HOST_ADDRESSES": addresses, **(env or {})},
+        stdout=open(root / "train.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def finish(root: Path, process: subprocess.Popen, timeout: float) -> Job:

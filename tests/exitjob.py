@@ -23,8 +23,14 @@ from semseg.sample_data import write_opt_ml_tree
 SCENARIOS = ("normal", "early_stopping", "loader_error", "sigterm")
 EXPECTED_CODE = {"normal": 0, "early_stopping": 0, "loader_error": 1, "sigterm": (0, 143)}
 END_MARKERS = ("#metrics ", "Received SIGTERM: training stopped before completion")
-STRESS_HYPERPARAMETERS = {**TINY, "epochs": "3", "_workers": "2", "num_training_samples": "8",
-                          "_logging_frequency": "1", "validation_mini_batch_size": "2"}
+STRESS_HYPERPARAMETERS = {
+    **TINY,
+    "epochs": "3",
+    "_workers": "2",
+    "num_training_samples": "8",
+    "_logging_frequency": "1",
+    "validation_mini_batch_size": "2",
+}
 
 
 @dataclass
@@ -45,8 +51,13 @@ class Outcome:
 def make_job_tree(root: Path, scenario: str) -> Path:
     hyperparameters = dict(STRESS_HYPERPARAMETERS)
     if scenario == "early_stopping":
-        hyperparameters.update(epochs="6", early_stopping="True", early_stopping_min_epochs="1",
-                               early_stopping_patience="1", early_stopping_tolerance="1.0")
+        hyperparameters.update(
+            epochs="6",
+            early_stopping="True",
+            early_stopping_min_epochs="1",
+            early_stopping_patience="1",
+            early_stopping_tolerance="1.0",
+        )
     write_opt_ml_tree(root, train=8, validation=4, hyperparameters=hyperparameters)
     (root / "checkpoints").mkdir(exist_ok=True)  # checkpoints on: SIGTERM then also writes one
     if scenario == "loader_error":  # an image whose header reads but whose data is cut off
@@ -63,16 +74,22 @@ def marker_seen(root: Path, log_path: Path) -> bool:
     return any(marker in text for marker in END_MARKERS)
 
 
-def run_one(scenario: str, workdir: Path, rng: random.Random, hang: float, cap: float,
-            command: list[str] | None = None) -> Outcome:
+def run_one(
+    scenario: str, workdir: Path, rng: random.Random, hang: float, cap: float, command: list[str] | None = None
+) -> Outcome:
     """One job; SIGTERM (scenario ``sigterm``) at a random moment of its expected life."""
     root = make_job_tree(workdir / "ml", scenario)
     log_path = workdir / "train.log"
     sigterm_at = rng.uniform(0.5, 25.0) if scenario == "sigterm" else None
     start = time.monotonic()
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command or [TRAIN], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)})
+        process = subprocess.Popen(
+            command or [TRAIN],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)},
+        )
     marker_at = sent_at = None
     hung = False
     while process.poll() is None:
@@ -82,8 +99,11 @@ def run_one(scenario: str, workdir: Path, rng: random.Random, hang: float, cap: 
             sent_at = now
         if marker_at is None and marker_seen(root, log_path):
             marker_at = now
-        if (marker_at is not None and now - marker_at > hang) or (sent_at is not None and now - sent_at > hang) \
-                or now - start > cap:
+        if (
+            (marker_at is not None and now - marker_at > hang)
+            or (sent_at is not None and now - sent_at > hang)
+            or now - start > cap
+        ):
             hung = True
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -92,12 +112,23 @@ def run_one(scenario: str, workdir: Path, rng: random.Random, hang: float, cap: 
     end = time.monotonic()
     if marker_at is None and marker_seen(root, log_path):
         marker_at = end
-    return Outcome(scenario, None if hung else process.returncode, None if marker_at is None else end - marker_at,
-                   hung, end - start, None if sent_at is None else end - sent_at)
+    return Outcome(
+        scenario,
+        None if hung else process.returncode,
+        None if marker_at is None else end - marker_at,
+        hung,
+        end - start,
+        None if sent_at is None else end - sent_at,
+    )
 
 
 def passed(outcome: Outcome, bound: float, stop_bound: float) -> bool:
     """The right code, within ``bound`` of the end marker and, after SIGTERM, within ``stop_bound`` of it."""
     after_sigterm = outcome.seconds_after_sigterm
-    return (not outcome.hung and outcome.right_code and outcome.seconds_after_marker is not None
-            and outcome.seconds_after_marker <= bound and (after_sigterm is None or after_sigterm <= stop_bound))
+    return (
+        not outcome.hung
+        and outcome.right_code
+        and outcome.seconds_after_marker is not None
+        and outcome.seconds_after_marker <= bound
+        and (after_sigterm is None or after_sigterm <= stop_bound)
+    )

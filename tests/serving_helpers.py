@@ -52,11 +52,17 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        environment = {**os.environ, "SAGEMAKER_MODEL_SERVER_WORKERS": "1", **env,
-                       "SAGEMAKER_BASE_DIR": str(base_dir), "SAGEMAKER_BIND_TO_PORT": str(self.port)}
+        environment = {
+            **os.environ,
+            "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
+            **env,
+            "SAGEMAKER_BASE_DIR": str(base_dir),
+            "SAGEMAKER_BIND_TO_PORT": str(self.port),
+        }
         self._log = open(log_path, "wb")
-        self.process = subprocess.Popen([str(BIN / "serve")], env=environment, stdout=self._log,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [str(BIN / "serve")], env=environment, stdout=self._log, stderr=subprocess.STDOUT
+        )
 
     def wait_until_up(self, timeout: float = 120) -> requests.Response:
         """The first answer of /ping (any status), once the server listens and a worker is ready."""
@@ -71,8 +77,13 @@ class Server:
                 pass
         raise AssertionError(f"serve did not answer /ping within {timeout} s: {self.log()}")
 
-    def invoke(self, body: bytes, content_type: str | None = "image/jpeg", accept: str | None = "image/png",
-               timeout: float = 60) -> requests.Response:
+    def invoke(
+        self,
+        body: bytes,
+        content_type: str | None = "image/jpeg",
+        accept: str | None = "image/png",
+        timeout: float = 60,
+    ) -> requests.Response:
         headers = {}
         if content_type is not None:
             headers["Content-Type"] = content_type
@@ -150,8 +161,11 @@ def sample_image(width: int, height: int, seed: int = 0) -> Image.Image:
 
 def png_declaring(width: int, height: int) -> bytes:
     """A few-hundred-byte PNG whose header declares ``width`` x ``height`` (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )

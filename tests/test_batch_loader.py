@@ -61,8 +61,9 @@ def test_batches_come_in_sampler_order_whatever_the_number_of_processes(workers)
     sampler = batches(*[(i, i + 1) for i in range(0, 20, 2)])
     with BatchLoader(Numbers(), sampler, workers) as loader:
         for _ in range(2):  # the processes serve a second epoch too
-            seen = [(images[:, 0, 0, 0].asnumpy().tolist(), labels[:, 0, 0].asnumpy().tolist())
-                    for images, labels in loader]
+            seen = [
+                (images[:, 0, 0, 0].asnumpy().tolist(), labels[:, 0, 0].asnumpy().tolist()) for images, labels in loader
+            ]
             assert seen == [([i, i + 1], [-i, -(i + 1)]) for i in range(0, 20, 2)]
     assert len(loader) == 10
 

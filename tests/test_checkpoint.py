@@ -10,10 +10,10 @@ import signal
 import subprocess
 
 import pytest
+from trainjob import TRAIN, make_tree, run_train
 
 from semseg.logs import METRIC_REGEXES
 from semseg.train import checkpoint
-from trainjob import TRAIN, make_tree, run_train
 
 # Four epochs of two iterations; every run in this file uses these settings.
 FOUR_EPOCHS = {"epochs": "4", "_logging_frequency": "1"}
@@ -74,7 +74,8 @@ def test_an_interrupted_write_leaves_no_checkpoint_behind(opt_ml):
 def test_the_local_path_of_checkpointconfig_is_used(opt_ml):
     (opt_ml / "input" / "config").mkdir(parents=True)
     (opt_ml / "input" / "config" / "checkpointconfig.json").write_text(
-        json.dumps({"LocalPath": str(opt_ml / "elsewhere"), "S3Path": "s3://bucket/prefix"}))
+        json.dumps({"LocalPath": str(opt_ml / "elsewhere"), "S3Path": "s3://bucket/prefix"})
+    )
     write_checkpoint("algo-1", (1, 0), b"x")
     assert (opt_ml / "elsewhere" / "algo-1-00001-0000000" / "MANIFEST.json").is_file()
 
@@ -104,8 +105,13 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.slow
 def test_sigterm_in_epoch_2_of_4_then_restart_trains_like_an_uninterrupted_run(uninterrupted, tmp_path):
     root = make_tree(tmp_path, **FOUR_EPOCHS)
-    process = subprocess.Popen([TRAIN], env={"SAGEMAKER_BASE_DIR": str(root), "PATH": "/usr/bin:/bin"},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [TRAIN],
+        env={"SAGEMAKER_BASE_DIR": str(root), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     first_part = ""
     for line in process.stdout:
         first_part += line
@@ -118,11 +124,16 @@ def test_sigterm_in_epoch_2_of_4_then_restart_trains_like_an_uninterrupted_run(u
 
     resumed = run_train(root)
     assert resumed.returncode == 0, resumed.log[-3000:]
-    assert (f"Resuming from checkpoint {root}/checkpoints/algo-1-00001-0000001: epoch 1, after 1 of its 2 "
-            "iterations") in resumed.log
+    assert (
+        f"Resuming from checkpoint {root}/checkpoints/algo-1-00001-0000001: epoch 1, after 1 of its 2 iterations"
+    ) in resumed.log
     assert "#progress_metric: host=algo-1, completed 100 % of epochs" in resumed.log
-    assert sorted(p.name for p in (root / "model").iterdir()) == ["hyperparams.json", "model.onnx",
-                                                                  "model_algo-1", "model_best.params"]
+    assert sorted(p.name for p in (root / "model").iterdir()) == [
+        "hyperparams.json",
+        "model.onnx",
+        "model_algo-1",
+        "model_best.params",
+    ]
     assert_same_epochs(quality(first_part + resumed.log), quality(uninterrupted.log), epochs=slice(1, 4))
     report = json.loads((root / "output" / "data" / "metrics.json").read_text())
     assert [entry["epoch"] for entry in report["history"]] == [0, 1, 2, 3]

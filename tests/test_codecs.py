@@ -11,12 +11,12 @@ import struct
 import numpy as np
 import pytest
 from PIL import Image
+from serving_helpers import decode_probabilities, record_pb2
 
 from semseg.errors import PayloadTooLarge, UnsupportedAccept, UnsupportedContentType
 from semseg.inference import codecs, geometry
 from semseg.inference import recordio_protobuf as rp
 from semseg.inference.predictor import Prediction
-from serving_helpers import decode_probabilities, record_pb2
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,8 @@ def test_hand_written_protobuf_is_byte_identical_to_the_protobuf_library(record_
     body = body_of(codecs.encode_probabilities(prediction, "application/x-protobuf"))
     magic, lrec = struct.unpack("<II", body[:8])
     assert (magic, lrec >> 29, lrec & ((1 << 29) - 1)) == (rp.MAGIC, 0, len(expected))
-    assert body[8:8 + len(expected)] == expected
-    assert body[8 + len(expected):] == b"\0" * (-len(expected) % 4)
+    assert body[8 : 8 + len(expected)] == expected
+    assert body[8 + len(expected) :] == b"\0" * (-len(expected) % 4)
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**14, 2**21 + 5, 2**28 + 3, 2**35])
@@ -119,16 +119,19 @@ def test_json_holds_the_mask_and_its_shape():
     np.testing.assert_array_equal(np.array(answer["mask"]), prediction.class_ids())
 
 
-@pytest.mark.parametrize("header, expected", [
-    (None, "image/png"),
-    ("", "image/png"),
-    ("*/*", "image/png"),
-    ("image/*", "image/png"),
-    ("application/*", "application/x-protobuf"),
-    ("application/json", "application/json"),
-    ("text/html, application/x-recordio-protobuf;q=0.9", "application/x-recordio-protobuf"),
-    ("IMAGE/PNG; charset=binary", "image/png"),
-])
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        (None, "image/png"),
+        ("", "image/png"),
+        ("*/*", "image/png"),
+        ("image/*", "image/png"),
+        ("application/*", "application/x-protobuf"),
+        ("application/json", "application/json"),
+        ("text/html, application/x-recordio-protobuf;q=0.9", "application/x-recordio-protobuf"),
+        ("IMAGE/PNG; charset=binary", "image/png"),
+    ],
+)
 def test_accept_negotiation(header, expected):
     assert codecs.response_type(header, "image/png") == expected
 
@@ -146,14 +149,17 @@ def test_unsupported_accept_is_406(header):
     assert caught.value.http_status == 406
 
 
-@pytest.mark.parametrize("header, expected", [
-    ("image/jpeg", "image/jpeg"),
-    ("image/png", "image/png"),
-    ("application/x-image", "application/x-image"),
-    ("application/octet-stream", "application/octet-stream"),
-    ("Image/JPEG; charset=binary", "image/jpeg"),
-    (None, "application/octet-stream"),
-])
+@pytest.mark.parametrize(
+    "header, expected",
+    [
+        ("image/jpeg", "image/jpeg"),
+        ("image/png", "image/png"),
+        ("application/x-image", "application/x-image"),
+        ("application/octet-stream", "application/octet-stream"),
+        ("Image/JPEG; charset=binary", "image/jpeg"),
+        (None, "application/octet-stream"),
+    ],
+)
 def test_request_content_types(header, expected):
     assert codecs.request_type(header) == expected
 
@@ -178,9 +184,15 @@ def test_upsampling_matches_opencv_bilinear_and_does_not_depend_on_strips(monkey
     np.testing.assert_array_equal(np.concatenate([s for _, s in strips], axis=1), whole)
 
 
-@pytest.mark.parametrize("size, side, expected", [
-    ((1, 1), 48, (48, 48)), ((31, 17), 48, (48, 26)), ((6000, 4000), 520, (520, 347)),
-    ((1, 5000), 520, (1, 520)), ((480, 641), 48, (36, 48)),
-])
+@pytest.mark.parametrize(
+    "size, side, expected",
+    [
+        ((1, 1), 48, (48, 48)),
+        ((31, 17), 48, (48, 26)),
+        ((6000, 4000), 520, (520, 347)),
+        ((1, 5000), 520, (1, 520)),
+        ((480, 641), 48, (36, 48)),
+    ],
+)
 def test_fit_within_keeps_the_aspect(size, side, expected):
     assert geometry.fit_within(*size, side) == expected

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from clusterjob import finish, free_port_pair, make_cluster, start_host
 from conftest import save_mask
+from trainjob import make_tree, run_train
+
 from semseg.data.dataset import EpochSampler
 from semseg.errors import UserError
 from semseg.logs import METRIC_REGEXES
 from semseg.train import distributed
-from trainjob import make_tree, run_train
 
 
 def test_host_addresses_come_from_the_override(monkeypatch):
@@ -63,16 +63,22 @@ def test_two_hosts_train_like_one_host_with_two_devices(tmp_path):
     assert "All 2 hosts joined: this is algo-2, rank 1" in second.log
 
     # Only the first host writes the model; every host logs its metrics under its own name.
-    assert sorted(p.name for p in first.model_dir.iterdir()) == ["hyperparams.json", "model.onnx",
-                                                                 "model_algo-1", "model_best.params"]
+    assert sorted(p.name for p in first.model_dir.iterdir()) == [
+        "hyperparams.json",
+        "model.onnx",
+        "model_algo-1",
+        "model_best.params",
+    ]
     assert list(second.model_dir.iterdir()) == []
     assert "Model artifacts are written by the first host, algo-1" in second.log
     for job, host in ((first, "algo-1"), (second, "algo-2")):
         assert len(re.findall(rf"#quality_metric\. host: {host}, epoch: \d+, validation mIOU", job.log)) == 2
 
     # Both workers end with the same weights (their last checkpoints, byte for byte).
-    last = [root / "checkpoints" / f"{host}-00002-0000000" / "weights.params"
-            for root, host in zip(roots, ("algo-1", "algo-2"))]
+    last = [
+        root / "checkpoints" / f"{host}-00002-0000000" / "weights.params"
+        for root, host in zip(roots, ("algo-1", "algo-2"))
+    ]
     assert last[0].read_bytes() == last[1].read_bytes()
 
     # One host with two devices and the same global batch splits each batch the same way. Each

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from exitjob import Outcome, passed, run_one
 
 BOUND_S = 10.0  # from the end marker (the #metrics line, the SIGTERM notice, the failure file) to exit
@@ -27,12 +26,15 @@ def cpu_hog():
 
 
 def describe(outcome: Outcome) -> str:
-    return (f"{outcome.scenario}: exit code {outcome.code}, {outcome.seconds_after_marker} s after its end marker, "
-            f"{outcome.seconds_after_sigterm} s after SIGTERM, hung: {outcome.hung}")
+    return (
+        f"{outcome.scenario}: exit code {outcome.code}, {outcome.seconds_after_marker} s after its end marker, "
+        f"{outcome.seconds_after_sigterm} s after SIGTERM, hung: {outcome.hung}"
+    )
 
 
-@pytest.mark.parametrize("scenario, seed", [("normal", 0), ("early_stopping", 0), ("loader_error", 0),
-                                            ("sigterm", 3), ("sigterm", 11)])
+@pytest.mark.parametrize(
+    "scenario, seed", [("normal", 0), ("early_stopping", 0), ("loader_error", 0), ("sigterm", 3), ("sigterm", 11)]
+)
 def test_train_exits_within_its_bound(scenario, seed, tmp_path, cpu_hog):
     outcome = run_one(scenario, tmp_path, random.Random(seed), hang=120, cap=600)
     assert passed(outcome, BOUND_S, STOP_BOUND_S), describe(outcome)

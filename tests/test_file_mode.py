@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import save_image, save_mask
 from PIL import Image
 
-from conftest import save_image, save_mask
 from semseg.data import file_mode, images
 from semseg.errors import UserError
 

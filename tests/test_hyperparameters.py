@@ -25,24 +25,52 @@ def test_defaults_are_those_of_the_built_in():
 
 def test_every_public_name_of_the_built_in_is_in_the_table():
     public = {
-        "backbone", "use_pretrained_model", "algorithm", "num_classes", "num_training_samples", "base_size",
-        "crop_size", "epochs", "learning_rate", "lr_scheduler", "lr_scheduler_factor", "lr_scheduler_step",
-        "mini_batch_size", "validation_mini_batch_size", "optimizer", "momentum", "weight_decay", "gamma1",
-        "gamma2", "early_stopping", "early_stopping_min_epochs", "early_stopping_patience",
-        "early_stopping_tolerance", "syncbn",
+        "backbone",
+        "use_pretrained_model",
+        "algorithm",
+        "num_classes",
+        "num_training_samples",
+        "base_size",
+        "crop_size",
+        "epochs",
+        "learning_rate",
+        "lr_scheduler",
+        "lr_scheduler_factor",
+        "lr_scheduler_step",
+        "mini_batch_size",
+        "validation_mini_batch_size",
+        "optimizer",
+        "momentum",
+        "weight_decay",
+        "gamma1",
+        "gamma2",
+        "early_stopping",
+        "early_stopping_min_epochs",
+        "early_stopping_patience",
+        "early_stopping_tolerance",
+        "syncbn",
     }
     assert public <= set(hyperparameters.TABLE)
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("True", True), ("true", True), ("1", True), ("False", False), ("false", False), ("0", False),
-    ("\"True\"", True), ("TRUE", True),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("True", True),
+        ("true", True),
+        ("1", True),
+        ("False", False),
+        ("false", False),
+        ("0", False),
+        ('"True"', True),
+        ("TRUE", True),
+    ],
+)
 def test_booleans_in_every_spelling(raw, expected):
     assert parse(early_stopping=raw)["early_stopping"] is expected
 
 
-@pytest.mark.parametrize("raw, expected", [("1e-05", 1e-05), ("0.0001", 0.0001), ("\"0.01\"", 0.01), ("1E-3", 0.001)])
+@pytest.mark.parametrize("raw, expected", [("1e-05", 1e-05), ("0.0001", 0.0001), ('"0.01"', 0.01), ("1E-3", 0.001)])
 def test_numbers_in_scientific_notation_and_json_encoded(raw, expected):
     assert parse(learning_rate=raw)["learning_rate"] == pytest.approx(expected)
 
@@ -52,8 +80,10 @@ def test_json_encoded_strings_from_framework_estimators():
     assert hp["algorithm"] == "psp" and hp["num_training_samples"] == 1464
 
 
-@pytest.mark.parametrize("raw, expected", [("resnet-50", "resnet-50"), ("resnet50", "resnet-50"),
-                                           ("resnet-101", "resnet-101"), ("ResNet101", "resnet-101")])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [("resnet-50", "resnet-50"), ("resnet50", "resnet-50"), ("resnet-101", "resnet-101"), ("ResNet101", "resnet-101")],
+)
 def test_backbone_spellings(raw, expected):
     assert parse(backbone=raw)["backbone"] == expected
 
@@ -72,11 +102,22 @@ def test_invalid_enum_reads_like_the_built_in():
     )
 
 
-@pytest.mark.parametrize("name, raw", [
-    ("num_classes", "1"), ("num_classes", "255"), ("num_classes", "2.5"), ("learning_rate", "0"),
-    ("learning_rate", "1.5"), ("mini_batch_size", "0"), ("epochs", "ten"), ("crop_size", "16"),
-    ("weight_decay", "1"), ("momentum", "nan"), ("use_pretrained_model", "maybe"),
-])
+@pytest.mark.parametrize(
+    "name, raw",
+    [
+        ("num_classes", "1"),
+        ("num_classes", "255"),
+        ("num_classes", "2.5"),
+        ("learning_rate", "0"),
+        ("learning_rate", "1.5"),
+        ("mini_batch_size", "0"),
+        ("epochs", "ten"),
+        ("crop_size", "16"),
+        ("weight_decay", "1"),
+        ("momentum", "nan"),
+        ("use_pretrained_model", "maybe"),
+    ],
+)
 def test_out_of_range_values_name_the_hyperparameter(name, raw):
     with pytest.raises(UserError, match=f"The value '{raw}' is not valid for the '{name}' hyperparameter"):
         parse(**{name: raw})

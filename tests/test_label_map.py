@@ -35,21 +35,30 @@ def test_reads_the_channel_file(tmp_path):
     assert label_map.load(tmp_path, "train") == {"scale": 1}
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "is not valid JSON"),
-    ('{"colours": 3}', "with a 'scale' or a 'map' entry"),
-    ('["scale"]', "with a 'scale' or a 'map' entry"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"colours": 3}', "with a 'scale' or a 'map' entry"),
+        ('["scale"]', "with a 'scale' or a 'map' entry"),
+    ],
+)
 def test_unreadable_label_map_files(tmp_path, content, message):
     (tmp_path / "train_label_map.json").write_text(content)
     with pytest.raises(UserError, match=message):
         label_map.load(tmp_path, "train")
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"scale": "0"}, "positive number"), ({"scale": "x"}, "positive number"),
-    ({"map": {"a": 1}}, "both integers"), ({"map": {"0": 300}}, "outside 0..255"), ({"map": [1, 2]}, "object"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"scale": "0"}, "positive number"),
+        ({"scale": "x"}, "positive number"),
+        ({"map": {"a": 1}}, "both integers"),
+        ({"map": {"0": 300}}, "outside 0..255"),
+        ({"map": [1, 2]}, "object"),
+    ],
+)
 def test_invalid_label_map_values(spec, message):
     with pytest.raises(UserError, match=message):
         label_map.lookup_table(spec, num_classes=3)

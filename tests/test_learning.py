@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from trainjob import run_train
 
 from semseg.demo import DEMO_HYPERPARAMETERS
 from semseg.logs import METRIC_REGEXES
-from trainjob import run_train
 from semseg.sample_data import write_opt_ml_tree
 
 REQUIRED_MIOU = 0.80

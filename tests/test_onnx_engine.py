@@ -11,6 +11,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 from PIL import Image
+from trainjob import make_tree, run_train
 
 from semseg import sample_data
 from semseg.data.images import read_rgb
@@ -22,7 +23,6 @@ from semseg.inference.onnx_engine import OnnxEngine, intra_op_threads
 from semseg.inference.predictor import Predictor
 from semseg.inference.settings import ServingSettings
 from semseg.model import artifacts, export
-from trainjob import make_tree, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -55,11 +55,14 @@ def test_onnx_runtime_is_chosen_when_the_export_fits(trained, caplog):
     assert "Engine: onnxruntime (cpu" in caplog.text
 
 
-@pytest.mark.parametrize("case, reason", [
-    ("no export", "the model has no model.onnx"),
-    ("damaged export", "its model.onnx could not be loaded"),
-    ("other size", "the inference size is 72 but model.onnx takes"),
-])
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("no export", "the model has no model.onnx"),
+        ("damaged export", "its model.onnx could not be loaded"),
+        ("other size", "the inference size is 72 but model.onnx takes"),
+    ],
+)
 def test_mxnet_serves_when_the_export_is_missing_damaged_or_of_another_size(trained, tmp_path, caplog, case, reason):
     _, model_dir, hp = trained
     copy = tmp_path / "model"
@@ -82,8 +85,9 @@ def test_onnx_runtime_agrees_with_mxnet_on_the_validation_set(trained, engines):
     onnx_engine, mxnet_engine = engines
     size = onnx_engine.input_size
     images = sorted((root / "input" / "data" / "validation").glob("*.jpg"))
-    batch = np.stack([normalize(np.asarray(Image.fromarray(read_rgb(p)).resize((size, size), Image.BILINEAR)))
-                      for p in images])
+    batch = np.stack(
+        [normalize(np.asarray(Image.fromarray(read_rgb(p)).resize((size, size), Image.BILINEAR))) for p in images]
+    )
     ours, reference = onnx_engine.probabilities(batch), mxnet_engine.probabilities(batch)
     assert ours.shape == reference.shape == (len(images), hp["num_classes"], size, size)
     # Folded batch norms and other kernels round differently in float32; a trained network's large

@@ -27,8 +27,16 @@ SIZE = 64  # small, and its 8x8 feature map makes PSPNet's 3- and 6-bin pooling 
 
 def random_model_dir(root: Path, algorithm: str) -> tuple[dict, Path]:
     """A model directory as training writes it, with random weights (aux head included)."""
-    hp = parse({"algorithm": algorithm, "num_classes": "4", "crop_size": str(SIZE), "base_size": str(SIZE),
-                "num_training_samples": "8", "use_pretrained_model": "False"})
+    hp = parse(
+        {
+            "algorithm": algorithm,
+            "num_classes": "4",
+            "crop_size": str(SIZE),
+            "base_size": str(SIZE),
+            "num_training_samples": "8",
+            "use_pretrained_model": "False",
+        }
+    )
     net = build_network(algorithm, hp["backbone"], hp["num_classes"], hp["crop_size"], hp["base_size"])
     mx.random.seed(0)
     with warnings.catch_warnings():
@@ -127,7 +135,7 @@ def test_a_failed_export_is_a_warning_and_leaves_no_file(tmp_path, caplog):
     assert len(warning) == 1 and "serves through MXNet" in warning[0].getMessage()
 
 
-OUTSIDE = r'''
+OUTSIDE = r"""
 import sys
 import numpy as np
 import onnxruntime as ort
@@ -149,15 +157,20 @@ probabilities = session.run(["probabilities"], {"image": x})[0][0, :, :h, :w]
 mask = Image.fromarray(probabilities.argmax(axis=0).astype(np.uint8)).resize(image.size, Image.NEAREST)
 print(mask.size[0], mask.size[1], probabilities.shape[0], float(probabilities.sum(axis=0).mean()))
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("semseg", "mxnet", "gluoncv")))
-'''
+"""
 
 
 def test_model_onnx_loads_outside_this_package_with_onnxruntime_numpy_and_pillow(exports, tmp_path):
     _, model_dir = exports("deeplab")
     image_path = tmp_path / "photo.jpg"
     sample_data.make_pair(np.random.RandomState(3), 150, 97)[0].save(image_path)
-    result = subprocess.run([sys.executable, "-I", "-c", OUTSIDE, str(model_dir / export.ONNX_FILE), str(image_path)],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", OUTSIDE, str(model_dir / export.ONNX_FILE), str(image_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     sizes, modules = result.stdout.strip().splitlines()
     width, height, classes, total = sizes.split()

@@ -104,8 +104,9 @@ def parse_hp(**values) -> dict:
 
 
 def loader(split: str, hp: dict, workers: int = 0, stop_check=pipe_mode.no_stop):
-    transform = train_transform(hp["base_size"], hp["crop_size"]) if split == "train" \
-        else validation_transform(hp["crop_size"])
+    transform = (
+        train_transform(hp["base_size"], hp["crop_size"]) if split == "train" else validation_transform(hp["crop_size"])
+    )
     return pipe_mode.pipe_loader(split, hp, transform, TABLE, hp["_seed"], workers, stop_check)
 
 
@@ -160,11 +161,12 @@ def test_validation_streams_the_whole_channel_in_order_identical_to_file_mode(ba
 def test_the_fifo_is_closed_before_the_last_batch_is_handed_out(base_dir, feed):
     """A loop that takes exactly len(loader) batches never asks for more: the FIFO must be closed by
     then, or SageMaker (here the writer) would never start the next epoch's."""
-    (image, mask), = sample_pairs(1, size=(320, 240))
+    ((image, mask),) = sample_pairs(1, size=(320, 240))
     assert len(image) > 15_000  # 200 pairs: more than the FIFO, the queue and the shuffle buffer hold
     writer = feed("train", 2, functools.partial(_epoch_pairs, [(image, mask)] * 200))
-    train = loader("train", parse_hp(num_training_samples=8, mini_batch_size=4, _pipe_wait_seconds=10,
-                                     _pipe_shuffle_buffer=1))
+    train = loader(
+        "train", parse_hp(num_training_samples=8, mini_batch_size=4, _pipe_wait_seconds=10, _pipe_shuffle_buffer=1)
+    )
     unfinished = [iter(train), iter(train)]  # kept alive: closing must not wait for garbage collection
     for batches in unfinished:
         assert [next(batches)[0].shape[0] for _ in range(len(train))] == [4, 4]
@@ -177,14 +179,19 @@ def test_a_shorter_stream_gives_a_shorter_epoch_and_a_warning(base_dir, feed, ca
     hp = parse_hp(num_training_samples=12, mini_batch_size=2)
     with caplog.at_level(logging.INFO, logger="semseg"):
         assert samples_per_epoch(loader("train", hp), 1) == [4]
-    assert ("ended after 5 image/mask pairs, fewer than the 12 that 6 iterations of 2 need "
-            "(num_training_samples // mini_batch_size): the epoch ran 2 iterations") in caplog.text
+    assert (
+        "ended after 5 image/mask pairs, fewer than the 12 that 6 iterations of 2 need "
+        "(num_training_samples // mini_batch_size): the epoch ran 2 iterations"
+    ) in caplog.text
 
 
 def test_waits_for_the_fifo_and_fails_clearly_after_the_timeout(base_dir):
     hp = parse_hp(num_training_samples=4, mini_batch_size=2, _pipe_wait_seconds=1)
-    with pytest.raises(UserError, match=r"The Pipe-mode input .*/input/data/train_0 did not appear within 1 seconds "
-                                        r"\(the _pipe_wait_seconds hyperparameter\)"):
+    with pytest.raises(
+        UserError,
+        match=r"The Pipe-mode input .*/input/data/train_0 did not appear within 1 seconds "
+        r"\(the _pipe_wait_seconds hyperparameter\)",
+    ):
         list(loader("train", hp))
 
 
@@ -202,6 +209,7 @@ def test_a_stop_request_ends_the_wait_at_once(base_dir):
 
 # Errors name the channel, the epoch, the record's index and its byte offset.
 
+
 def test_bad_magic_in_a_later_epoch(base_dir, feed):
     good = b"".join(pair_stream(sample_pairs(3)))
     records = [payload for pair in sample_pairs(3) for payload in pair]
@@ -211,25 +219,33 @@ def test_bad_magic_in_a_later_epoch(base_dir, feed):
     assert sum(images.shape[0] for images, _ in piped) == 3
     with pytest.raises(UserError) as error:
         list(piped)
-    assert (f"In the 'validation' channel, epoch 1, record 2 at byte offset {offsets(records)[2]} does not start "
-            "with the RecordIO magic number 0xCED7230A") in str(error.value)
+    assert (
+        f"In the 'validation' channel, epoch 1, record 2 at byte offset {offsets(records)[2]} does not start "
+        "with the RecordIO magic number 0xCED7230A"
+    ) in str(error.value)
 
 
 def test_truncated_record(base_dir, feed):
     records = [payload for pair in sample_pairs(2) for payload in pair]
     stream = b"".join(frame(p) for p in records)
     feed("validation", 1, functools.partial(_epoch_bytes, [stream[: offsets(records)[3] + 20]]))
-    with pytest.raises(UserError, match=rf"In the 'validation' channel, epoch 0, record 3 at byte offset "
-                                        rf"{offsets(records)[3]} is truncated: the stream ends after 12 of its"):
+    with pytest.raises(
+        UserError,
+        match=rf"In the 'validation' channel, epoch 0, record 3 at byte offset "
+        rf"{offsets(records)[3]} is truncated: the stream ends after 12 of its",
+    ):
         list(loader("validation", parse_hp(num_training_samples=1)))
 
 
 def test_odd_number_of_records(base_dir, feed):
     records = [payload for pair in sample_pairs(2) for payload in pair] + [sample_pairs(1, seed=5)[0][0]]
     feed("validation", 1, functools.partial(_epoch_records, [records]))
-    with pytest.raises(UserError, match=rf"In the 'validation' channel, epoch 0, the stream holds an odd number of "
-                                        rf"records: the last, record 4 \(byte offset {offsets(records)[4]}\), is an "
-                                        r"image without its mask"):
+    with pytest.raises(
+        UserError,
+        match=rf"In the 'validation' channel, epoch 0, the stream holds an odd number of "
+        rf"records: the last, record 4 \(byte offset {offsets(records)[4]}\), is an "
+        r"image without its mask",
+    ):
         list(loader("validation", parse_hp(num_training_samples=1)))
 
 
@@ -243,22 +259,25 @@ def decode_error(feed, records: list[bytes], workers: int = 1) -> str:
 
 
 def test_payload_that_is_not_an_image(base_dir, feed):
-    (image, mask), = sample_pairs(1)
+    ((image, mask),) = sample_pairs(1)
     records = [image, mask, b"s3://bucket/images/0001.jpg", mask]
     message = decode_error(feed, records)
-    assert (f"In the 'train' channel, epoch 0, the image record 2 (byte offset {offsets(records)[2]}) is not an image "
-            "(it starts with b's3://bucket/images/0001.") in message
+    assert (
+        f"In the 'train' channel, epoch 0, the image record 2 (byte offset {offsets(records)[2]}) is not an image "
+        "(it starts with b's3://bucket/images/0001."
+    ) in message
     assert 'RecordWrapperType "RecordIO", AttributeNames ["source-ref", "<label>-ref"]' in message
 
 
 def test_mask_of_another_size(base_dir, feed):
-    (image, _), = sample_pairs(1, size=(64, 48))
-    (_, small_mask), = sample_pairs(1, size=(32, 32))
+    ((image, _),) = sample_pairs(1, size=(64, 48))
+    ((_, small_mask),) = sample_pairs(1, size=(32, 32))
     records = [image, small_mask]
     assert decode_error(feed, records) == (
         "In the 'train' channel, epoch 0, the mask record 1 (byte offset "
         f"{offsets(records)[1]}) is 32x32 but its image record 0 (byte offset 0) is 64x48; a mask must have "
-        "the size of its image")
+        "the size of its image"
+    )
 
 
 def test_mask_first_is_recognised(base_dir, feed):
@@ -268,21 +287,25 @@ def test_mask_first_is_recognised(base_dir, feed):
     assert message.startswith(
         "In the 'train' channel, epoch 0, the mask seems to come before its image: record 0 (byte offset 0) is a PNG "
         f"of mode P and record 1 (byte offset {offsets(records)[1]}) is a JPEG of mode RGB; AttributeNames must list "
-        "the image first")
+        "the image first"
+    )
 
 
 def test_rgb_mask_after_an_rgb_image(base_dir, feed):
-    (image, _), = sample_pairs(1)
+    ((image, _),) = sample_pairs(1)
     records = [image, image]
     assert decode_error(feed, records) == (
         f"In the 'train' channel, epoch 0, the mask record 1 (byte offset {offsets(records)[1]}) is a JPEG of mode RGB; "
-        "masks must be single-channel 8-bit PNGs (palette 'P' or grayscale 'L') whose pixel values are class ids")
+        "masks must be single-channel 8-bit PNGs (palette 'P' or grayscale 'L') whose pixel values are class ids"
+    )
 
 
 # Channel settings fail fast, saying which SageMaker settings to use.
 
-SETTINGS = ('use TrainingInputMode "Pipe", RecordWrapperType "RecordIO", AttributeNames ["source-ref", '
-            '"<label>-ref"] (image first, then mask) and ContentType "application/x-recordio"')
+SETTINGS = (
+    'use TrainingInputMode "Pipe", RecordWrapperType "RecordIO", AttributeNames ["source-ref", '
+    '"<label>-ref"] (image first, then mask) and ContentType "application/x-recordio"'
+)
 
 
 def pipe(name: str, **settings) -> ChannelConfig:
@@ -300,20 +323,32 @@ def test_accepted_pipe_settings_mix_with_file_mode_channels(base_dir):
     assert pipe_mode.check_channels({"train": pipe("train"), "validation": ChannelConfig("validation")}) == {"train"}
 
 
-@pytest.mark.parametrize("channel, expected", [
-    (pipe("train", record_wrapper="None", content_type="application/x-recordio"),
-     "The 'train' channel is in Pipe mode with RecordWrapperType None, so images and masks cannot be told apart in "
-     f"the stream; {SETTINGS}"),
-    (pipe("validation", content_type="image/jpeg"),
-     f"The 'validation' channel is in Pipe mode with ContentType image/jpeg, which this algorithm does not read; "
-     f"{SETTINGS}"),
-    (ChannelConfig("train", content_type="application/x-recordio"),
-     "The 'train' channel is in File mode with RecordIO data and has no 'train_annotation' channel; to train from "
-     f"an augmented manifest, {SETTINGS}"),
-    (pipe("label_map"),
-     "The 'label_map' channel is in Pipe mode, which only the train and validation channels support; give it "
-     'TrainingInputMode "File"'),
-], ids=["no record wrapper", "wrong content type", "augmented manifest in File mode", "label map in Pipe mode"])
+@pytest.mark.parametrize(
+    "channel, expected",
+    [
+        (
+            pipe("train", record_wrapper="None", content_type="application/x-recordio"),
+            "The 'train' channel is in Pipe mode with RecordWrapperType None, so images and masks cannot be told apart in "
+            f"the stream; {SETTINGS}",
+        ),
+        (
+            pipe("validation", content_type="image/jpeg"),
+            f"The 'validation' channel is in Pipe mode with ContentType image/jpeg, which this algorithm does not read; "
+            f"{SETTINGS}",
+        ),
+        (
+            ChannelConfig("train", content_type="application/x-recordio"),
+            "The 'train' channel is in File mode with RecordIO data and has no 'train_annotation' channel; to train from "
+            f"an augmented manifest, {SETTINGS}",
+        ),
+        (
+            pipe("label_map"),
+            "The 'label_map' channel is in Pipe mode, which only the train and validation channels support; give it "
+            'TrainingInputMode "File"',
+        ),
+    ],
+    ids=["no record wrapper", "wrong content type", "augmented manifest in File mode", "label map in Pipe mode"],
+)
 def test_settings_that_cannot_work_fail_fast(base_dir, channel, expected):
     with pytest.raises(UserError) as error:
         pipe_mode.check_channels({channel.name: channel})
@@ -366,12 +401,20 @@ print(json.dumps({"samples": samples, "stream_mb": stream_bytes / 2**20, "main_p
 def peak_memory(records: int, tmp_path: Path) -> dict:
     data_dir = tmp_path / f"stream-{records}"
     data_dir.mkdir()
-    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(tmp_path / f"root-{records}"),
-           "PYTHONPATH": str(Path(__file__).parent)}
+    env = {
+        **os.environ,
+        "SAGEMAKER_BASE_DIR": str(tmp_path / f"root-{records}"),
+        "PYTHONPATH": str(Path(__file__).parent),
+    }
     os.makedirs(Path(env["SAGEMAKER_BASE_DIR"]) / "input", exist_ok=True)
     os.symlink(data_dir, Path(env["SAGEMAKER_BASE_DIR"]) / "input" / "data")
-    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(records), str(data_dir)], env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(records), str(data_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -389,14 +432,28 @@ def test_peak_memory_does_not_grow_with_the_stream_length(tmp_path):
 # The `train` command in Pipe mode, as SageMaker runs it.
 
 TRAIN = str(Path(sys.executable).parent / "train")
-TINY = {"crop_size": "32", "base_size": "48", "epochs": "2", "mini_batch_size": "4", "num_training_samples": "8",
-        "validation_mini_batch_size": "4", "_workers": "1", "_logging_frequency": "1"}
+TINY = {
+    "crop_size": "32",
+    "base_size": "48",
+    "epochs": "2",
+    "mini_batch_size": "4",
+    "num_training_samples": "8",
+    "validation_mini_batch_size": "4",
+    "_workers": "1",
+    "_logging_frequency": "1",
+}
 METRIC = r"#quality_metric\. host: algo-1, epoch: (\d+), validation {}: ([0-9.e+-]+) \."
 
 
 def run_train(root: Path) -> tuple[int, str]:
-    result = subprocess.run([TRAIN], env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, timeout=300)
+    result = subprocess.run(
+        [TRAIN],
+        env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
     return result.returncode, result.stdout
 
 
@@ -413,8 +470,12 @@ def to_pipe_mode(root: Path, channels: dict[str, str]) -> dict[str, list[tuple[b
             for path in (data / name).iterdir():
                 path.unlink()
             (data / name).rmdir()
-        settings[split] = {"TrainingInputMode": "Pipe", "S3DistributionType": "FullyReplicated",
-                           "RecordWrapperType": "RecordIO", "ContentType": content_type}
+        settings[split] = {
+            "TrainingInputMode": "Pipe",
+            "S3DistributionType": "FullyReplicated",
+            "RecordWrapperType": "RecordIO",
+            "ContentType": content_type,
+        }
     config.write_text(json.dumps(settings))
     return streams
 
@@ -434,8 +495,9 @@ def iterations_per_epoch(log: str) -> dict[int, int]:
 def start_feeders(root: Path, streams: dict, epochs: int) -> list:
     writers = []
     for split, pairs in streams.items():
-        writer = FORK.Process(target=feed_channel, args=(root / "input" / "data", split, epochs,
-                                                          functools.partial(_epoch_pairs, pairs)))
+        writer = FORK.Process(
+            target=feed_channel, args=(root / "input" / "data", split, epochs, functools.partial(_epoch_pairs, pairs))
+        )
         writer.start()
         writers.append(writer)
     return writers
@@ -474,14 +536,17 @@ def test_pipe_mode_trains_like_file_mode(file_and_pipe_runs):
     assert file_code == 0, file_log[-3000:]
     assert pipe_code == 0, pipe_log[-3000:]
     for root in (file_root, pipe_root):
-        assert sorted(p.name for p in (root / "model").iterdir()) == ["hyperparams.json", "model.onnx",
-                                                                      "model_algo-1", "model_best.params"]
+        assert sorted(p.name for p in (root / "model").iterdir()) == [
+            "hyperparams.json",
+            "model.onnx",
+            "model_algo-1",
+            "model_best.params",
+        ]
     # The same number of samples per epoch: 2 iterations of 4 in both modes, every validation pair once.
     assert iterations_per_epoch(file_log) == iterations_per_epoch(pipe_log) == {0: 2, 1: 2}
     assert "LRScheduler setup: iters per epoch: 2, num_epochs 2" in pipe_log
     assert len(re.findall(r"The train stream of epoch \d .*: 8 image/mask pairs used in 2 batches", pipe_log)) == 2
-    assert len(re.findall(r"The validation stream of epoch \d .*: 4 image/mask pairs used in 1 batches",
-                          pipe_log)) == 2
+    assert len(re.findall(r"The validation stream of epoch \d .*: 4 image/mask pairs used in 1 batches", pipe_log)) == 2
     # The same metrics within 0.1: same initial weights (same seed), same validation samples and
     # preprocessing (bit-identical, see the validation test); only the train draws' order and
     # augmentation seeds differ, through the shuffle buffer, and after two steps those alone move
@@ -497,21 +562,37 @@ def test_pipe_mode_trains_like_file_mode(file_and_pipe_runs):
 
 @pytest.mark.slow
 def test_pipe_train_with_file_validation_label_map_incremental_training_and_early_stopping(
-        file_and_pipe_runs, tmp_path):
+    file_and_pipe_runs, tmp_path
+):
     """Every File-mode feature around a Pipe-mode train channel: the features are the loop's, not the mode's."""
     _, (pipe_root, _, _) = file_and_pipe_runs
-    root = write_opt_ml_tree(tmp_path, train=8, validation=4, hyperparameters={
-        **TINY, "epochs": "4", "learning_rate": "0.000001", "early_stopping": "True",
-        "early_stopping_min_epochs": "1", "early_stopping_patience": "1", "early_stopping_tolerance": "1"})
+    root = write_opt_ml_tree(
+        tmp_path,
+        train=8,
+        validation=4,
+        hyperparameters={
+            **TINY,
+            "epochs": "4",
+            "learning_rate": "0.000001",
+            "early_stopping": "True",
+            "early_stopping_min_epochs": "1",
+            "early_stopping_patience": "1",
+            "early_stopping_tolerance": "1",
+        },
+    )
     streams = to_pipe_mode(root, {"train": "application/x-recordio"})
     # Masks encoded as class x 10, decoded by the label map channel's train_label_map.json.
-    streams["train"] = [(image, encode(Image.fromarray(np.asarray(Image.open(io.BytesIO(mask))) * 10, "L"), "PNG"))
-                        for image, mask in streams["train"]]
+    streams["train"] = [
+        (image, encode(Image.fromarray(np.asarray(Image.open(io.BytesIO(mask))) * 10, "L"), "PNG"))
+        for image, mask in streams["train"]
+    ]
     (root / "input" / "data" / "label_map").mkdir()
     (root / "input" / "data" / "label_map" / "train_label_map.json").write_text('{"scale": 10}')
     (root / "input" / "data" / "model").mkdir()
-    subprocess.run(["tar", "-czf", str(root / "input" / "data" / "model" / "model.tar.gz"), "-C",
-                    str(pipe_root / "model"), "."], check=True)
+    subprocess.run(
+        ["tar", "-czf", str(root / "input" / "data" / "model" / "model.tar.gz"), "-C", str(pipe_root / "model"), "."],
+        check=True,
+    )
     writers = start_feeders(root, streams, epochs=4)
     code, log = run_train(root)
     stop_feeders(writers)
@@ -538,14 +619,21 @@ def test_the_train_command_fails_with_a_sentence_when_the_fifo_never_appears(tmp
     code, log = run_train(root)
     failure = (root / "output" / "failure").read_text().strip()
     assert code == 1, log[-2000:]
-    assert failure == (f"The Pipe-mode input {root}/input/data/train_0 did not appear within 1 seconds (the "
-                       "_pipe_wait_seconds hyperparameter); SageMaker creates it when the channel is in Pipe mode")
+    assert failure == (
+        f"The Pipe-mode input {root}/input/data/train_0 did not appear within 1 seconds (the "
+        "_pipe_wait_seconds hyperparameter); SageMaker creates it when the channel is in Pipe mode"
+    )
 
 
 def test_sigterm_while_waiting_for_a_fifo_stops_the_job_promptly(tmp_path):
     root = pipe_tree(tmp_path)  # waits up to 600 s for train_0
-    process = subprocess.Popen([TRAIN], env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [TRAIN],
+        env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in process.stdout:
         if "LRScheduler setup" in line:  # the next step opens train_0
             break

@@ -3,16 +3,14 @@ size out, for every kind of image a user may send, and one clear error for what 
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
+from serving_helpers import encoded, png_declaring, sample_image, trained_model
 
 from semseg.errors import PayloadTooLarge, UserError
 from semseg.inference.predictor import Predictor
 from semseg.inference.settings import ServingSettings
-from serving_helpers import encoded, png_declaring, sample_image, trained_model
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +45,7 @@ def test_any_size_gives_a_mask_of_that_size(predictor, width, height):
 def test_every_image_mode_is_accepted(predictor, mode):
     image = sample_image(64, 40)
     if mode == "I;16":
-        image = Image.fromarray((np.asarray(image.convert("L"), dtype=np.uint16) * 200))
+        image = Image.fromarray(np.asarray(image.convert("L"), dtype=np.uint16) * 200)
     else:
         image = image.convert(mode)
     fmt = "JPEG" if mode == "CMYK" else "PNG"
@@ -72,11 +70,14 @@ def test_a_decompression_bomb_is_refused_before_decoding(predictor):
     assert caught.value.http_status == 413
 
 
-@pytest.mark.parametrize("body, message", [
-    (b"", "empty"),
-    (b"this is not an image", "not an image"),
-    (b"\xff\xd8\xff\xe0" + b"\0" * 40, "not an image"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"", "empty"),
+        (b"this is not an image", "not an image"),
+        (b"\xff\xd8\xff\xe0" + b"\0" * 40, "not an image"),
+    ],
+)
 def test_what_is_not_an_image_is_a_400(predictor, body, message):
     with pytest.raises(UserError, match=message) as caught:
         predictor.predict(body)

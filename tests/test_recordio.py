@@ -13,7 +13,11 @@ from semseg.data.recordio import MAGIC, RecordIOError, frame, read_records, writ
 M = struct.pack("<I", MAGIC)
 
 PAYLOADS = [
-    b"", b"a", b"abcd", b"abcde", bytes(range(256)) * 3,
+    b"",
+    b"a",
+    b"abcd",
+    b"abcde",
+    bytes(range(256)) * 3,
     M,  # the payload is the magic word: two empty parts
     b"xyz" + M + b"q",  # unaligned magic: no split
     b"abcd" + M + b"efgh" + M,  # two aligned occurrences, one at the end

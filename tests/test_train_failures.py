@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import save_mask
 from trainjob import TRAIN, make_tree, run_train
 
@@ -26,8 +25,11 @@ def assert_user_failure(job, message: str) -> None:
 
 def test_invalid_enum_value(tmp_path):
     job = run_train(make_tree(tmp_path, optimizer="adadelta"))
-    assert_user_failure(job, "The value 'adadelta' is not valid for the 'optimizer' hyperparameter which accepts "
-                             "one of the following: 'sgd', 'adam', 'rmsprop', 'adagrad', 'nag'")
+    assert_user_failure(
+        job,
+        "The value 'adadelta' is not valid for the 'optimizer' hyperparameter which accepts "
+        "one of the following: 'sgd', 'adam', 'rmsprop', 'adagrad', 'nag'",
+    )
 
 
 def test_missing_required_hyperparameter(tmp_path):
@@ -108,8 +110,9 @@ def test_incremental_training_with_another_architecture(tmp_path):
     assert "num_classes is 4 here but 21 in the model" in job.failure
 
 
-@pytest.mark.parametrize("name, kind", [("../escape.txt", tarfile.REGTYPE), ("/etc/evil", tarfile.REGTYPE),
-                                        ("link", tarfile.SYMTYPE)])
+@pytest.mark.parametrize(
+    "name, kind", [("../escape.txt", tarfile.REGTYPE), ("/etc/evil", tarfile.REGTYPE), ("link", tarfile.SYMTYPE)]
+)
 def test_hostile_model_archive_is_refused(tmp_path, name, kind):
     root = make_tree(tmp_path / "ml")
     member = tarfile.TarInfo(name)
@@ -134,8 +137,13 @@ def test_a_failed_run_leaves_earlier_artifacts_untouched(tmp_path):
 @pytest.mark.slow
 def test_sigterm_stops_training_promptly_with_loader_processes(tmp_path):
     root = make_tree(tmp_path, epochs="50", _logging_frequency="1", _workers="2")
-    process = subprocess.Popen([TRAIN], env={"SAGEMAKER_BASE_DIR": str(root), "PATH": "/usr/bin:/bin"},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [TRAIN],
+        env={"SAGEMAKER_BASE_DIR": str(root), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in process.stdout:
         if "#progress_notice" in line:
             break
@@ -151,6 +159,6 @@ def test_sigterm_stops_training_promptly_with_loader_processes(tmp_path):
 def test_an_image_cut_short_after_its_header_fails_naming_it(tmp_path):
     root = make_tree(tmp_path, train=2, num_training_samples="2")  # one batch: both images are drawn
     path = root / "input" / "data" / "train" / "0001.jpg"
-    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])  # the header reads; the pixels do not
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # the header reads; the pixels do not
     job = run_train(root)
     assert_user_failure(job, "0001.jpg or its mask could not be decoded")

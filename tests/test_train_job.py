@@ -8,9 +8,9 @@ import re
 import mxnet as mx
 import numpy as np
 import pytest
+from trainjob import make_tree, run_train
 
 from semseg.logs import METRIC_REGEXES
-from trainjob import make_tree, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +40,9 @@ def test_logs_the_built_in_lines(fcn_job):
     progress = r"#progress_notice\. epoch: 0, iterations: 1 speed: [0-9.e+-]+ samples/sec learning_rate: 0\.\d{6}"
     assert re.search(progress, log)
     assert re.search(r"#throughput_metric\. host: algo-1, epoch: 1, train throughput: [0-9.e+-]+ samples/sec\.", log)
-    assert re.search(r"#throughput_metric\. host: algo-1, epoch: 1, validation throughput: [0-9.e+-]+ samples/sec\.",
-                     log)
+    assert re.search(
+        r"#throughput_metric\. host: algo-1, epoch: 1, validation throughput: [0-9.e+-]+ samples/sec\.", log
+    )
     assert "#progress_metric: host=algo-1, completed 50 % of epochs" in log
     assert "#progress_metric: host=algo-1, completed 100 % of epochs" in log
     assert f"Serializing model to {fcn_job.model_dir}/model_algo-1" in log
@@ -89,11 +90,9 @@ def test_incremental_training_continues_from_a_model_channel(fcn_job, tmp_path):
     assert "Incremental training: initializing all weights from model_best.params" in job.log
 
 
-@pytest.mark.parametrize("algorithm, backbone", [("psp", "resnet-50"), ("deeplab", "resnet-50"),
-                                                 ("fcn", "resnet-101")])
+@pytest.mark.parametrize("algorithm, backbone", [("psp", "resnet-50"), ("deeplab", "resnet-50"), ("fcn", "resnet-101")])
 def test_every_algorithm_and_backbone_trains(tmp_path, algorithm, backbone):
-    root = make_tree(tmp_path, train=2, validation=2, algorithm=algorithm, backbone=backbone,
-                     num_training_samples="2")
+    root = make_tree(tmp_path, train=2, validation=2, algorithm=algorithm, backbone=backbone, num_training_samples="2")
     job = run_train(root)
     assert job.returncode == 0, job.log[-2000:]
     assert len(job.lines(METRIC_REGEXES["validation:mIOU"])) == 1

@@ -34,15 +34,22 @@ def test_poly_schedule_follows_power_0_9():
 def test_cosine_and_step_schedules():
     cosine = lr_schedule(hp(learning_rate="0.1", epochs="4", lr_scheduler="cosine"), 10)
     assert cosine(20) == pytest.approx(0.05) and cosine(40) == pytest.approx(0.0)
-    step = lr_schedule(hp(learning_rate="0.1", epochs="4", lr_scheduler="step", lr_scheduler_step="1,3",
-                          lr_scheduler_factor="0.5"), 10)
+    step = lr_schedule(
+        hp(learning_rate="0.1", epochs="4", lr_scheduler="step", lr_scheduler_step="1,3", lr_scheduler_factor="0.5"), 10
+    )
     assert [step(t) for t in (0, 9, 10, 29, 30)] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("sgd", {"momentum": 0.9}), ("nag", {"momentum": 0.9}),
-    ("rmsprop", {"gamma1": 0.8, "gamma2": 0.7, "centered": True}), ("adam", {}), ("adagrad", {}),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("sgd", {"momentum": 0.9}),
+        ("nag", {"momentum": 0.9}),
+        ("rmsprop", {"gamma1": 0.8, "gamma2": 0.7, "centered": True}),
+        ("adam", {}),
+        ("adagrad", {}),
+    ],
+)
 def test_optimizer_settings(name, expected):
     optimizer, settings = optimizer_settings(hp(optimizer=name, gamma1="0.8", gamma2="0.7"))
     assert optimizer == name and settings == {"learning_rate": 0.001, "wd": 0.0001, **expected}

@@ -34,8 +34,9 @@ def test_prepare_pair_normalises_and_maps_labels(tmp_path):
     Image.new("RGB", (8, 8), (255, 255, 255)).save(tmp_path / "a.png")
     Image.fromarray(np.array([[0, 1, 2, 255] * 2] * 8, dtype=np.uint8), "L").save(tmp_path / "m.png")
     table = label_map.lookup_table({"scale": 1}, num_classes=2)
-    image, labels = prepare_pair(tmp_path / "a.png", tmp_path / "m.png",
-                                 transforms.validation_transform(8), table, random.Random(0))
+    image, labels = prepare_pair(
+        tmp_path / "a.png", tmp_path / "m.png", transforms.validation_transform(8), table, random.Random(0)
+    )
     assert image.shape == (3, 8, 8) and np.allclose(image[:, 0, 0], (1 - transforms.MEAN) / transforms.STD)
     assert labels[0, :4].tolist() == [0, 1, -1, -1]
 

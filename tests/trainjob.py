@@ -14,8 +14,15 @@ from semseg.sample_data import write_opt_ml_tree
 TRAIN = str(Path(sys.executable).parent / "train")
 
 # Small enough for a CPU: one epoch of two iterations at crop 32.
-TINY = {"crop_size": "32", "base_size": "48", "epochs": "1", "mini_batch_size": "2",
-        "validation_mini_batch_size": "4", "num_training_samples": "4", "_workers": "0"}
+TINY = {
+    "crop_size": "32",
+    "base_size": "48",
+    "epochs": "1",
+    "mini_batch_size": "2",
+    "validation_mini_batch_size": "4",
+    "num_training_samples": "4",
+    "_workers": "0",
+}
 
 
 @dataclass
@@ -42,6 +49,12 @@ def make_tree(root: Path, train: int = 6, validation: int = 4, **hyperparameters
 
 
 def run_train(root: Path, timeout: float = 300, env: dict | None = None) -> Job:
-    result = subprocess.run([TRAIN], env={**os.environ, "SAGEMAKER_BASE_DIR": str(root), **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    result = subprocess.run(
+        [TRAIN],
+        env={**os.environ, "SAGEMAKER_BASE_DIR": str(root), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
     return Job(root, result.returncode, result.stdout)

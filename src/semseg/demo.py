@@ -24,9 +24,17 @@ from .sample_data import PALETTE, make_pair, write_opt_ml_tree
 
 # Settings a CPU learns the sample task with in a few minutes (see tests/test_learning.py).
 DEMO_HYPERPARAMETERS = {
-    "algorithm": "fcn", "backbone": "resnet-50", "use_pretrained_model": "False", "crop_size": "64",
-    "base_size": "96", "epochs": "8", "mini_batch_size": "4", "num_training_samples": "160",
-    "optimizer": "adam", "learning_rate": "0.002", "validation_mini_batch_size": "16",
+    "algorithm": "fcn",
+    "backbone": "resnet-50",
+    "use_pretrained_model": "False",
+    "crop_size": "64",
+    "base_size": "96",
+    "epochs": "8",
+    "mini_batch_size": "4",
+    "num_training_samples": "160",
+    "optimizer": "adam",
+    "learning_rate": "0.002",
+    "validation_mini_batch_size": "16",
 }
 
 
@@ -68,15 +76,17 @@ def run_demo(workdir: str) -> int:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     print(f"3/3 Serving the model at {url} and segmenting a new image", flush=True)
-    server = subprocess.Popen([_script("serve")], env={**env, "SAGEMAKER_BIND_TO_PORT": str(port),
-                                                       "SAGEMAKER_MODEL_SERVER_WORKERS": "1"})
+    server = subprocess.Popen(
+        [_script("serve")], env={**env, "SAGEMAKER_BIND_TO_PORT": str(port), "SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
+    )
     try:
         _wait_for_ping(url, server)
         image, truth = make_pair(np.random.RandomState(1234), 160, 120)
         body = io.BytesIO()
         image.save(body, format="JPEG", quality=95)
-        request = urllib.request.Request(url + "/invocations", data=body.getvalue(),
-                                         headers={"Content-Type": "image/jpeg", "Accept": "image/png"})
+        request = urllib.request.Request(
+            url + "/invocations", data=body.getvalue(), headers={"Content-Type": "image/jpeg", "Accept": "image/png"}
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             mask = Image.open(io.BytesIO(response.read()))
             mask.load()
@@ -89,6 +99,9 @@ def run_demo(workdir: str) -> int:
     mask.putpalette(PALETTE)
     mask.save(out / "mask.png")
     agreement = float((np.asarray(mask) == np.asarray(truth)).mean())
-    print(f"Wrote {out / 'image.jpg'} and its predicted mask {out / 'mask.png'} "
-          f"({mask.size[0]}x{mask.size[1]}); {100 * agreement:.1f}% of pixels agree with the true mask", flush=True)
+    print(
+        f"Wrote {out / 'image.jpg'} and its predicted mask {out / 'mask.png'} "
+        f"({mask.size[0]}x{mask.size[1]}); {100 * agreement:.1f}% of pixels agree with the true mask",
+        flush=True,
+    )
     return 0

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import UserError
 
@@ -95,9 +96,7 @@ def _label(value: Any) -> str:
 
 
 def _invalid(name: str, raw: Any, accepts: str) -> UserError:
-    return UserError(
-        f"The value '{_label(raw)}' is not valid for the '{name}' hyperparameter which accepts {accepts}"
-    )
+    return UserError(f"The value '{_label(raw)}' is not valid for the '{name}' hyperparameter which accepts {accepts}")
 
 
 def _range_text(spec: Spec, noun: str) -> str:
@@ -233,7 +232,6 @@ def parse(provided: dict[str, Any]) -> dict[str, Any]:
     final["crop_size"] = round_up_to_multiple_of_8(final["crop_size"])
     if final["lr_scheduler"] == "step" and not final["lr_scheduler_step"]:
         raise UserError(
-            "The 'lr_scheduler_step' hyperparameter is required when 'lr_scheduler' is 'step', "
-            "for example '10, 20'"
+            "The 'lr_scheduler_step' hyperparameter is required when 'lr_scheduler' is 'step', for example '10, 20'"
         )
     return final

@@ -37,7 +37,10 @@ def setup_logging(level: int = logging.INFO) -> None:
 def train_progress(epoch: int, iterations: int, speed: float, learning_rate: float) -> None:
     log.info(
         "#progress_notice. epoch: %d, iterations: %d speed: %s samples/sec learning_rate: %.6f",
-        epoch, iterations, speed, learning_rate,
+        epoch,
+        iterations,
+        speed,
+        learning_rate,
     )
 
 
@@ -53,9 +56,7 @@ def train_epoch_end(host: str, epoch: int, loss: float, throughput: float) -> No
 def validation_end(host: str, epoch: int, pixel_accuracy: float, miou: float, throughput: float) -> None:
     log.info("#quality_metric. host: %s, epoch: %d, validation pixel_accuracy: %s .", host, epoch, pixel_accuracy)
     log.info("#quality_metric. host: %s, epoch: %d, validation mIOU: %s .", host, epoch, miou)
-    log.info(
-        "#throughput_metric. host: %s, epoch: %d, validation throughput: %s samples/sec.", host, epoch, throughput
-    )
+    log.info("#throughput_metric. host: %s, epoch: %d, validation throughput: %s samples/sec.", host, epoch, throughput)
 
 
 def epochs_progress(host: str, done: int, total: int) -> None:

@@ -62,8 +62,9 @@ def write_split(images_dir: Path, masks_dir: Path, count: int, seed: int, sizes=
         mask.save(masks_dir / f"{i:04d}.png")
 
 
-def write_opt_ml_tree(root, train: int = 24, validation: int = 8, hyperparameters: dict | None = None,
-                      seed: int = 0, sizes=DEFAULT_SIZES) -> Path:
+def write_opt_ml_tree(
+    root, train: int = 24, validation: int = 8, hyperparameters: dict | None = None, seed: int = 0, sizes=DEFAULT_SIZES
+) -> Path:
     """Write a complete SageMaker training tree (config files + the four File-mode channels)."""
     root = Path(root)
     data = root / "input" / "data"
@@ -72,16 +73,28 @@ def write_opt_ml_tree(root, train: int = 24, validation: int = 8, hyperparameter
     config = root / "input" / "config"
     config.mkdir(parents=True, exist_ok=True)
     values = {
-        "algorithm": "fcn", "backbone": "resnet-50", "use_pretrained_model": "False",
-        "num_classes": str(NUM_CLASSES), "num_training_samples": str(train),
-        "crop_size": "64", "base_size": "96", "epochs": "8", "mini_batch_size": "8",
-        "validation_mini_batch_size": "8", "learning_rate": "0.01", "optimizer": "sgd",
+        "algorithm": "fcn",
+        "backbone": "resnet-50",
+        "use_pretrained_model": "False",
+        "num_classes": str(NUM_CLASSES),
+        "num_training_samples": str(train),
+        "crop_size": "64",
+        "base_size": "96",
+        "epochs": "8",
+        "mini_batch_size": "8",
+        "validation_mini_batch_size": "8",
+        "learning_rate": "0.01",
+        "optimizer": "sgd",
     }
     values.update({k: str(v) for k, v in (hyperparameters or {}).items()})
     (config / "hyperparameters.json").write_text(json.dumps(values, indent=2))
     channels = {
-        name: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "None",
-               "ContentType": "image/png" if name.endswith("annotation") else "image/jpeg"}
+        name: {
+            "TrainingInputMode": "File",
+            "S3DistributionType": "FullyReplicated",
+            "RecordWrapperType": "None",
+            "ContentType": "image/png" if name.endswith("annotation") else "image/jpeg",
+        }
         for name in ("train", "train_annotation", "validation", "validation_annotation")
     }
     (config / "inputdataconfig.json").write_text(json.dumps(channels, indent=2))

@@ -41,16 +41,26 @@ def default_workers(gpus: int, cpus: int) -> int:
 
 def gunicorn_argv(settings: ServingSettings, workers: int) -> list[str]:
     return [
-        sys.executable, "-m", "gunicorn",
-        "--config", "python:serve.gunicorn_conf",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:serve.gunicorn_conf",
         "--no-control-socket",
-        "--bind", f"0.0.0.0:{settings.port}",
-        "--workers", str(workers),
-        "--worker-class", "gthread",
-        "--threads", str(THREADS_PER_WORKER),
-        "--timeout", str(settings.timeout_s),
-        "--graceful-timeout", str(GRACEFUL_TIMEOUT_S),
-        "--keep-alive", str(KEEP_ALIVE_S),
+        "--bind",
+        f"0.0.0.0:{settings.port}",
+        "--workers",
+        str(workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(THREADS_PER_WORKER),
+        "--timeout",
+        str(settings.timeout_s),
+        "--graceful-timeout",
+        str(GRACEFUL_TIMEOUT_S),
+        "--keep-alive",
+        str(KEEP_ALIVE_S),
         "serve.app:create_app()",
     ]
 
@@ -69,8 +79,12 @@ def run_server() -> int:
     os.environ["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(workers)  # the app reports it to batch transform
     if not gpus:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpus // workers)))
-    log.info("Starting the model server on port %d with %d worker(s) on %s", settings.port, workers,
-             f"{gpus} GPU(s)" if gpus else f"{cpus} CPU core(s)")
+    log.info(
+        "Starting the model server on port %d with %d worker(s) on %s",
+        settings.port,
+        workers,
+        f"{gpus} GPU(s)" if gpus else f"{cpus} CPU core(s)",
+    )
     sys.stdout.flush()
     argv = gunicorn_argv(settings, workers)
     os.execv(argv[0], argv)

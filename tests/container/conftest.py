@@ -16,8 +16,9 @@ from container.docker_harness import ENGINE, ENGINE_SOCKET, IMAGE, ROOT, Contain
 
 
 def _answers(env: dict) -> bool:
-    result = subprocess.run(["docker", "info"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            timeout=30)
+    result = subprocess.run(
+        ["docker", "info"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30
+    )
     return result.returncode == 0
 
 
@@ -48,9 +49,24 @@ def cpu_image(engine, pytestconfig) -> str:
     """The CPU image, built from this working tree (without weights: the build has no network to them)."""
     started = time.monotonic()
     result = subprocess.run(
-        ["docker", "build", "--network", "host", "-f", "Dockerfile.cpu", "--build-arg", "PRETRAINED_WEIGHTS=skip",
-         "-t", IMAGE, "."],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1800,
+        [
+            "docker",
+            "build",
+            "--network",
+            "host",
+            "-f",
+            "Dockerfile.cpu",
+            "--build-arg",
+            "PRETRAINED_WEIGHTS=skip",
+            "-t",
+            IMAGE,
+            ".",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=1800,
     )
     assert result.returncode == 0, result.stdout[-5000:]
     _report(pytestconfig, f"{IMAGE} built in {time.monotonic() - started:.1f} s")

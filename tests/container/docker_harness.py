@@ -17,8 +17,9 @@ ENGINE_SOCKET = "unix:///var/tmp/docker/docker.sock"
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
     """Run the docker client; output is captured as text."""
-    result = subprocess.run(["docker", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        ["docker", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"docker {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return result
@@ -31,18 +32,19 @@ class Containers:
         self.image = image
         self.ids: list[str] = []
 
-    def run(self, *command: str, ml: Path | None = None, env: dict | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
+    def run(
+        self, *command: str, ml: Path | None = None, env: dict | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
         """``docker run`` to completion; returns the exit code and the combined output."""
         name = f"semseg-test-{os.getpid()}-{len(self.ids)}"
         self.ids.append(name)
         args = ["run", "--name", name, "--network", "host", *self._options(ml, env), self.image, *command]
-        result = subprocess.run(["docker", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                timeout=timeout)
+        result = subprocess.run(
+            ["docker", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
+        )
         return result
 
-    def start(self, *command: str, ml: Path | None = None, model: Path | None = None,
-              env: dict | None = None) -> str:
+    def start(self, *command: str, ml: Path | None = None, model: Path | None = None, env: dict | None = None) -> str:
         """``docker run -d``; returns the container's id."""
         volumes = ["-v", f"{model}:/opt/ml/model"] if model else []
         args = ["run", "-d", "--network", "host", *volumes, *self._options(ml, env), self.image, *command]
@@ -52,8 +54,9 @@ class Containers:
 
     def wait_for_line(self, container: str, text: str, timeout: float = 300) -> None:
         """Follow the container's log until a line contains ``text``."""
-        follow = subprocess.Popen(["docker", "logs", "-f", container], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
+        follow = subprocess.Popen(
+            ["docker", "logs", "-f", container], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         deadline = time.monotonic() + timeout
         try:
             for line in follow.stdout:

@@ -22,14 +22,19 @@ HADOLINT = Path(sys.executable).parent / "hadolint"
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.gpu"])
 def test_hadolint_passes(dockerfile):
-    result = subprocess.run([str(HADOLINT), dockerfile], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    result = subprocess.run(
+        [str(HADOLINT), dockerfile], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     assert result.returncode == 0, result.stdout
 
 
 def requirements(*args: str) -> list[str]:
-    result = subprocess.run([sys.executable, str(ROOT / "container" / "requirements.py"), *args],
-                            stdout=subprocess.PIPE, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "container" / "requirements.py"), *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
     return result.stdout.split()
 
 

@@ -13,10 +13,10 @@ import urllib.request
 import numpy as np
 import pytest
 from PIL import Image
+from trainjob import make_tree
 
 from container.docker_harness import Containers, docker
 from semseg.sample_data import make_pair
-from trainjob import make_tree
 
 pytestmark = pytest.mark.container
 
@@ -59,8 +59,10 @@ def test_pretrained_weights_not_staged_is_a_clear_failure(containers, tmp_path):
     result = containers.run("train", ml=root)
     assert result.returncode == 1, result.stdout[-3000:]
     failure = (root / "output" / "failure").read_text()
-    assert "use_pretrained_model is True but the ImageNet weights for resnet-50 are not staged at " \
-           "/opt/semseg/mxnet/models/resnet50_v1s-25a187fa.params" in failure
+    assert (
+        "use_pretrained_model is True but the ImageNet weights for resnet-50 are not staged at "
+        "/opt/semseg/mxnet/models/resnet50_v1s-25a187fa.params" in failure
+    )
 
 
 def test_docker_stop_ends_training_cleanly_and_promptly(containers, tmp_path):
@@ -86,8 +88,9 @@ def test_serve_answers_ping_and_segments_a_jpeg_then_stops_cleanly(containers, t
     picture, _ = make_pair(np.random.RandomState(7), 83, 61)
     body = io.BytesIO()
     picture.save(body, format="JPEG")
-    request = urllib.request.Request(f"{base}/invocations", data=body.getvalue(),
-                                     headers={"Content-Type": "image/jpeg", "Accept": "image/png"})
+    request = urllib.request.Request(
+        f"{base}/invocations", data=body.getvalue(), headers={"Content-Type": "image/jpeg", "Accept": "image/png"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         assert response.status == 200
         assert response.headers["Content-Type"] == "image/png"
@@ -132,8 +135,9 @@ def test_image_metadata_follows_the_sagemaker_conventions(cpu_image, containers)
     assert config["Labels"]["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["PYTHONUNBUFFERED"] == "1" and env["MXNET_HOME"] == "/opt/semseg/mxnet"
-    result = containers.run("sh", "-c", "stat -c %a /opt/semseg/mxnet/models; "
-                                        "for tool in gcc cc make g++; do command -v $tool; done; true")
+    result = containers.run(
+        "sh", "-c", "stat -c %a /opt/semseg/mxnet/models; for tool in gcc cc make g++; do command -v $tool; done; true"
+    )
     assert result.stdout.split() == ["1777"], "models dir not writable for all, or build tools left in the image"
 
 

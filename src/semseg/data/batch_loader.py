@@ -28,8 +28,8 @@ import signal
 import threading
 import traceback
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing import get_context
-from typing import Callable, Iterable, Iterator
 
 import mxnet as mx
 import numpy as np
@@ -99,8 +99,14 @@ class BatchLoader:
     one. Call ``close()`` (or use ``with``) when done: nothing else ends the processes.
     """
 
-    def __init__(self, dataset, batch_sampler: Iterable, workers: int = 0, prefetch: int | None = None,
-                 stop_check: Callable[[], None] = no_stop):
+    def __init__(
+        self,
+        dataset,
+        batch_sampler: Iterable,
+        workers: int = 0,
+        prefetch: int | None = None,
+        stop_check: Callable[[], None] = no_stop,
+    ):
         self.dataset, self.batch_sampler, self.workers = dataset, batch_sampler, workers
         self.prefetch = max(1, prefetch or 2 * workers)
         self.stop_check = stop_check
@@ -112,7 +118,7 @@ class BatchLoader:
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
-    def __enter__(self) -> "BatchLoader":
+    def __enter__(self) -> BatchLoader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -165,8 +171,12 @@ class BatchLoader:
         for number in range(self.workers):
             task_out, task_in = context.Pipe(duplex=False)
             result_out, result_in = context.Pipe(duplex=False)
-            process = context.Process(target=_loader_process, name=f"loader-{number}",
-                                      args=(self.dataset, task_out, result_in, os.getpid()), daemon=True)
+            process = context.Process(
+                target=_loader_process,
+                name=f"loader-{number}",
+                args=(self.dataset, task_out, result_in, os.getpid()),
+                daemon=True,
+            )
             process.start()
             task_out.close()
             result_in.close()
@@ -181,15 +191,18 @@ class BatchLoader:
             if not pipe.poll(POLL_SECONDS):
                 self.stop_check()
                 if not process.is_alive() and not pipe.poll():
-                    raise LoaderProcessFailed(f"A data loader process ended with exit code {process.exitcode} "
-                                              "while preparing a batch (out of memory or killed?)")
+                    raise LoaderProcessFailed(
+                        f"A data loader process ended with exit code {process.exitcode} "
+                        "while preparing a batch (out of memory or killed?)"
+                    )
                 continue
             try:
                 sent_generation, arrays, error = pipe.recv()
             except EOFError:
                 process.join(CLOSE_SECONDS)  # its pipe closes a moment before it can be reaped
-                raise LoaderProcessFailed(f"A data loader process ended with exit code {process.exitcode} "
-                                          "while sending a batch") from None
+                raise LoaderProcessFailed(
+                    f"A data loader process ended with exit code {process.exitcode} while sending a batch"
+                ) from None
             if sent_generation != generation:
                 continue
             if error is None:

@@ -64,7 +64,7 @@ class EpochSampler:
     def _next_position(self) -> int:
         if not self._order:
             order = self.rng.permutation(self.size).tolist()
-            self._order = order[self.rank::self.num_shards] or order
+            self._order = order[self.rank :: self.num_shards] or order
         return self._order.pop()
 
     def __iter__(self):
@@ -79,8 +79,11 @@ class EpochSampler:
     def state(self) -> dict:
         """What the coming epochs depend on, as JSON-friendly values (for checkpoints)."""
         kind, keys, position, has_gauss, cached = self.rng.get_state()
-        return {"rng": [kind, keys.tolist(), position, has_gauss, cached], "order": list(self._order),
-                "epoch": self.epoch}
+        return {
+            "rng": [kind, keys.tolist(), position, has_gauss, cached],
+            "order": list(self._order),
+            "epoch": self.epoch,
+        }
 
     def restore(self, state: dict) -> None:
         kind, keys, position, has_gauss, cached = state["rng"]

@@ -63,12 +63,18 @@ def find_pairs(images_dir: Path, masks_dir: Path) -> list[Sample]:
     if unmatched_images:
         log.warning(
             "%d images in %s have no mask of the same base name in %s and are skipped (first: %s)",
-            len(unmatched_images), images_dir, masks_dir, images[unmatched_images[0]].name,
+            len(unmatched_images),
+            images_dir,
+            masks_dir,
+            images[unmatched_images[0]].name,
         )
     if unmatched_masks:
         log.warning(
             "%d masks in %s have no image of the same base name in %s and are skipped (first: %s)",
-            len(unmatched_masks), masks_dir, images_dir, masks[unmatched_masks[0]].name,
+            len(unmatched_masks),
+            masks_dir,
+            images_dir,
+            masks[unmatched_masks[0]].name,
         )
     pairs = [Sample(images[name], masks[name]) for name in sorted(set(images) & set(masks))]
     if not pairs:
@@ -112,7 +118,11 @@ def check_pairs(pairs: list[Sample], spec: dict, num_classes: int, split: str, w
         shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
         log.warning(
             "%d %s mask pixels (%.2f%%) have values that map to no class of 0..%d (values: %s) and are ignored",
-            dropped_pixels, split, 100.0 * dropped_pixels / max(1, int(histogram.sum())), num_classes - 1, shown,
+            dropped_pixels,
+            split,
+            100.0 * dropped_pixels / max(1, int(histogram.sum())),
+            num_classes - 1,
+            shown,
         )
     table = label_map.lookup_table(spec, num_classes)
     counts = np.zeros(num_classes, dtype=np.int64)

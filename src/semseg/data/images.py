@@ -45,9 +45,7 @@ def open_image(source, max_pixels: int | None = None) -> Image.Image:
 
 class ImageTooLarge(UserError):
     def __init__(self, width: int, height: int, max_pixels: int):
-        super().__init__(
-            f"The image is {width}x{height} pixels, more than the limit of {max_pixels} pixels"
-        )
+        super().__init__(f"The image is {width}x{height} pixels, more than the limit of {max_pixels} pixels")
         self.width, self.height = width, height
 
 

@@ -9,8 +9,8 @@ epoch. A reader that closes early, as SageMaker allows, ends that epoch's writin
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from .recordio import frame
 
@@ -34,7 +34,7 @@ def feed_channel(data_dir: Path, channel: str, epochs: int, epoch_bytes: Callabl
             for chunk in epoch_bytes(epoch):
                 view = memoryview(chunk)
                 while view:
-                    view = view[os.write(fd, view[:WRITE_CHUNK]):]
+                    view = view[os.write(fd, view[:WRITE_CHUNK]) :]
         except BrokenPipeError:
             pass
         finally:

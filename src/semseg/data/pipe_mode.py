@@ -27,8 +27,9 @@ import random
 import stat
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,8 +46,10 @@ log = logging.getLogger(__name__)
 
 STREAMED_SPLITS = ("train", "validation")
 CONTENT_TYPES = ("application/x-recordio", "application/x-image")
-SETTINGS = ('use TrainingInputMode "Pipe", RecordWrapperType "RecordIO", AttributeNames '
-            '["source-ref", "<label>-ref"] (image first, then mask) and ContentType "application/x-recordio"')
+SETTINGS = (
+    'use TrainingInputMode "Pipe", RecordWrapperType "RecordIO", AttributeNames '
+    '["source-ref", "<label>-ref"] (image first, then mask) and ContentType "application/x-recordio"'
+)
 POLL_SECONDS = 0.1
 READ_BUFFER = 1 << 20
 HANDOFF = 16  # pairs per queue item: one lock round-trip per 16 pairs keeps the thread handoff cheap
@@ -67,20 +70,32 @@ def check_channels(channels: dict[str, ChannelConfig]) -> set[str]:
     for name, config in channels.items():
         if not config.is_pipe:
             wants_recordio = _content_type(config) == CONTENT_TYPES[0] or config.record_wrapper == "RecordIO"
-            if name in STREAMED_SPLITS and wants_recordio and f"{name}_annotation" not in channels \
-                    and not paths.channel_dir(f"{name}_annotation").is_dir():
-                raise UserError(f"The '{name}' channel is in File mode with RecordIO data and has no "
-                                f"'{name}_annotation' channel; to train from an augmented manifest, {SETTINGS}")
+            if (
+                name in STREAMED_SPLITS
+                and wants_recordio
+                and f"{name}_annotation" not in channels
+                and not paths.channel_dir(f"{name}_annotation").is_dir()
+            ):
+                raise UserError(
+                    f"The '{name}' channel is in File mode with RecordIO data and has no "
+                    f"'{name}_annotation' channel; to train from an augmented manifest, {SETTINGS}"
+                )
             continue
         if name not in STREAMED_SPLITS:
-            raise UserError(f"The '{name}' channel is in Pipe mode, which only the train and validation channels "
-                            "support; give it TrainingInputMode \"File\"")
+            raise UserError(
+                f"The '{name}' channel is in Pipe mode, which only the train and validation channels "
+                'support; give it TrainingInputMode "File"'
+            )
         if config.record_wrapper != "RecordIO":
-            raise UserError(f"The '{name}' channel is in Pipe mode with RecordWrapperType {config.record_wrapper}, "
-                            f"so images and masks cannot be told apart in the stream; {SETTINGS}")
+            raise UserError(
+                f"The '{name}' channel is in Pipe mode with RecordWrapperType {config.record_wrapper}, "
+                f"so images and masks cannot be told apart in the stream; {SETTINGS}"
+            )
         if _content_type(config) not in (None, *CONTENT_TYPES):
-            raise UserError(f"The '{name}' channel is in Pipe mode with ContentType {config.content_type}, which "
-                            f"this algorithm does not read; {SETTINGS}")
+            raise UserError(
+                f"The '{name}' channel is in Pipe mode with ContentType {config.content_type}, which "
+                f"this algorithm does not read; {SETTINGS}"
+            )
         streamed.add(name)
     return streamed
 
@@ -96,8 +111,10 @@ def wait_for_fifo(path: Path, timeout: float, stopping: Callable[[], bool] = lam
         if stopping():
             return False
         if time.monotonic() > deadline:
-            raise UserError(f"The Pipe-mode input {path} did not appear within {timeout:g} seconds (the "
-                            "_pipe_wait_seconds hyperparameter); SageMaker creates it when the channel is in Pipe mode")
+            raise UserError(
+                f"The Pipe-mode input {path} did not appear within {timeout:g} seconds (the "
+                "_pipe_wait_seconds hyperparameter); SageMaker creates it when the channel is in Pipe mode"
+            )
         time.sleep(POLL_SECONDS)
     if stat.S_ISDIR(path.stat().st_mode):
         raise UserError(f"The Pipe-mode input {path} is a directory, not the FIFO SageMaker streams into")
@@ -129,8 +146,10 @@ def pair_records(records: Iterator[Record], where: str) -> Iterator[tuple[Record
             yield image, record
             image = None
     if image is not None:
-        raise UserError(f"In {where}, the stream holds an odd number of records: the last, {_at(image)}, is an "
-                        f"image without its mask; every manifest line must give two attributes, {SETTINGS}")
+        raise UserError(
+            f"In {where}, the stream holds an odd number of records: the last, {_at(image)}, is an "
+            f"image without its mask; every manifest line must give two attributes, {SETTINGS}"
+        )
 
 
 def _describe(image) -> str:
@@ -141,8 +160,10 @@ def _open(payload: bytes, key: PairKey, at: str, role: str):
     try:
         return open_image(payload)
     except Exception:
-        raise UserError(f"In {key.where}, the {role} {at} is not an image (it starts with {payload[:24]!r}); "
-                        f"the attributes must be -ref attributes naming image files, so {SETTINGS}") from None
+        raise UserError(
+            f"In {key.where}, the {role} {at} is not an image (it starts with {payload[:24]!r}); "
+            f"the attributes must be -ref attributes naming image files, so {SETTINGS}"
+        ) from None
 
 
 def check_pair(key: PairKey) -> None:
@@ -152,15 +173,21 @@ def check_pair(key: PairKey) -> None:
     with image, mask:
         if mask.mode not in MASK_MODES:
             if image.mode in MASK_MODES and image.format == "PNG":
-                raise UserError(f"In {key.where}, the mask seems to come before its image: {key.image_at} is "
-                                f"{_describe(image)} and {key.mask_at} is {_describe(mask)}; AttributeNames must "
-                                "list the image first, as [\"source-ref\", \"<label>-ref\"]")
-            raise UserError(f"In {key.where}, the mask {key.mask_at} is {_describe(mask)}; masks must be "
-                            "single-channel 8-bit PNGs (palette 'P' or grayscale 'L') whose pixel values are class ids")
+                raise UserError(
+                    f"In {key.where}, the mask seems to come before its image: {key.image_at} is "
+                    f"{_describe(image)} and {key.mask_at} is {_describe(mask)}; AttributeNames must "
+                    'list the image first, as ["source-ref", "<label>-ref"]'
+                )
+            raise UserError(
+                f"In {key.where}, the mask {key.mask_at} is {_describe(mask)}; masks must be "
+                "single-channel 8-bit PNGs (palette 'P' or grayscale 'L') whose pixel values are class ids"
+            )
         width, height = upright_size(image)
         if mask.size != (width, height):
-            raise UserError(f"In {key.where}, the mask {key.mask_at} is {mask.size[0]}x{mask.size[1]} but its image "
-                            f"{key.image_at} is {width}x{height}; a mask must have the size of its image")
+            raise UserError(
+                f"In {key.where}, the mask {key.mask_at} is {mask.size[0]}x{mask.size[1]} but its image "
+                f"{key.image_at} is {width}x{height}; a mask must have the size of its image"
+            )
 
 
 class StreamedPairs:
@@ -176,8 +203,10 @@ class StreamedPairs:
         except UserError:
             raise
         except Exception as exc:
-            raise UserError(f"In {key.where}, the pair {key.image_at} and {key.mask_at} could not be decoded "
-                            f"({type(exc).__name__}: {exc})") from None
+            raise UserError(
+                f"In {key.where}, the pair {key.image_at} and {key.mask_at} could not be decoded "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
 
 
 _END = object()
@@ -235,8 +264,11 @@ class EpochStream:
             chunk: list[PairKey] = []
             with open(self.path, "rb", buffering=READ_BUFFER) as stream:
                 for image, mask in self._shuffled(self._pairs(stream)):
-                    chunk.append(PairKey(image.payload, mask.payload, self.rng.getrandbits(31), self.where,
-                                         _at(image), _at(mask)))
+                    chunk.append(
+                        PairKey(
+                            image.payload, mask.payload, self.rng.getrandbits(31), self.where, _at(image), _at(mask)
+                        )
+                    )
                     if len(chunk) == HANDOFF:
                         if not self._put(chunk):
                             return
@@ -277,8 +309,16 @@ class PipeBatchSampler:
     Validation (``iterations`` None): the whole stream in order, the last batch possibly short.
     """
 
-    def __init__(self, channel: str, batch_size: int, iterations: int | None, seed: int,
-                 wait_seconds: float, shuffle_buffer: int, stop_check: Callable[[], None] = no_stop):
+    def __init__(
+        self,
+        channel: str,
+        batch_size: int,
+        iterations: int | None,
+        seed: int,
+        wait_seconds: float,
+        shuffle_buffer: int,
+        stop_check: Callable[[], None] = no_stop,
+    ):
         self.channel, self.batch_size, self.iterations = channel, batch_size, iterations
         self.seed, self.wait_seconds, self.stop_check = seed, wait_seconds, stop_check
         self.shuffle_buffer = shuffle_buffer if iterations is not None else 1
@@ -323,37 +363,68 @@ class PipeBatchSampler:
         if pending is not None:
             yield pending
 
-    def _report(self, stream: EpochStream, epoch: int, used: int, batches: int, wanted: int | None,
-                seconds: float) -> None:
+    def _report(
+        self, stream: EpochStream, epoch: int, used: int, batches: int, wanted: int | None, seconds: float
+    ) -> None:
         source = f"The {self.channel} stream of epoch {epoch} ({stream.path})"
         if stream.pairs_read == 0:
-            raise UserError(f"{source} holds no records; the augmented manifest of the channel must list "
-                            f"image/mask pairs, {SETTINGS}")
-        log.info("%s: %d image/mask pairs used in %d batches, %.1f MB read in %.1f s", source, used, batches,
-                 stream.bytes_read / 1e6, seconds)
+            raise UserError(
+                f"{source} holds no records; the augmented manifest of the channel must list "
+                f"image/mask pairs, {SETTINGS}"
+            )
+        log.info(
+            "%s: %d image/mask pairs used in %d batches, %.1f MB read in %.1f s",
+            source,
+            used,
+            batches,
+            stream.bytes_read / 1e6,
+            seconds,
+        )
         if wanted is None:
             return
         if batches == 0:
-            raise UserError(f"{source} holds {stream.pairs_read} image/mask pairs, fewer than one mini_batch_size "
-                            f"of {self.batch_size}")
+            raise UserError(
+                f"{source} holds {stream.pairs_read} image/mask pairs, fewer than one mini_batch_size "
+                f"of {self.batch_size}"
+            )
         if used < wanted:
-            log.warning("%s ended after %d image/mask pairs, fewer than the %d that %d iterations of %d need "
-                        "(num_training_samples // mini_batch_size): the epoch ran %d iterations", source,
-                        stream.pairs_read, wanted, self.iterations, self.batch_size, batches)
+            log.warning(
+                "%s ended after %d image/mask pairs, fewer than the %d that %d iterations of %d need "
+                "(num_training_samples // mini_batch_size): the epoch ran %d iterations",
+                source,
+                stream.pairs_read,
+                wanted,
+                self.iterations,
+                self.batch_size,
+                batches,
+            )
         elif not stream.exhausted or stream.pairs_read > used:
-            log.info("%s holds more than the %d image/mask pairs that %d iterations of %d use (num_training_samples "
-                     "// mini_batch_size); the epoch ends there and the rest of the stream is skipped", source,
-                     used, self.iterations, self.batch_size)
+            log.info(
+                "%s holds more than the %d image/mask pairs that %d iterations of %d use (num_training_samples "
+                "// mini_batch_size); the epoch ends there and the rest of the stream is skipped",
+                source,
+                used,
+                self.iterations,
+                self.batch_size,
+            )
 
 
-def pipe_loader(split: str, hp: dict, transform: Compose, table: np.ndarray, seed: int, workers: int,
-                stop_check: Callable[[], None] = no_stop) -> BatchLoader:
+def pipe_loader(
+    split: str,
+    hp: dict,
+    transform: Compose,
+    table: np.ndarray,
+    seed: int,
+    workers: int,
+    stop_check: Callable[[], None] = no_stop,
+) -> BatchLoader:
     """The loader of a streamed split, a drop-in for the File-mode one."""
     if split == "train":
         batch_size, iterations = hp["mini_batch_size"], max(1, hp["num_training_samples"] // hp["mini_batch_size"])
     else:
         batch_size, iterations = hp["validation_mini_batch_size"], None
-    sampler = PipeBatchSampler(split, batch_size, iterations, seed, hp["_pipe_wait_seconds"],
-                               hp["_pipe_shuffle_buffer"], stop_check)
+    sampler = PipeBatchSampler(
+        split, batch_size, iterations, seed, hp["_pipe_wait_seconds"], hp["_pipe_shuffle_buffer"], stop_check
+    )
     log.info("%s: streamed in Pipe mode from %s", split, paths.pipe_path(split, 0).with_name(f"{split}_<epoch>"))
     return BatchLoader(StreamedPairs(transform, table), sampler, workers, stop_check=stop_check)

@@ -15,8 +15,9 @@ that a bad object in a manifest of thousands can be found.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from ..errors import UserError
 
@@ -96,12 +97,16 @@ def read_records(stream: BinaryIO, where: str = "the stream") -> Iterator[Record
         if len(header) < 8:
             if not header and not parts:
                 return
-            raise fail(f"is truncated: the stream ends {len(header)} bytes into a record header at byte offset "
-                       f"{offset}{' before the last part of a multi-part record' if parts else ''}")
+            raise fail(
+                f"is truncated: the stream ends {len(header)} bytes into a record header at byte offset "
+                f"{offset}{' before the last part of a multi-part record' if parts else ''}"
+            )
         magic, lrec = _HEADER.unpack(header)
         if magic != MAGIC:
-            raise fail(f"does not start with the RecordIO magic number 0xCED7230A (found 0x{magic:08X} at byte "
-                       f"offset {offset}), so the stream is not RecordIO-wrapped")
+            raise fail(
+                f"does not start with the RecordIO magic number 0xCED7230A (found 0x{magic:08X} at byte "
+                f"offset {offset}), so the stream is not RecordIO-wrapped"
+            )
         cflag, length = lrec >> 29, lrec & MAX_LENGTH
         if cflag > _LAST or (cflag in (_COMPLETE, _FIRST)) == bool(parts):
             raise fail(f"has an invalid multi-part flag {cflag} at byte offset {offset}")

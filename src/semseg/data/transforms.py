@@ -121,10 +121,15 @@ class CenterCrop:
 
 
 def train_transform(base_size: int, crop_size: int) -> Compose:
-    return Compose([
-        RandomHorizontalFlip(), RandomScale(base_size), PadToSize(crop_size),
-        RandomCrop(crop_size), RandomGaussianBlur(),
-    ])
+    return Compose(
+        [
+            RandomHorizontalFlip(),
+            RandomScale(base_size),
+            PadToSize(crop_size),
+            RandomCrop(crop_size),
+            RandomGaussianBlur(),
+        ]
+    )
 
 
 def validation_transform(crop_size: int) -> Compose:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
 
+from ..data.recordio import MAX_LENGTH as MAX_RECORD_BYTES
 from ..errors import PayloadTooLarge, UnsupportedAccept, UnsupportedContentType
 from . import recordio_protobuf as rp
 from .predictor import Prediction, Predictor
@@ -72,20 +73,20 @@ def encode_json(prediction: Prediction, content_type: str) -> Encoded:
 def encode_probabilities(prediction: Prediction, content_type: str) -> Encoded:
     shape = [1, prediction.num_classes, prediction.height, prediction.width]
     size = rp.probabilities_payload_size(shape)
-    if size > rp.MAX_RECORD_BYTES:
+    if size > MAX_RECORD_BYTES:
         raise PayloadTooLarge(
             f"The class probabilities of a {prediction.width}x{prediction.height} image with "
             f"{prediction.num_classes} classes take {size / 2**20:.0f} MB, more than the "
-            f"{rp.MAX_RECORD_BYTES / 2**20:.0f} MB a RecordIO record can hold; ask for image/png or send a smaller image"
+            f"{MAX_RECORD_BYTES / 2**20:.0f} MB a RecordIO record can hold; ask for image/png or send a smaller image"
         )
     count = int(np.prod(shape))
     # The features in key order ("shape", "target"), as protobuf's deterministic serialisation has them.
     head = rp.int32_feature("shape", shape) + rp.feature_prefix("target", rp.FLOAT32_TENSOR, 4 * count)
     payload = np.empty(size, dtype=np.uint8)
-    payload[:len(head)] = np.frombuffer(head, dtype=np.uint8)
-    values = payload[len(head):].view("<f4").reshape(shape[1:])
+    payload[: len(head)] = np.frombuffer(head, dtype=np.uint8)
+    values = payload[len(head) :].view("<f4").reshape(shape[1:])
     for top, strip in prediction.strips():
-        values[:, top:top + strip.shape[1]] = strip
+        values[:, top : top + strip.shape[1]] = strip
     length, chunks = rp.framed(payload)
     return Encoded(content_type, length, chunks)
 
@@ -133,13 +134,12 @@ def response_type(header: str | None, default: str) -> str:
         if media in _WILDCARDS:
             family = "" if media == "*/*" else media[:-1]
             return next(t for t in [default, *RESPONSE_TYPES] if t in RESPONSE_TYPES and t.startswith(family))
-    raise UnsupportedAccept(
-        f"The Accept type '{header}' is not supported; ask for one of {', '.join(RESPONSE_TYPES)}"
-    )
+    raise UnsupportedAccept(f"The Accept type '{header}' is not supported; ask for one of {', '.join(RESPONSE_TYPES)}")
 
 
-def invoke(predictor: Predictor, body: bytes, content_type: str | None, accept: str | None,
-           default_accept: str) -> Encoded:
+def invoke(
+    predictor: Predictor, body: bytes, content_type: str | None, accept: str | None, default_accept: str
+) -> Encoded:
     """Check the content types, predict, encode: the whole of one ``/invocations`` request."""
     request_type(content_type)
     media = response_type(accept, default_accept)

@@ -37,8 +37,7 @@ class MXNetEngine:
         self.ctx = ctx
         self.name = f"mxnet ({ctx.device_type}{':%d' % ctx.device_id if ctx.device_type == 'gpu' else ''})"
         params = weights_file(model_dir)
-        net = build_network(hp["algorithm"], hp["backbone"], hp["num_classes"], input_size,
-                            hp["base_size"], aux=False)
+        net = build_network(hp["algorithm"], hp["backbone"], hp["num_classes"], input_size, hp["base_size"], aux=False)
         try:
             net.load_parameters(str(params), ctx=ctx, ignore_extra=True)
         except Exception as exc:  # MXNet reports a wrong or corrupt file as a bare MXNetError/AssertionError

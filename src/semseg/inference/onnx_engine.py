@@ -10,8 +10,8 @@ shared among the server's ``SAGEMAKER_MODEL_SERVER_WORKERS`` workers.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 

@@ -21,9 +21,9 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -63,7 +63,7 @@ class Prediction:
         """uint8 (height, width): the most probable class of each pixel."""
         ids = np.empty((self.height, self.width), dtype=np.uint8)
         for top, strip in self.strips():
-            ids[top:top + strip.shape[1]] = strip.argmax(axis=0)
+            ids[top : top + strip.shape[1]] = strip.argmax(axis=0)
         return ids
 
 
@@ -74,7 +74,7 @@ class Predictor:
         self._forward_lock = threading.Lock()
 
     @classmethod
-    def from_model_dir(cls, model_dir: Path, settings: ServingSettings, worker_index: int = 0) -> "Predictor":
+    def from_model_dir(cls, model_dir: Path, settings: ServingSettings, worker_index: int = 0) -> Predictor:
         """Load the model in ``model_dir`` (its files, or a model.tar.gz there) and warm it up."""
         started = time.monotonic()
         if not model_dir.is_dir():
@@ -86,9 +86,16 @@ class Predictor:
             engine = load_engine(files, hp, size, worker_index)
         predictor = cls(engine, settings.max_image_pixels)
         predictor.warm_up()
-        log.info("Loaded %s/%s (%d classes) from %s on %s, inference size %d, in %.1f s",
-                 hp["algorithm"], hp["backbone"], hp["num_classes"], model_dir, engine.name, size,
-                 time.monotonic() - started)
+        log.info(
+            "Loaded %s/%s (%d classes) from %s on %s, inference size %d, in %.1f s",
+            hp["algorithm"],
+            hp["backbone"],
+            hp["num_classes"],
+            model_dir,
+            engine.name,
+            size,
+            time.monotonic() - started,
+        )
         return predictor
 
     def warm_up(self) -> None:

@@ -16,11 +16,12 @@ word equal to the magic number at a 4-byte-aligned offset splits the record into
 from __future__ import annotations
 
 import struct
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from ..data.recordio import MAGIC
+
 CHUNK_BYTES = 1 << 20  # the response is handed to the server in pieces of this size
 
 _LENGTH_DELIMITED = 2
@@ -47,7 +48,9 @@ def _map_entry_prefix(map_field: int, key: str, value_length: int) -> bytes:
     key_bytes = key.encode()
     key_part = _field_header(1, len(key_bytes)) + key_bytes
     value_part_header = _field_header(2, value_length)
-    return _field_header(map_field, len(key_part) + len(value_part_header) + value_length) + key_part + value_part_header
+    return (
+        _field_header(map_field, len(key_part) + len(value_part_header) + value_length) + key_part + value_part_header
+    )
 
 
 def _value_prefix(tensor_field: int, packed_length: int) -> bytes:
@@ -92,7 +95,7 @@ def framed(payload: np.ndarray) -> tuple[int, Iterator[bytes]]:
         for flag, begin, end in parts:
             yield struct.pack("<II", MAGIC, flag << 29 | (end - begin))
             for offset in range(begin, end, CHUNK_BYTES):
-                yield payload[offset:min(end, offset + CHUNK_BYTES)].tobytes()
+                yield payload[offset : min(end, offset + CHUNK_BYTES)].tobytes()
             yield b"\0" * (-(end - begin) % 4)
 
     return total, chunks()

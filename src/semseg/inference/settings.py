@@ -8,8 +8,8 @@ section; a malformed value is a configuration error explained in one sentence.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from ..errors import UserError
 

@@ -13,8 +13,8 @@ import json
 import logging
 import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .. import paths
 from ..errors import UserError

@@ -66,11 +66,15 @@ def _fixed_pool(self, F, x, size: int):
     if height % size == 0 and width % size == 0:
         kernel = (height // size, width // size)
         return F.Pooling(x, kernel=kernel, stride=kernel, pool_type="avg")
-    rows = [F.Pooling(F.slice_axis(x, axis=2, begin=a, end=b), kernel=(b - a, 1), pool_type="avg")
-            for a, b in _pooling_bins(height, size)]
+    rows = [
+        F.Pooling(F.slice_axis(x, axis=2, begin=a, end=b), kernel=(b - a, 1), pool_type="avg")
+        for a, b in _pooling_bins(height, size)
+    ]
     x = F.concat(*rows, dim=2)
-    columns = [F.Pooling(F.slice_axis(x, axis=3, begin=a, end=b), kernel=(1, b - a), pool_type="avg")
-               for a, b in _pooling_bins(width, size)]
+    columns = [
+        F.Pooling(F.slice_axis(x, axis=3, begin=a, end=b), kernel=(1, b - a), pool_type="avg")
+        for a, b in _pooling_bins(width, size)
+    ]
     return F.concat(*columns, dim=3)
 
 
@@ -176,8 +180,14 @@ def _finish(model, output_shape: tuple[int, int, int], metadata: dict[str, str],
     return model
 
 
-def export_block(block: mx.gluon.HybridBlock, height: int, width: int, destination: Path,
-                 metadata: dict[str, str], graph_name: str = "semseg") -> Path:
+def export_block(
+    block: mx.gluon.HybridBlock,
+    height: int,
+    width: int,
+    destination: Path,
+    metadata: dict[str, str],
+    graph_name: str = "semseg",
+) -> Path:
     """Write ``block`` (image batch -> probabilities, fixed height x width) as ONNX to ``destination``.
 
     The batch dimension stays free. Raises whatever MXNet or onnx raise when a part does not convert.
@@ -191,8 +201,15 @@ def export_block(block: mx.gluon.HybridBlock, height: int, width: int, destinati
         prefix = str(Path(scratch) / "net")
         block.export(prefix)
         raw = str(Path(scratch) / "raw.onnx")
-        mx_onnx.export_model(f"{prefix}-symbol.json", f"{prefix}-0000.params", [(1, 3, height, width)],
-                             [np.float32], raw, dynamic=True, dynamic_input_shapes=[(None, 3, height, width)])
+        mx_onnx.export_model(
+            f"{prefix}-symbol.json",
+            f"{prefix}-0000.params",
+            [(1, 3, height, width)],
+            [np.float32],
+            raw,
+            dynamic=True,
+            dynamic_input_shapes=[(None, 3, height, width)],
+        )
         model = _finish(onnx.load(raw), output_shape, metadata, graph_name)
     write_atomically(destination, lambda tmp: onnx.save(model, tmp))
     return destination
@@ -202,9 +219,12 @@ def model_metadata(hp: dict, size: int) -> dict[str, str]:
     """What a user of the file needs to feed it, stored in the file itself."""
     classes = hp["num_classes"]
     return {
-        "input_size": str(size), "num_classes": str(classes),
-        "algorithm": hp["algorithm"], "backbone": hp["backbone"],
-        "mean": ",".join(f"{v:g}" for v in MEAN), "std": ",".join(f"{v:g}" for v in STD),
+        "input_size": str(size),
+        "num_classes": str(classes),
+        "algorithm": hp["algorithm"],
+        "backbone": hp["backbone"],
+        "mean": ",".join(f"{v:g}" for v in MEAN),
+        "std": ",".join(f"{v:g}" for v in STD),
         "input": f"{INPUT_NAME}: float32 (N, 3, {size}, {size}), RGB scaled to [0, 1], minus mean, over std",
         "output": f"{OUTPUT_NAME}: float32 (N, {classes}, {size}, {size}), softmax over the classes",
     }
@@ -214,8 +234,14 @@ def export_onnx_file(hp: dict, params_path: Path, destination: Path, size: int |
     """Write the ONNX export of the weights in ``params_path`` to ``destination``; raises on failure."""
     size = size or export_size(hp)
     block = export_network(hp, params_path, size)
-    return export_block(block, size, size, destination, model_metadata(hp, size),
-                        graph_name=f"semseg_{hp['algorithm']}_{hp['backbone']}")
+    return export_block(
+        block,
+        size,
+        size,
+        destination,
+        model_metadata(hp, size),
+        graph_name=f"semseg_{hp['algorithm']}_{hp['backbone']}",
+    )
 
 
 def export_onnx(hp: dict, model_dir: Path) -> Path | None:
@@ -230,8 +256,11 @@ def export_onnx(hp: dict, model_dir: Path) -> Path | None:
         export_onnx_file(hp, weights_file(Path(model_dir)), destination, size)
     except Exception as exc:  # noqa: BLE001 - any failure here must leave training successful
         destination.unlink(missing_ok=True)  # never serve an export of other weights
-        log.warning("The ONNX export was not written (%s: %s); the model serves through MXNet",
-                    type(exc).__name__, str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "")
+        log.warning(
+            "The ONNX export was not written (%s: %s); the model serves through MXNet",
+            type(exc).__name__,
+            str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "",
+        )
         return None
     log.info("Wrote the ONNX export %s (input %dx%d, %d classes)", destination, size, size, hp["num_classes"])
     return destination

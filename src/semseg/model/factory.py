@@ -20,16 +20,25 @@ PRETRAINED_BACKBONE_MODEL = {"resnet-50": "resnet50_v1s", "resnet-101": "resnet1
 
 
 def _network_class(algorithm: str):
-    from gluoncv.model_zoo import FCN, PSPNet, DeepLabV3
+    from gluoncv.model_zoo import FCN, DeepLabV3, PSPNet
 
     return {"fcn": FCN, "psp": PSPNet, "deeplab": DeepLabV3}[algorithm]
 
 
-def build_network(algorithm: str, backbone: str, num_classes: int, crop_size: int, base_size: int = 520,
-                  aux: bool = True, norm_layer=None, norm_kwargs=None) -> mx.gluon.HybridBlock:
+def build_network(
+    algorithm: str,
+    backbone: str,
+    num_classes: int,
+    crop_size: int,
+    base_size: int = 520,
+    aux: bool = True,
+    norm_layer=None,
+    norm_kwargs=None,
+) -> mx.gluon.HybridBlock:
     """An uninitialised network whose graph is shaped for ``crop_size`` x ``crop_size`` inputs."""
-    kwargs = dict(backbone=GLUONCV_BACKBONE[backbone], aux=aux, pretrained_base=False,
-                  crop_size=crop_size, base_size=base_size)
+    kwargs = dict(
+        backbone=GLUONCV_BACKBONE[backbone], aux=aux, pretrained_base=False, crop_size=crop_size, base_size=base_size
+    )
     if norm_layer is not None:
         kwargs.update(norm_layer=norm_layer, norm_kwargs=norm_kwargs or {})
     with contextlib.redirect_stdout(io.StringIO()):  # PSPNet prints its crop size
@@ -37,5 +46,6 @@ def build_network(algorithm: str, backbone: str, num_classes: int, crop_size: in
 
 
 def build_from_hyperparameters(hp: dict, **kwargs) -> mx.gluon.HybridBlock:
-    return build_network(hp["algorithm"], hp["backbone"], hp["num_classes"], hp["crop_size"],
-                         hp["base_size"], aux=True, **kwargs)
+    return build_network(
+        hp["algorithm"], hp["backbone"], hp["num_classes"], hp["crop_size"], hp["base_size"], aux=True, **kwargs
+    )

@@ -28,9 +28,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import paths
 from ..errors import UserError
@@ -76,7 +77,7 @@ def _name(host: str, position: Position) -> str:
 
 
 def _position(host: str, name: str) -> Position | None:
-    rest = name[len(host) + 1:] if name.startswith(host + "-") else ""
+    rest = name[len(host) + 1 :] if name.startswith(host + "-") else ""
     parts = rest.split("-")
     if len(parts) != 2 or not all(part.isdigit() for part in parts):
         return None
@@ -251,11 +252,16 @@ def _link_or_copy(source: Path, target: Path) -> None:
 def restore_training(found: Checkpoint, configuration: dict, net, trainer, ctx) -> TrainingState:
     """Load a checkpoint's weights and optimizer state; its TrainingState, checked against ``configuration``."""
     state = TrainingState(**{k: v for k, v in found.state.items() if k in TrainingState.__dataclass_fields__})
-    differences = [f"{key} is {value} here but {state.configuration.get(key)} in the checkpoint"
-                   for key, value in configuration.items() if state.configuration.get(key) != value]
+    differences = [
+        f"{key} is {value} here but {state.configuration.get(key)} in the checkpoint"
+        for key, value in configuration.items()
+        if state.configuration.get(key) != value
+    ]
     if differences:
-        raise UserError(f"The checkpoint {found.path} belongs to another training configuration "
-                        f"({'; '.join(differences)}); remove it or give this job another checkpoint location")
+        raise UserError(
+            f"The checkpoint {found.path} belongs to another training configuration "
+            f"({'; '.join(differences)}); remove it or give this job another checkpoint location"
+        )
     net.load_parameters(str(found.path / WEIGHTS), ctx=ctx)
     trainer.load_states(str(found.path / OPTIMIZER))
     return state

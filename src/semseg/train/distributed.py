@@ -153,11 +153,12 @@ class Cluster:
                 while len(self.peers) < self.size - 1:
                     if time.time() > deadline:
                         missing = sorted(set(self.hosts) - set(held))
-                        raise UserError(f"The hosts {', '.join(missing)} did not join the training job within "
-                                        f"{START_TIMEOUT} s")
+                        raise UserError(
+                            f"The hosts {', '.join(missing)} did not join the training job within {START_TIMEOUT} s"
+                        )
                     try:
                         sock, _ = server.accept()
-                    except socket.timeout:
+                    except TimeoutError:
                         continue
                     connection = _Connection(sock)
                     hello = connection.receive(30)
@@ -178,8 +179,10 @@ class Cluster:
                     break
                 except OSError as exc:
                     if time.time() > deadline:
-                        raise UserError(f"The first host {self.hosts[0]} could not be reached at "
-                                        f"{control[0]}:{control[1]} within {START_TIMEOUT} s ({exc})") from None
+                        raise UserError(
+                            f"The first host {self.hosts[0]} could not be reached at "
+                            f"{control[0]}:{control[1]} within {START_TIMEOUT} s ({exc})"
+                        ) from None
                     time.sleep(1)
             connection = _Connection(sock, self.hosts[0])
             connection.send(host=self.host, checkpoints=own)
@@ -191,16 +194,25 @@ class Cluster:
         log.info("All %d hosts joined: this is %s, rank %d", self.size, self.host, self.rank)
 
     def dmlc_environment(self, role: str) -> dict[str, str]:
-        return {"DMLC_ROLE": role, "DMLC_PS_ROOT_URI": self.master_address, "DMLC_PS_ROOT_PORT": str(self.port),
-                "DMLC_NUM_WORKER": str(self.size), "DMLC_NUM_SERVER": str(self.size),
-                "DMLC_NODE_HOST": resolve(self.host), "PS_VERBOSE": "0"}
+        return {
+            "DMLC_ROLE": role,
+            "DMLC_PS_ROOT_URI": self.master_address,
+            "DMLC_PS_ROOT_PORT": str(self.port),
+            "DMLC_NUM_WORKER": str(self.size),
+            "DMLC_NUM_SERVER": str(self.size),
+            "DMLC_NODE_HOST": resolve(self.host),
+            "PS_VERBOSE": "0",
+        }
 
     def launch(self) -> None:
         """Start the scheduler (first host) and this host's server; make this process a worker."""
         for role in (["scheduler"] if self.is_master else []) + ["server"]:
-            process = subprocess.Popen([sys.executable, "-c", "import mxnet"],
-                                       env={**os.environ, **self.dmlc_environment(role)},
-                                       preexec_fn=die_with_parent, start_new_session=True)
+            process = subprocess.Popen(
+                [sys.executable, "-c", "import mxnet"],
+                env={**os.environ, **self.dmlc_environment(role)},
+                preexec_fn=die_with_parent,
+                start_new_session=True,
+            )
             self.children.append((role, process))
         os.environ.update(self.dmlc_environment("worker"))
         for connection in self.peers.values():
@@ -215,11 +227,18 @@ class Cluster:
             if message is None:
                 if peer in self._done or peer in self._left or self._finished.is_set():
                     return
-                self._relay_and_exit(EXIT_FAILED, peer, f"Host {peer} stopped responding or exited without a "
-                                                         "word; the training job cannot go on without it")
+                self._relay_and_exit(
+                    EXIT_FAILED,
+                    peer,
+                    f"Host {peer} stopped responding or exited without a "
+                    "word; the training job cannot go on without it",
+                )
             elif "failed" in message:
-                self._relay_and_exit(EXIT_FAILED, message.get("host", peer),
-                                     f"Host {message.get('host', peer)} failed: {message['failed']}")
+                self._relay_and_exit(
+                    EXIT_FAILED,
+                    message.get("host", peer),
+                    f"Host {message.get('host', peer)} failed: {message['failed']}",
+                )
             elif "stopped" in message:
                 self._left.add(message.get("host", peer))
                 self._broadcast(except_host=peer, **message)
@@ -236,8 +255,11 @@ class Cluster:
             self._broadcast(ping=True)
             for role, process in self.children:
                 if process.poll() is not None and not self._finished.is_set():
-                    self._relay_and_exit(EXIT_FAILED, self.host, f"The parameter {role} of host {self.host} "
-                                                                 f"exited with code {process.returncode}")
+                    self._relay_and_exit(
+                        EXIT_FAILED,
+                        self.host,
+                        f"The parameter {role} of host {self.host} exited with code {process.returncode}",
+                    )
             if self._stop_deadline is not None and time.time() > self._stop_deadline:
                 self._exit(EXIT_STOPPED, "Another host was stopped and this one did not stop in time")
             time.sleep(HEARTBEAT_INTERVAL)
@@ -295,8 +317,9 @@ def start() -> Cluster | None:
     if len(resources.hosts) < 2:
         return None
     if resources.current_host not in resources.hosts:
-        raise UserError(f"current_host {resources.current_host} is not among the hosts "
-                        f"{resources.hosts} of resourceconfig.json")
+        raise UserError(
+            f"current_host {resources.current_host} is not among the hosts {resources.hosts} of resourceconfig.json"
+        )
     hp = hyperparameters.parse(sm_config.read_hyperparameters())
     cluster = Cluster(resources.hosts, resources.current_host, hp["_ps_port"], resolve(resources.hosts[0]))
     cluster.rendezvous()
@@ -391,7 +414,7 @@ class WorkerBatches:
 
     def __iter__(self):
         batches, self._pending = self._pending or iter(self.sampler), None
-        return (batch[self.rank::self.size] for batch in batches)
+        return (batch[self.rank :: self.size] for batch in batches)
 
     def __len__(self) -> int:
         return len(self.sampler)

@@ -42,5 +42,4 @@ class EarlyStopping:
         return new_best
 
     def should_stop(self, epochs_done: int) -> bool:
-        return (self.enabled and epochs_done >= self.min_epochs
-                and self.epochs_without_improvement >= self.patience)
+        return self.enabled and epochs_done >= self.min_epochs and self.epochs_without_improvement >= self.patience

@@ -96,8 +96,9 @@ def loader_workers(hp: dict) -> int:
     return max(0, min(hp["_workers"], os.cpu_count() or 1))
 
 
-def data_splits(hp: dict, channels: dict, seed: int, stop: StopFlag | None = None,
-                shard: tuple[int, int] = (0, 1)) -> Splits:
+def data_splits(
+    hp: dict, channels: dict, seed: int, stop: StopFlag | None = None, shard: tuple[int, int] = (0, 1)
+) -> Splits:
     """Each split from its directories (File mode) or its per-epoch FIFOs (Pipe mode).
 
     In File mode this worker loads its ``shard`` of every global batch; in Pipe mode each host
@@ -120,10 +121,14 @@ def data_splits(hp: dict, channels: dict, seed: int, stop: StopFlag | None = Non
         if split in streamed:  # the stream's length is unknown: num_training_samples is the train size
             spec = label_map.load(label_map_dir, split)
             table = label_map.lookup_table(spec, hp["num_classes"], f"{split} label map")
-            transform = (train_transform(hp["base_size"], hp["crop_size"]) if split == "train"
-                         else validation_transform(hp["crop_size"]))
-            loaders[split] = pipe_mode.pipe_loader(split, hp, transform, table, seed, workers,
-                                                   stop.check if stop else pipe_mode.no_stop)
+            transform = (
+                train_transform(hp["base_size"], hp["crop_size"])
+                if split == "train"
+                else validation_transform(hp["crop_size"])
+            )
+            loaders[split] = pipe_mode.pipe_loader(
+                split, hp, transform, table, seed, workers, stop.check if stop else pipe_mode.no_stop
+            )
             sizes[split] = hp["num_training_samples"] if split == "train" else 0
             continue
         pairs = file_mode.find_pairs(paths.channel_dir(split), paths.channel_dir(f"{split}_annotation"))
@@ -134,17 +139,20 @@ def data_splits(hp: dict, channels: dict, seed: int, stop: StopFlag | None = Non
             class_pixels = counts
             transform = train_transform(hp["base_size"], hp["crop_size"])
             sampler = train_batches = distributed.WorkerBatches(
-                EpochSampler(len(pairs), hp["mini_batch_size"], iterations, seed), *shard)
+                EpochSampler(len(pairs), hp["mini_batch_size"], iterations, seed), *shard
+            )
         else:
             transform = validation_transform(hp["crop_size"])
             sampler = ValidationSampler(len(pairs), hp["validation_mini_batch_size"])
-        loaders[split] = BatchLoader(PairDataset(pairs, transform, table), sampler, workers,
-                                     stop_check=stop.check if stop else pipe_mode.no_stop)
+        loaders[split] = BatchLoader(
+            PairDataset(pairs, transform, table), sampler, workers, stop_check=stop.check if stop else pipe_mode.no_stop
+        )
         sizes[split] = len(pairs)
         log.info("%s: %d image/mask pairs", split, len(pairs))
     if hp["num_training_samples"] != sizes["train"]:
-        log.info("num_training_samples is %d; the train channel holds %d pairs",
-                 hp["num_training_samples"], sizes["train"])
+        log.info(
+            "num_training_samples is %d; the train channel holds %d pairs", hp["num_training_samples"], sizes["train"]
+        )
     return Splits(loaders["train"], loaders["validation"], iterations, class_pixels, train_batches)
 
 
@@ -165,7 +173,9 @@ def initial_weights(net, hp: dict, ctx: list) -> None:
             try:
                 net.load_parameters(str(weights), ctx=ctx)
             except Exception as exc:
-                raise UserError(f"The weights {weights.name} of the model channel could not be loaded ({exc})") from None
+                raise UserError(
+                    f"The weights {weights.name} of the model channel could not be loaded ({exc})"
+                ) from None
         return
     if hp["use_pretrained_model"]:
         pretrained.load_backbone(net, hp["backbone"], ctx)
@@ -176,8 +186,9 @@ def initial_weights(net, hp: dict, ctx: list) -> None:
 def make_criterion(hp: dict):
     from gluoncv.loss import MixSoftmaxCrossEntropyLoss
 
-    return MixSoftmaxCrossEntropyLoss(aux=hp["_aux_loss"], aux_weight=hp["_aux_weight"],
-                                      ignore_label=label_map.IGNORE_LABEL)
+    return MixSoftmaxCrossEntropyLoss(
+        aux=hp["_aux_loss"], aux_weight=hp["_aux_weight"], ignore_label=label_map.IGNORE_LABEL
+    )
 
 
 @dataclass
@@ -216,6 +227,7 @@ def forward_backward(net, criterion, images, labels, ctx: list, aux: bool) -> li
     With several devices each runs in its own thread, as GluonCV does: SyncBatchNorm waits inside
     the forward pass for every device to arrive, so one thread driving them in turn would deadlock.
     """
+
     def one(x, y):
         with autograd.record():
             loss = criterion(*net(x), y) if aux else criterion(net(x)[0], y)
@@ -230,8 +242,21 @@ def forward_backward(net, criterion, images, labels, ctx: list, aux: bool) -> li
         return list(pool.map(one, image_parts, label_parts))
 
 
-def train_one_epoch(net, criterion, trainer, loader, ctx, schedule, epoch, first_iteration, hp, stop,
-                    progress: EpochProgress | None = None, kvstore=None, first_device: int = 0) -> EpochStats:
+def train_one_epoch(
+    net,
+    criterion,
+    trainer,
+    loader,
+    ctx,
+    schedule,
+    epoch,
+    first_iteration,
+    hp,
+    stop,
+    progress: EpochProgress | None = None,
+    kvstore=None,
+    first_device: int = 0,
+) -> EpochStats:
     """One epoch of ``len(loader)`` iterations; a resumed epoch starts after ``progress.done`` of them.
 
     ``kvstore``: a dist kvstore summing gradients over hosts; ``first_device``: the job-wide number
@@ -277,8 +302,10 @@ def evaluate(net, loader, ctx, num_classes: int, epoch: int, hp: dict, stop) -> 
     window_start, window_samples = start, 0
     for i, (images, labels) in enumerate(loader):
         stop.check()
-        for x, y in zip(gluon.utils.split_and_load(images, ctx, even_split=False),
-                        gluon.utils.split_and_load(labels, ctx, even_split=False)):
+        for x, y in zip(
+            gluon.utils.split_and_load(images, ctx, even_split=False),
+            gluon.utils.split_and_load(labels, ctx, even_split=False),
+        ):
             predictions = net(x)[0].argmax(axis=1)
             matrix.update(y.asnumpy(), predictions.asnumpy())
         samples += images.shape[0]
@@ -316,15 +343,20 @@ def check_batch_size(hp: dict, devices: int, hosts: int) -> None:
             f"mini_batch_size is {hp['mini_batch_size']} but {devices} GPUs are in use; "
             "it must be at least the number of GPUs"
         )
-    raise UserError(f"mini_batch_size is {hp['mini_batch_size']} but {hosts} hosts with {devices} devices each "
-                    f"are in use; it must be at least {hosts * devices}, the number of devices in all")
+    raise UserError(
+        f"mini_batch_size is {hp['mini_batch_size']} but {hosts} hosts with {devices} devices each "
+        f"are in use; it must be at least {hosts * devices}, the number of devices in all"
+    )
 
 
 def training_configuration(hp: dict, iterations: int, hosts: int) -> dict:
     """What a checkpoint must share with this run to be resumed by it."""
     keys = hyperparameters.ARCHITECTURE_KEYS + ("mini_batch_size", "_seed")
-    return {**{key: hyperparameters.to_string(hp[key]) for key in keys}, "iterations_per_epoch": iterations,
-            "hosts": hosts}
+    return {
+        **{key: hyperparameters.to_string(hp[key]) for key in keys},
+        "iterations_per_epoch": iterations,
+        "hosts": hosts,
+    }
 
 
 def resume(host: str, cluster, configuration: dict, net, trainer, ctx) -> TrainingState:
@@ -333,16 +365,22 @@ def resume(host: str, cluster, configuration: dict, net, trainer, ctx) -> Traini
     In a multi-host job every host resumes from the position all hosts agreed on at start-up.
     """
     if not checkpoint.enabled():
-        log.info("Checkpoints are off: neither %s nor %s exists", paths.checkpoint_config_file(),
-                 checkpoint.directory())
+        log.info(
+            "Checkpoints are off: neither %s nor %s exists", paths.checkpoint_config_file(), checkpoint.directory()
+        )
     if cluster is not None and cluster.resume_position is None:
         return TrainingState(configuration=configuration)
     found = checkpoint.load(host, cluster.resume_position if cluster else None)
     if found is None:
         return TrainingState(configuration=configuration)
     state = checkpoint.restore_training(found, configuration, net, trainer, ctx)
-    log.info("Resuming from checkpoint %s: epoch %d, after %d of its %d iterations", found.path, state.epoch,
-             state.iteration, configuration["iterations_per_epoch"])
+    log.info(
+        "Resuming from checkpoint %s: epoch %d, after %d of its %d iterations",
+        found.path,
+        state.epoch,
+        state.iteration,
+        configuration["iterations_per_epoch"],
+    )
     best = found.file(checkpoint.BEST)
     if best is not None and (cluster is None or cluster.is_master):
         artifacts.write_atomically(paths.model_dir() / paths.BEST_PARAMS, lambda tmp: shutil.copyfile(best, tmp))
@@ -380,13 +418,18 @@ def train(hp: dict, splits: Splits, stop: StopFlag, cluster: distributed.Cluster
     criterion = make_criterion(hp)
     name, settings = optimizer_settings(hp)
     local = "device" if len(ctx) > 1 and not cluster else None  # sums over this host's devices
-    trainer = gluon.Trainer(net.collect_params(), name, settings, kvstore=local,
-                            update_on_kvstore=False if local else None)
+    trainer = gluon.Trainer(
+        net.collect_params(), name, settings, kvstore=local, update_on_kvstore=False if local else None
+    )
     iterations = splits.iterations_per_epoch
     log.info("LRScheduler setup: iters per epoch: %d, num_epochs %d", iterations, hp["epochs"])
     schedule = lr_schedule(hp, iterations)
-    stopping = EarlyStopping(hp["early_stopping"], hp["early_stopping_min_epochs"],
-                             hp["early_stopping_patience"], hp["early_stopping_tolerance"])
+    stopping = EarlyStopping(
+        hp["early_stopping"],
+        hp["early_stopping_min_epochs"],
+        hp["early_stopping_patience"],
+        hp["early_stopping_tolerance"],
+    )
     state = resume(host, cluster, training_configuration(hp, iterations, hosts), net, trainer, ctx)
     for key, value in state.early_stopping.items():
         setattr(stopping, key, value)
@@ -401,8 +444,10 @@ def train(hp: dict, splits: Splits, stop: StopFlag, cluster: distributed.Cluster
     def save_checkpoint(epoch: int, progress: EpochProgress, sampler_state: dict | None) -> None:
         state.epoch, state.iteration, state.loss, state.samples = epoch, progress.done, progress.loss, progress.samples
         state.sampler = sampler_state
-        state.early_stopping = {"best": stopping.best,
-                                "epochs_without_improvement": stopping.epochs_without_improvement}
+        state.early_stopping = {
+            "best": stopping.best,
+            "epochs_without_improvement": stopping.epochs_without_improvement,
+        }
         best_weights = model_dir / paths.BEST_PARAMS if writes_artifacts else None
         checkpoint.save_training(host, state, net, trainer, best_weights)
 
@@ -416,14 +461,26 @@ def train(hp: dict, splits: Splits, stop: StopFlag, cluster: distributed.Cluster
         if splits.train_batches is not None and progress.done:
             splits.train_batches.resume_at(progress.done)
         try:
-            stats = train_one_epoch(net, criterion, trainer, splits.train_loader, ctx, schedule,
-                                    epoch, epoch * iterations, hp, stop, progress, kvstore, rank * len(ctx))
+            stats = train_one_epoch(
+                net,
+                criterion,
+                trainer,
+                splits.train_loader,
+                ctx,
+                schedule,
+                epoch,
+                epoch * iterations,
+                hp,
+                stop,
+                progress,
+                kvstore,
+                rank * len(ctx),
+            )
             logs.train_epoch_end(host, epoch, stats.loss, stats.throughput)
             log.info("Waiting for data took %.1f%% of the epoch", 100 * stats.data_wait)
             if len(ctx) > 1 or cluster:
                 distributed.average_running_statistics(net, kvstore, hosts)
-            matrix, validation_speed = evaluate(net, splits.validation_loader, ctx, hp["num_classes"], epoch, hp,
-                                                stop)
+            matrix, validation_speed = evaluate(net, splits.validation_loader, ctx, hp["num_classes"], epoch, hp, stop)
         except Stopped:
             if (epoch, progress.done) != state.position:
                 save_checkpoint(epoch, progress, sampler_state)
@@ -431,8 +488,13 @@ def train(hp: dict, splits: Splits, stop: StopFlag, cluster: distributed.Cluster
         pixel_accuracy, miou = matrix.pixel_accuracy(), matrix.mean_iou()
         logs.validation_end(host, epoch, pixel_accuracy, miou, validation_speed)
         epochs_done = epoch + 1
-        entry = {"epoch": epoch, "train_loss": stats.loss, "pixel_accuracy": pixel_accuracy, "mIOU": miou,
-                 "learning_rate": schedule((epoch + 1) * iterations - 1)}
+        entry = {
+            "epoch": epoch,
+            "train_loss": stats.loss,
+            "pixel_accuracy": pixel_accuracy,
+            "mIOU": miou,
+            "learning_rate": schedule((epoch + 1) * iterations - 1),
+        }
         state.history.append(entry)
         if stopping.update(miou):
             if writes_artifacts:
@@ -444,8 +506,11 @@ def train(hp: dict, splits: Splits, stop: StopFlag, cluster: distributed.Cluster
             write_report(state.history, state.best, splits.class_pixels)
         logs.epochs_progress(host, epochs_done, hp["epochs"])
         state.early_stopped = stopping.should_stop(epochs_done)
-        save_checkpoint(epochs_done, EpochProgress(),
-                        splits.train_batches.sampler.state() if splits.train_batches is not None else None)
+        save_checkpoint(
+            epochs_done,
+            EpochProgress(),
+            splits.train_batches.sampler.state() if splits.train_batches is not None else None,
+        )
         if state.early_stopped:
             log.info("Early stopping: validation mIOU has not improved for %d epochs", stopping.patience)
             break

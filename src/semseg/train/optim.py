@@ -11,7 +11,7 @@ where gamma2 is the momentum factor, as the built-in documents it); ``weight_dec
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 POLY_POWER = 0.9
 

@@ -10,7 +10,7 @@ stops at the same iteration (a host that went on alone would wait for the others
 from __future__ import annotations
 
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 
 class Stopped(Exception):
@@ -24,7 +24,7 @@ class StopFlag:
         self.raised = False
         self.agree: Callable[[bool], bool] | None = None
 
-    def install(self) -> "StopFlag":
+    def install(self) -> StopFlag:
         signal.signal(signal.SIGTERM, self._handle)
         return self
 
