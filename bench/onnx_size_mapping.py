@@ -36,6 +36,7 @@ from semseg.demo import DEMO_HYPERPARAMETERS
 from semseg.inference.mxnet_engine import MXNetEngine
 from semseg.inference.onnx_engine import OnnxEngine, intra_op_threads
 from semseg.inference.predictor import Predictor
+from semseg.inference.settings import ServingSettings
 from semseg.model import artifacts, export
 from semseg.model.factory import build_network
 from semseg.train.metrics import ConfusionMatrix
@@ -105,7 +106,7 @@ def main() -> None:
             f"# machine: {platform.processor() or platform.machine()}; {hp['algorithm']}/{hp['backbone']} "
             f"crop {hp['crop_size']} base {hp['base_size']}, {how}; export size {size}"
         )
-        served_onnx = Predictor(OnnxEngine(model_dir / export.ONNX_FILE, intra_op_threads()), 10**8)
+        served_onnx = Predictor(OnnxEngine(model_dir / export.ONNX_FILE, intra_op_threads(ServingSettings())), 10**8)
         served_mxnet = Predictor(MXNetEngine(hp, model_dir, size, mx.cpu()), 10**8)
         native = NativeSize(hp, model_dir)
         matrices = {name: ConfusionMatrix(hp["num_classes"]) for name in ("onnx", "mxnet", "native")}

@@ -3,7 +3,8 @@
 Each gunicorn worker calls ``create_app()`` once: it loads and warms up the model before the
 worker accepts its first connection, so ``/ping`` answers 200 only from a worker that can
 predict. A model that cannot be loaded leaves the server up with ``/ping`` answering 503 and the
-reason in the log and in the body, which is where an operator looks first.
+reason in the log and in the body, which is where an operator looks first. Tests pass their own
+``settings`` and ``predictor`` to build the app without gunicorn or a model directory.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from semseg import logs, paths
-from semseg.errors import UserError
+from semseg.errors import PayloadTooLarge, UserError
 from semseg.inference import codecs
 from semseg.inference import settings as serving_settings
 from semseg.inference.predictor import Predictor
@@ -27,6 +28,7 @@ _HTTP_SENTENCES = {
     404: "There is no such path; this server answers GET /ping, POST /invocations and GET /execution-parameters",
     405: "That method is not allowed on this path; use GET for /ping and /execution-parameters, POST for /invocations",
 }
+_READ_BYTES = 1 << 20
 
 
 def _error(message: str, status: int) -> Response:
@@ -36,9 +38,9 @@ def _error(message: str, status: int) -> Response:
 
 
 def _load(settings) -> tuple[Predictor | None, str | None]:
+    log.info("Worker process %d takes slot %d", os.getpid(), settings.worker_slot)
     try:
-        worker_index = int(os.environ.get("SEMSEG_WORKER_INDEX", "0"))
-        return Predictor.from_model_dir(paths.model_dir(), settings, worker_index), None
+        return Predictor.from_model_dir(paths.model_dir(), settings), None
     except UserError as exc:
         log.error("The model could not be loaded: %s", exc)
         return None, f"The model could not be loaded: {exc}"
@@ -47,15 +49,51 @@ def _load(settings) -> tuple[Predictor | None, str | None]:
         return None, f"The model could not be loaded ({type(exc).__name__}); the server log has the details"
 
 
-def create_app() -> Flask:
+def _too_large(settings) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than the limit of {settings.max_payload_mb} MB")
+
+
+def read_body(settings) -> bytes:
+    """The whole request body, refused with 413 as soon as it passes the payload limit.
+
+    Read from the WSGI stream itself, which the server ends at the Content-Length or at the last
+    chunk: Werkzeug's own limit would silently cut a chunked body at the limit. A body whose
+    framing is broken (a bad chunk size, a connection that ends early) is the client's error.
+    """
+    limit = settings.max_payload_bytes
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise _too_large(settings)
+    stream, pieces, received = request.environ["wsgi.input"], [], 0
+    try:
+        while received <= limit:
+            piece = stream.read(min(_READ_BYTES, limit + 1 - received))
+            if not piece:
+                break
+            pieces.append(piece)
+            received += len(piece)
+    except Exception as exc:  # gunicorn's parse errors, resets and timeouts: all about the client's bytes
+        log.info("Could not read a request body: %s: %s", type(exc).__name__, exc)
+        raise UserError(
+            "The request body could not be read: its chunked encoding is malformed or the connection ended early"
+        ) from None
+    if received > limit:
+        raise _too_large(settings)
+    return b"".join(pieces)
+
+
+def create_app(settings: serving_settings.ServingSettings | None = None, predictor: Predictor | None = None) -> Flask:
+    """The app; ``settings`` default to the environment's, ``predictor`` to the model in /opt/ml/model."""
     logs.setup_logging()
     app = Flask("serve")
-    try:
-        settings = serving_settings.from_environment()
-    except UserError as exc:
-        log.error("%s", exc)
-        settings, predictor, load_error = serving_settings.ServingSettings(), None, str(exc)
-    else:
+    load_error = None
+    if settings is None:
+        try:
+            settings = serving_settings.from_environment()
+        except UserError as exc:
+            log.error("%s", exc)
+            settings, load_error = serving_settings.ServingSettings(), str(exc)
+    if predictor is None and load_error is None:
         predictor, load_error = _load(settings)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     workers = settings.workers or 1
@@ -81,7 +119,7 @@ def create_app() -> Flask:
         started = time.perf_counter()
         encoded = codecs.invoke(
             predictor,
-            request.get_data(),
+            read_body(settings),
             request.headers.get("Content-Type"),
             request.headers.get("Accept"),
             settings.default_accept,
@@ -98,7 +136,7 @@ def create_app() -> Flask:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc):
-        return _error(f"The request body is larger than the limit of {settings.max_payload_mb} MB", 413)
+        return _error(str(_too_large(settings)), 413)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

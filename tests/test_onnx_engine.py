@@ -21,7 +21,7 @@ from semseg.inference.engine import load_engine
 from semseg.inference.mxnet_engine import MXNetEngine
 from semseg.inference.onnx_engine import OnnxEngine, intra_op_threads
 from semseg.inference.predictor import Predictor
-from semseg.inference.settings import ServingSettings
+from semseg.inference.settings import ServingSettings, from_environment
 from semseg.model import artifacts, export
 
 pytestmark = pytest.mark.slow
@@ -112,12 +112,15 @@ def test_predictor_answers_at_the_exact_input_size_through_onnx_runtime(trained,
 
 
 def test_threads_come_from_the_setting_or_the_workers_share_of_the_cores():
-    assert intra_op_threads({"SEMSEG_INFERENCE_THREADS": "3", "SAGEMAKER_MODEL_SERVER_WORKERS": "8"}) == 3
-    cores = intra_op_threads({})
+    assert (
+        intra_op_threads(from_environment({"SEMSEG_INFERENCE_THREADS": "3", "SAGEMAKER_MODEL_SERVER_WORKERS": "8"}))
+        == 3
+    )
+    cores = intra_op_threads(from_environment({}))
     assert cores >= 1
-    assert intra_op_threads({"SAGEMAKER_MODEL_SERVER_WORKERS": str(cores * 4)}) == 1
+    assert intra_op_threads(from_environment({"SAGEMAKER_MODEL_SERVER_WORKERS": str(cores * 4)})) == 1
     with pytest.raises(UserError, match="SEMSEG_INFERENCE_THREADS is 'many'; it must be a whole number"):
-        intra_op_threads({"SEMSEG_INFERENCE_THREADS": "many"})
+        from_environment({"SEMSEG_INFERENCE_THREADS": "many"})
 
 
 def test_the_predictor_loads_the_onnx_engine_from_the_model_dir(trained):

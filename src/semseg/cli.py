@@ -76,10 +76,14 @@ def train_command() -> None:
 
 
 def serve_main(argv: list[str] | None = None) -> int:
-    """Run the model server (gunicorn + Flask) on ``$SAGEMAKER_BIND_TO_PORT`` or 8080."""
-    from .server import run_server
+    """Run the installed ``serve`` command, the model server, on ``$SAGEMAKER_BIND_TO_PORT`` or 8080.
 
-    return run_server()
+    Found through its console-script entry point, so that this library never imports the HTTP layer.
+    """
+    from importlib.metadata import entry_points
+
+    (command,) = entry_points(group="console_scripts", name="serve")
+    return command.load()()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+from .settings import ServingSettings
+
 log = logging.getLogger(__name__)
 
 
@@ -27,25 +29,26 @@ class Engine(Protocol):
         ...
 
 
-def load_engine(model_dir: Path, hp: dict, input_size: int, worker_index: int = 0) -> Engine:
+def load_engine(model_dir: Path, hp: dict, input_size: int, settings: ServingSettings | None = None) -> Engine:
     """The engine that runs the model in ``model_dir``: the one place that chooses between engines.
 
     ONNX Runtime on the CPU when training wrote an ONNX export (``model.onnx``) for this input size;
-    MXNet on the GPU when one is visible (worker ``i`` takes GPU ``i mod n``), and for every model
+    MXNet on the GPU when one is visible (the worker in slot ``i`` takes GPU ``i mod n``), and for every model
     without a usable export (older model directories, another ``SEMSEG_INFERENCE_SIZE``).
     """
     from ..model.export import ONNX_FILE
     from .mxnet_engine import MXNetEngine, pick_context
     from .onnx_engine import OnnxEngine, intra_op_threads
 
-    ctx = pick_context(worker_index)
+    settings = settings or ServingSettings()
+    ctx = pick_context(settings.worker_slot)
     export = model_dir / ONNX_FILE
     if ctx.device_type == "gpu":
         reason = "a GPU is visible"
     elif not export.is_file():
         reason = f"the model has no {ONNX_FILE}"
     else:
-        threads = intra_op_threads()
+        threads = intra_op_threads(settings)
         try:
             engine = OnnxEngine(export, threads)
         except Exception as exc:  # a damaged or foreign file: MXNet still serves the weights

@@ -22,10 +22,10 @@ from ..model.factory import build_network
 log = logging.getLogger(__name__)
 
 
-def pick_context(worker_index: int = 0) -> mx.Context:
-    """The GPU ``worker_index mod #GPUs`` when GPUs are visible, else the CPU."""
+def pick_context(worker_slot: int = 0) -> mx.Context:
+    """The GPU ``worker_slot mod #GPUs`` when GPUs are visible, else the CPU."""
     gpus = mx.context.num_gpus()
-    return mx.gpu(worker_index % gpus) if gpus else mx.cpu()
+    return mx.gpu(worker_slot % gpus) if gpus else mx.cpu()
 
 
 class MXNetEngine:
@@ -35,7 +35,8 @@ class MXNetEngine:
         self.input_size = input_size
         self.num_classes = hp["num_classes"]
         self.ctx = ctx
-        self.name = f"mxnet ({ctx.device_type}{':%d' % ctx.device_id if ctx.device_type == 'gpu' else ''})"
+        device = f"{ctx.device_type}:{ctx.device_id}" if ctx.device_type == "gpu" else ctx.device_type
+        self.name = f"mxnet ({device})"
         params = weights_file(model_dir)
         net = build_network(hp["algorithm"], hp["backbone"], hp["num_classes"], input_size, hp["base_size"], aux=False)
         try:

@@ -2,23 +2,19 @@
 
 On CPUs it is faster than MXNet for the same network: ONNX Runtime folds the batch norms into the
 convolutions, fuses convolution + add + ReLU, and runs its own tuned kernels. The session gets
-every graph optimization and, per worker, ``SEMSEG_INFERENCE_THREADS`` intra-op threads, or else
-the cores this process may run on (``os.sched_getaffinity``: CPU sets and affinity limits count)
-shared among the server's ``SAGEMAKER_MODEL_SERVER_WORKERS`` workers.
+every graph optimization and, per worker, ``ServingSettings.inference_threads`` intra-op threads,
+or else the cores this process may run on (``os.sched_getaffinity``: CPU sets and affinity limits
+count) shared among the server's workers.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-
-THREADS_VARIABLE = "SEMSEG_INFERENCE_THREADS"
-WORKERS_VARIABLE = "SAGEMAKER_MODEL_SERVER_WORKERS"
+from .settings import ServingSettings
 
 
 def available_cores() -> int:
@@ -29,22 +25,9 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _positive(env: Mapping[str, str], name: str) -> int | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    if not raw.isdigit() or int(raw) < 1:
-        raise UserError(f"The environment variable {name} is '{raw}'; it must be a whole number, at least 1")
-    return int(raw)
-
-
-def intra_op_threads(environ: Mapping[str, str] | None = None) -> int:
+def intra_op_threads(settings: ServingSettings) -> int:
     """Threads for one worker's session: the explicit setting, else its share of the available cores."""
-    env = os.environ if environ is None else environ
-    explicit = _positive(env, THREADS_VARIABLE)
-    if explicit:
-        return explicit
-    return max(1, available_cores() // (_positive(env, WORKERS_VARIABLE) or 1))
+    return settings.inference_threads or max(1, available_cores() // (settings.workers or 1))
 
 
 def cpu_session(path: Path, threads: int):

@@ -74,7 +74,7 @@ class Predictor:
         self._forward_lock = threading.Lock()
 
     @classmethod
-    def from_model_dir(cls, model_dir: Path, settings: ServingSettings, worker_index: int = 0) -> Predictor:
+    def from_model_dir(cls, model_dir: Path, settings: ServingSettings) -> Predictor:
         """Load the model in ``model_dir`` (its files, or a model.tar.gz there) and warm it up."""
         started = time.monotonic()
         if not model_dir.is_dir():
@@ -83,7 +83,7 @@ class Predictor:
             files = unpack_model_dir(model_dir, Path(scratch))
             hp = read_hyperparameters(files)
             size = round_up_to_multiple_of_8(settings.inference_size or hp["base_size"])
-            engine = load_engine(files, hp, size, worker_index)
+            engine = load_engine(files, hp, size, settings)
         predictor = cls(engine, settings.max_image_pixels)
         predictor.warm_up()
         log.info(

@@ -2,7 +2,9 @@
 
 SageMaker's own variables come first (``SAGEMAKER_*``, as the AWS inference toolkits name them);
 the ``SEMSEG_*`` ones are this server's additions. Each is documented in the README's serving
-section; a malformed value is a configuration error explained in one sentence.
+section; a malformed value is a configuration error explained in one sentence. Nothing else in
+the server reads the environment for its settings: the gunicorn configuration, the app and the
+engines all take a ``ServingSettings``.
 """
 
 from __future__ import annotations
@@ -19,17 +21,25 @@ DEFAULT_MAX_PAYLOAD_MB = 10  # what the built-in answers to /execution-parameter
 UNLIMITED_PAYLOAD_MB = 100  # MaxPayloadInMB=0 asks for "no limit"; batch transform's own maximum is 100
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000  # 8000x8000; a 50000x50000 decompression bomb is refused
 DEFAULT_ACCEPT = "image/png"
+DEFAULT_CLIENT_TIMEOUT_S = 30  # a request not fully received this long after its first byte is cut off
+WORKERS_VARIABLE = "SAGEMAKER_MODEL_SERVER_WORKERS"
+# Set by the gunicorn configuration in each worker it forks (0 .. workers-1, reused by a replacement
+# worker), never by a user: which GPU the worker takes.
+WORKER_SLOT_VARIABLE = "SEMSEG_WORKER_SLOT"
 
 
 @dataclass(frozen=True)
 class ServingSettings:
     port: int = DEFAULT_PORT
-    workers: int | None = None  # None: one per GPU, else a CPU-based count (see semseg.server)
+    workers: int | None = None  # None: one per GPU, else a CPU-based count (see serve.main)
     timeout_s: int = DEFAULT_TIMEOUT_S
     max_payload_mb: int = DEFAULT_MAX_PAYLOAD_MB
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     inference_size: int | None = None  # None: the model's base_size
+    inference_threads: int | None = None  # None: the available cores shared among the workers
+    client_timeout_s: int = DEFAULT_CLIENT_TIMEOUT_S
     default_accept: str = DEFAULT_ACCEPT
+    worker_slot: int = 0
 
     @property
     def max_payload_bytes(self) -> int:
@@ -54,10 +64,13 @@ def from_environment(environ: Mapping[str, str] | None = None) -> ServingSetting
     payload_mb = _integer(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB, 0)
     return ServingSettings(
         port=_integer(env, "SAGEMAKER_BIND_TO_PORT", DEFAULT_PORT, 1),
-        workers=_integer(env, "SAGEMAKER_MODEL_SERVER_WORKERS", None, 1),
+        workers=_integer(env, WORKERS_VARIABLE, None, 1),
         timeout_s=_integer(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", DEFAULT_TIMEOUT_S, 1),
         max_payload_mb=payload_mb or UNLIMITED_PAYLOAD_MB,
         max_image_pixels=_integer(env, "SEMSEG_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, 1),
         inference_size=_integer(env, "SEMSEG_INFERENCE_SIZE", None, 8),
+        inference_threads=_integer(env, "SEMSEG_INFERENCE_THREADS", None, 1),
+        client_timeout_s=_integer(env, "SEMSEG_CLIENT_TIMEOUT", DEFAULT_CLIENT_TIMEOUT_S, 1),
         default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip() or DEFAULT_ACCEPT,
+        worker_slot=_integer(env, WORKER_SLOT_VARIABLE, 0, 0),
     )

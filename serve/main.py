@@ -1,0 +1,71 @@
+"""The ``serve`` command: gunicorn, configured by ``serve.gunicorn_conf``, in front of the Flask app.
+
+gunicorn replaces this process (``exec``), so SageMaker's SIGTERM reaches its master directly:
+the master stops accepting, lets requests in flight finish for up to its graceful timeout and
+exits, inside the 30 seconds SageMaker waits before SIGKILL.
+
+This process does the one thing the gunicorn configuration cannot: it counts the GPUs (importing
+MXNet here, in a process that exec replaces, so the workers initialise CUDA themselves) to choose
+the worker count, and passes it on in ``SAGEMAKER_MODEL_SERVER_WORKERS``. On the CPU each
+worker's math library gets its share of the cores (``OMP_NUM_THREADS``) so workers do not fight
+over them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from semseg import logs
+from semseg.errors import UserError
+from semseg.inference.settings import WORKERS_VARIABLE, from_environment
+
+log = logging.getLogger("semseg")
+
+CPU_CORES_PER_WORKER = 4
+
+
+def count_gpus() -> int:
+    import mxnet as mx
+
+    return mx.context.num_gpus()
+
+
+def default_workers(gpus: int, cpus: int) -> int:
+    return gpus if gpus else max(1, cpus // CPU_CORES_PER_WORKER)
+
+
+def gunicorn_argv() -> list[str]:
+    """Every setting is in the configuration module; the command line only names it."""
+    return [sys.executable, "-m", "gunicorn", "--config", "python:serve.gunicorn_conf"]
+
+
+def main() -> int:
+    """Exec gunicorn with the settings of the environment; returns only on a configuration error."""
+    logs.setup_logging()
+    try:
+        settings = from_environment()
+    except UserError as exc:
+        log.error("%s", exc)
+        return 1
+    gpus = count_gpus()
+    cpus = os.cpu_count() or 1
+    workers = settings.workers or default_workers(gpus, cpus)
+    os.environ[WORKERS_VARIABLE] = str(workers)  # read back by gunicorn_conf and the app
+    if not gpus:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpus // workers)))
+    log.info(
+        "Starting the model server on port %d with %d worker(s) on %s",
+        settings.port,
+        workers,
+        f"{gpus} GPU(s)" if gpus else f"{cpus} CPU core(s)",
+    )
+    sys.stdout.flush()
+    argv = gunicorn_argv()
+    os.execv(argv[0], argv)
+    return 0  # not reached: exec replaced this process
+
+
+if __name__ == "__main__":
+    sys.exit(main())
