@@ -16,14 +16,17 @@ from semseg.inference.settings import WORKER_SLOT_VARIABLE, from_environment
 GRACEFUL_TIMEOUT_S = 20  # plus the master's own exit, well inside SageMaker's 30 s
 THREADS_PER_WORKER = 4  # one image in the network at a time; the others decode, encode, answer /ping
 KEEP_ALIVE_S = 60
+# Open connections per worker, each buffering at most one request of up to the payload limit.
+WORKER_CONNECTIONS = 128
 
 _settings = from_environment()
 
 wsgi_app = "serve.app:create_app()"
 bind = [f"0.0.0.0:{_settings.port}"]
 workers = _settings.workers or 1
-worker_class = "gthread"
+worker_class = "serve.worker.BufferingWorker"  # gthread that reads whole requests before a thread sees them
 threads = THREADS_PER_WORKER
+worker_connections = WORKER_CONNECTIONS
 timeout = _settings.timeout_s
 graceful_timeout = GRACEFUL_TIMEOUT_S
 keepalive = KEEP_ALIVE_S

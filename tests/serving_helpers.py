@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -48,7 +49,7 @@ def free_port() -> int:
 class Server:
     """``serve`` as SageMaker runs it, on a free port, reached on 127.0.0.1 only."""
 
-    def __init__(self, base_dir: Path, log_path: Path, **env: str):
+    def __init__(self, base_dir: Path, log_path: Path, command: list[str] | None = None, **env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -61,7 +62,7 @@ class Server:
         }
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [str(BIN / "serve")], env=environment, stdout=self._log, stderr=subprocess.STDOUT
+            command or [str(BIN / "serve")], env=environment, stdout=self._log, stderr=subprocess.STDOUT
         )
 
     def wait_until_up(self, timeout: float = 120) -> requests.Response:
@@ -169,3 +170,59 @@ def png_declaring(width: int, height: int) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     )
+
+
+class SlowClient(threading.Thread):
+    """A client that sends its request one byte a second: ``part`` is "headers" (it never finishes
+    them), "body" (whole headers, then a 1000-byte body) or "idle" (connects and sends nothing).
+    ``cut_after`` is how long the server took to close the connection (None: still open at the end)
+    and ``answer`` what it sent back."""
+
+    def __init__(self, port: int, part: str, seconds: float):
+        super().__init__(daemon=True)
+        self.port, self.part, self.seconds = port, part, seconds
+        self.cut_after: float | None = None
+        self.answer = b""
+
+    def run(self) -> None:
+        started = time.monotonic()
+        head = b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+        if self.part == "body":
+            head, trickle = head + b"Content-Length: 1000\r\n\r\n", b"\0" * 1000
+        else:
+            trickle = b"X-Slow: " + b"a" * 1000
+        with socket.create_connection(("127.0.0.1", self.port), timeout=self.seconds + 10) as sock:
+            sock.settimeout(1.0)
+            try:
+                sock.sendall(head if self.part != "idle" else b"")
+                for index in range(len(trickle)):
+                    if time.monotonic() - started > self.seconds:
+                        return
+                    if self.part != "idle":
+                        sock.sendall(trickle[index : index + 1])
+                    try:
+                        received = sock.recv(4096)
+                    except TimeoutError:
+                        continue
+                    self.answer += received
+                    if not received or b"\r\n\r\n" in self.answer:
+                        break
+            except OSError:
+                pass
+            self.cut_after = time.monotonic() - started
+
+
+def ping_times(url: str, seconds: float, interval: float = 0.2) -> list[float]:
+    """Seconds each GET /ping took, one every ``interval`` for ``seconds``, each on a new connection.
+
+    A ping that fails or takes over 30 s counts as 30 s."""
+    times, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        try:
+            ok = requests.get(url + "/ping", timeout=30).status_code == 200
+        except requests.RequestException:
+            ok = False
+        times.append(time.monotonic() - started if ok else 30.0)
+        time.sleep(interval)
+    return times

@@ -1,0 +1,224 @@
+"""A gunicorn worker that gives a thread only to a request it has received in full.
+
+gunicorn's ``gthread`` worker hands a connection to a thread as soon as its first byte arrives;
+the thread then reads the request line, headers and body from the socket itself. A client that
+sends a few bytes a second holds that thread for as long as it likes, and a handful of them take
+every thread, so ``/ping`` waits behind them (SageMaker restarts a container whose ``/ping`` does
+not answer). This worker reads every request in its event loop instead, with non-blocking reads,
+and hands the connection to the thread pool only once the head and the whole body are buffered
+(as nginx does in front of an application server). Slow clients then cost a buffer each, never a
+thread, and a request not received in full within ``client_timeout_s`` of its first byte (or of
+the connection, for a new one) is answered 408 and closed.
+
+The framing rules here only decide *when* a request is complete; gunicorn's own parser still
+parses it. Whatever this module cannot frame (a malformed chunk size, an invalid Content-Length,
+a head over the size limit) is handed on at once, so gunicorn and the app answer it with a 4xx,
+and a body over the payload limit is handed on as soon as that is known, for the app's 413.
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import socket
+import struct
+import time
+from functools import partial
+
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from semseg.inference.settings import from_environment
+
+MAX_HEAD_BYTES = 128 * 1024  # more than gunicorn accepts: its parser then answers 400
+_RECV_BYTES = 256 * 1024
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class RequestFrame:
+    """Decides from the bytes received so far whether one HTTP/1.x request is complete.
+
+    ``feed`` returns True once the request is complete, or once it is clear the request will
+    not be framed (broken framing, a head or body over its limit): either way it is time to hand
+    the connection to a thread. Chunked bodies are scanned incrementally, once per byte.
+    """
+
+    def __init__(self, max_body_bytes: int):
+        self.max_body_bytes = max_body_bytes
+        self.data = bytearray()
+        self.body_start: int | None = None
+        self.content_length: int | None = None
+        self.chunked = False
+        self.expects_continue = False
+        self._scan = 0  # chunked: offset of the next chunk-size line
+        self._decoded = 0  # chunked: body bytes seen so far
+
+    def feed(self, data: bytes) -> bool:
+        self.data += data
+        if self.body_start is None:
+            end = self.data.find(b"\r\n\r\n")
+            if end < 0:
+                return len(self.data) > MAX_HEAD_BYTES
+            if not self._read_head(bytes(self.data[:end])):
+                return True
+            self.body_start = self._scan = end + 4
+        if self.chunked:
+            return self._chunks_done()
+        if self.content_length is None:
+            return True
+        return self.content_length > self.max_body_bytes or len(self.data) - self.body_start >= self.content_length
+
+    def _read_head(self, head: bytes) -> bool:
+        """Note the framing headers; False when they are unusable (gunicorn will say why)."""
+        lines = head.split(b"\r\n")
+        version_1_1 = lines[0].rstrip().endswith(b"HTTP/1.1")
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name, value = name.strip().lower(), value.strip().lower()
+            if name == b"content-length":
+                if not value.isdigit() or self.content_length is not None:
+                    return False
+                self.content_length = int(value)
+            elif name == b"transfer-encoding":
+                self.chunked = value.endswith(b"chunked")
+                if not self.chunked:
+                    return False
+            elif name == b"expect" and value == b"100-continue" and version_1_1:
+                self.expects_continue = True
+        return not (self.chunked and self.content_length is not None)
+
+    def _chunks_done(self) -> bool:
+        while True:
+            line_end = self.data.find(b"\r\n", self._scan)
+            if line_end < 0:
+                return len(self.data) - self._scan > 1024  # no chunk-size line is that long
+            size_text = bytes(self.data[self._scan : line_end]).split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                return True
+            if size == 0:  # the last chunk: then optional trailers and an empty line
+                rest = bytes(self.data[line_end + 2 :])
+                return rest.startswith(b"\r\n") or b"\r\n\r\n" in rest or len(rest) > MAX_HEAD_BYTES
+            following = line_end + 2 + size + 2
+            if following > len(self.data):  # over the limit only counting bytes received, so the app can
+                received = len(self.data) - (line_end + 2)  # read past the limit without waiting
+                return self._decoded + received > self.max_body_bytes
+            self._decoded += size
+            if self._decoded > self.max_body_bytes:
+                return True
+            self._scan = following
+
+    @property
+    def received_anything(self) -> bool:
+        return bool(self.data)
+
+
+def _timeval(seconds: float) -> bytes:
+    return struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+
+
+class BufferingWorker(ThreadWorker):
+    """``gthread`` with the reading of each request moved from the threads to the event loop."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        settings = from_environment()
+        self.client_timeout_s = settings.client_timeout_s
+        self.max_body_bytes = settings.max_payload_bytes
+        self.reading = {}  # conn -> (RequestFrame, deadline)
+
+    def accept(self, listener):
+        try:
+            client, address = listener.accept()
+        except OSError:  # EAGAIN: another worker took it; ECONNABORTED: the client left already
+            return
+        self.nr_conns += 1
+        # A backstop for the threads: a kernel-level limit on any one blocking send or receive, so
+        # not even a client that stops reading its answer can hold a thread for ever.
+        for option in (socket.SO_SNDTIMEO, socket.SO_RCVTIMEO):
+            client.setsockopt(socket.SOL_SOCKET, option, _timeval(self.client_timeout_s))
+        conn = TConn(self.cfg, client, address, listener.getsockname())
+        self._start_reading(conn, time.monotonic() + self.client_timeout_s)
+
+    def on_client_socket_readable(self, conn, client):
+        """A kept-alive connection sends its next request: read it here too, not in a thread."""
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._start_reading(conn, time.monotonic() + self.client_timeout_s)
+        self._on_readable(conn, client)
+
+    def _start_reading(self, conn, deadline: float) -> None:
+        conn.sock.setblocking(False)
+        self.reading[conn] = (RequestFrame(self.max_body_bytes), deadline)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+
+    def _on_readable(self, conn, client):
+        frame, _ = self.reading[conn]
+        try:
+            data = conn.sock.recv(_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away before sending a whole request
+            self._drop(conn)
+            return
+        head_known = frame.body_start is not None
+        complete = frame.feed(data)
+        if not complete and not head_known and frame.expects_continue:
+            self._send_quietly(conn, _CONTINUE)
+        if complete:
+            self._hand_over(conn, frame)
+
+    def _hand_over(self, conn, frame: RequestFrame) -> None:
+        del self.reading[conn]
+        self.poller.unregister(conn.sock)
+        conn.init()
+        conn.parser.unreader.unread(bytes(frame.data))
+        conn.data_ready = True
+        self.enqueue_req(conn)
+
+    def _drop(self, conn, answer: bytes = b"") -> None:
+        self.reading.pop(conn, None)
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        if answer:
+            self._send_quietly(conn, answer)
+        self.nr_conns -= 1
+        conn.close()
+
+    @staticmethod
+    def _send_quietly(conn, data: bytes) -> None:
+        try:
+            conn.sock.send(data)
+        except OSError:
+            pass
+
+    def murder_pending(self):
+        """Also cut off the clients that have not sent a whole request by their deadline."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn, (frame, deadline) in list(self.reading.items()):
+            if now < deadline:
+                continue
+            if frame.received_anything:
+                self.log.info(
+                    "Closed a connection from %s: no whole request within %d s", conn.client, self.client_timeout_s
+                )
+                self._drop(conn, timeout_answer(self.client_timeout_s))
+            else:
+                self._drop(conn)
+
+
+def timeout_answer(seconds: int) -> bytes:
+    """The 408 a slow client gets: the usual JSON error body, and the connection closed."""
+    body = json.dumps(
+        {"error": f"The request was not received in full within {seconds} s; send it faster or in one piece"}
+    ).encode()
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
