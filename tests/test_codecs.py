@@ -36,8 +36,16 @@ def body_of(encoded: codecs.Encoded) -> bytes:
     return body
 
 
+def assembled(tiles, channels: int, height: int, width: int) -> np.ndarray:
+    whole = np.full((channels, height, width), np.nan, dtype=np.float32)
+    for top, left, tile in tiles:
+        whole[:, top : top + tile.shape[1], left : left + tile.shape[2]] = tile
+    assert not np.isnan(whole).any(), "the tiles do not cover the image"
+    return whole
+
+
 def full_probabilities(prediction: Prediction) -> np.ndarray:
-    return np.concatenate([strip for _, strip in prediction.strips()], axis=1)
+    return assembled(prediction.tiles(), prediction.num_classes, prediction.height, prediction.width)
 
 
 @pytest.mark.parametrize("accept", ["application/x-protobuf", "application/x-recordio-protobuf"])
@@ -171,17 +179,35 @@ def test_unsupported_content_type_is_415(header):
     assert caught.value.http_status == 415
 
 
-def test_upsampling_matches_opencv_bilinear_and_does_not_depend_on_strips(monkeypatch):
+def test_upsampling_matches_opencv_bilinear_and_does_not_depend_on_tiles(monkeypatch):
     import cv2
 
     source = np.random.RandomState(1).rand(3, 7, 9).astype(np.float32)
-    whole = np.concatenate([s for _, s in geometry.upsampled_strips(source, 50, 37)], axis=1)
+    whole = assembled(geometry.upsampled_tiles(source, 50, 37), 3, 50, 37)
     reference = cv2.resize(source.transpose(1, 2, 0), (37, 50), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
     np.testing.assert_allclose(whole, reference, atol=1e-5)
-    monkeypatch.setattr(geometry, "STRIP_ELEMENTS", 3 * 37 * 4)  # strips of 4 rows
-    strips = list(geometry.upsampled_strips(source, 50, 37))
-    assert len(strips) == 13
-    np.testing.assert_array_equal(np.concatenate([s for _, s in strips], axis=1), whole)
+    monkeypatch.setattr(geometry, "TILE_ELEMENTS", 3 * 37 * 4)  # strips of 4 whole rows
+    tiles = list(geometry.upsampled_tiles(source, 50, 37))
+    assert len(tiles) == 13 and {left for _, left, _ in tiles} == {0}
+    np.testing.assert_array_equal(assembled(tiles, 3, 50, 37), whole)
+    monkeypatch.setattr(geometry, "TILE_ELEMENTS", 3 * 10)  # rows longer than a tile: 1 x 10 tiles
+    tiles = list(geometry.upsampled_tiles(source, 50, 37))
+    assert len(tiles) == 50 * 4 and max(tile.size for _, _, tile in tiles) <= 3 * 10
+    np.testing.assert_array_equal(assembled(tiles, 3, 50, 37), whole)
+
+
+def test_a_one_row_image_of_64_million_pixels_is_upsampled_in_bounded_tiles():
+    """A row of 64 000 000 pixels at 4 classes is a gigabyte of floats: no tile may hold a row."""
+    source = np.random.RandomState(2).rand(4, 1, 520).astype(np.float32)
+    biggest = 0
+    for _, _, tile in geometry.upsampled_tiles(source, 1, 64_000_000):
+        biggest = max(biggest, tile.nbytes)
+        break  # the first tile shows the bound; all 64 000 000 columns would take a while
+    assert biggest <= 4 * geometry.TILE_ELEMENTS
+    assert geometry.tile_shape(4, 1, 64_000_000) == (1, geometry.TILE_ELEMENTS // 4)
+    assert geometry.tile_shape(1000, 8000, 8000)[0] * geometry.tile_shape(1000, 8000, 8000)[1] * 1000 <= (
+        geometry.TILE_ELEMENTS
+    )
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@ size out, for every kind of image a user may send, and one clear error for what 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -26,9 +28,9 @@ def check_prediction(predictor: Predictor, body: bytes, height: int, width: int)
     ids = prediction.class_ids()
     assert ids.shape == (height, width) and ids.dtype == np.uint8
     assert ids.max() < predictor.engine.num_classes
-    for _, strip in prediction.strips():
-        assert strip.shape[0] == predictor.engine.num_classes
-        np.testing.assert_allclose(strip.sum(axis=0), 1.0, atol=1e-5)
+    for _, _, tile in prediction.tiles():
+        assert tile.shape[0] == predictor.engine.num_classes
+        np.testing.assert_allclose(tile.sum(axis=0), 1.0, atol=1e-5)
     return ids
 
 
@@ -130,3 +132,35 @@ def test_unreadable_or_mismatched_weights_are_explained(tmp_path, tmp_path_facto
     (tmp_path / "hyperparams.json").write_text(json.dumps(dict(hyperparameters, num_classes="7")))
     with pytest.raises(UserError, match="with 7 classes"):
         Predictor.from_model_dir(tmp_path, ServingSettings())
+
+
+def test_the_pixel_budget_lets_one_large_decode_in_at_a_time():
+    import threading
+
+    from semseg.inference.predictor import PixelBudget
+
+    budget, inside, release = PixelBudget(100), [], threading.Event()
+
+    def decode(name: str, pixels: int):
+        with budget.hold(pixels):
+            inside.append(name)
+            release.wait(30)
+
+    def wait_for(count: int):
+        deadline = time.monotonic() + 30
+        while len(inside) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    first = threading.Thread(target=decode, args=("first", 60))
+    first.start()
+    wait_for(1)
+    second = threading.Thread(target=decode, args=("second", 60))
+    second.start()
+    small = threading.Thread(target=decode, args=("small", 40))
+    small.start()
+    wait_for(2)
+    assert inside == ["first", "small"]  # 60 + 60 is over the budget, 60 + 40 is not
+    release.set()
+    for thread in (first, second, small):
+        thread.join(30)
+    assert sorted(inside) == ["first", "second", "small"]

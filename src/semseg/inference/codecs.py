@@ -13,7 +13,6 @@ a mislabelled JPEG sent as ``image/png`` still works. Responses:
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -63,11 +62,27 @@ def encode_png(prediction: Prediction, content_type: str) -> Encoded:
     return _single(content_type, buffer.getvalue())
 
 
+_JSON_PIECE = 1 << 16  # class ids turned into text at a time: a 64-megapixel row never becomes one list
+
+
 def encode_json(prediction: Prediction, content_type: str) -> Encoded:
+    """``{"shape": [H, W], "mask": [[id, ...], ...]}``, written in pieces of about a megabyte."""
     ids = prediction.class_ids()
-    rows = ",".join(json.dumps(row.tolist()) for row in ids)
-    body = f'{{"shape": [{prediction.height}, {prediction.width}], "mask": [{rows}]}}'.encode()
-    return _single(content_type, body)
+    chunks, pending = [], [f'{{"shape": [{prediction.height}, {prediction.width}], "mask": ['.encode()]
+    pending_bytes = 0
+    for index, row in enumerate(ids):
+        pending.append(b",[" if index else b"[")
+        for start in range(0, len(row), _JSON_PIECE):
+            text = ", ".join(map(str, row[start : start + _JSON_PIECE].tolist())).encode()
+            pending.append(b", " + text if start else text)
+            pending_bytes += len(text)
+            if pending_bytes >= 1 << 20:
+                chunks.append(b"".join(pending))
+                pending, pending_bytes = [], 0
+        pending.append(b"]")
+    pending.append(b"]}")
+    chunks.append(b"".join(pending))
+    return Encoded(content_type, sum(map(len, chunks)), chunks)
 
 
 def encode_probabilities(prediction: Prediction, content_type: str) -> Encoded:
@@ -85,8 +100,8 @@ def encode_probabilities(prediction: Prediction, content_type: str) -> Encoded:
     payload = np.empty(size, dtype=np.uint8)
     payload[: len(head)] = np.frombuffer(head, dtype=np.uint8)
     values = payload[len(head) :].view("<f4").reshape(shape[1:])
-    for top, strip in prediction.strips():
-        values[:, top : top + strip.shape[1]] = strip
+    for top, left, tile in prediction.tiles():
+        values[:, top : top + tile.shape[1], left : left + tile.shape[2]] = tile
     length, chunks = rp.framed(payload)
     return Encoded(content_type, length, chunks)
 

@@ -4,9 +4,10 @@ the class probabilities back to the input's exact height and width.
 The network sees the image with its longer side at ``S`` pixels (aspect kept, the rest padded),
 so the cost and the memory of the forward pass do not depend on the input size. Mapping back is a
 bilinear resize of the probabilities (half-pixel centres, as OpenCV and PyTorch's
-``align_corners=False``), done in horizontal strips so that a 24-megapixel answer never holds
-more than a few megabytes of intermediate floats; a convex combination of probabilities still
-sums to one.
+``align_corners=False``), done in tiles of at most ``TILE_ELEMENTS`` floats, so that no answer
+holds more than a few megabytes of intermediate floats whatever its size, aspect ratio (a 1 x
+64 000 000 image has rows of a gigabyte at 4 classes) or class count; a convex combination of
+probabilities still sums to one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-STRIP_ELEMENTS = 1 << 22  # floats per strip (16 MB): bounds the memory of upsampling
+TILE_ELEMENTS = 1 << 22  # floats per tile (16 MB): bounds the memory of upsampling
 
 
 def fit_within(width: int, height: int, side: int) -> tuple[int, int]:
@@ -33,18 +34,27 @@ def _taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return low, high, (position - low).astype(np.float32)
 
 
-def upsampled_strips(probabilities: np.ndarray, height: int, width: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(top_row, strip)`` covering (C, height, width), each strip float32 (C, rows, width).
+def tile_shape(channels: int, height: int, width: int) -> tuple[int, int]:
+    """(rows, columns) of a tile: whole rows when a row fits in the budget, else part of one row."""
+    columns = min(width, max(1, TILE_ELEMENTS // max(1, channels)))
+    return min(height, max(1, TILE_ELEMENTS // (max(1, channels) * columns))), columns
 
-    ``probabilities`` is float32 (C, h, w); the strips are its bilinear resize to height x width.
+
+def upsampled_tiles(probabilities: np.ndarray, height: int, width: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(top, left, tile)`` covering (C, height, width), each tile float32 (C, rows, columns).
+
+    ``probabilities`` is float32 (C, h, w); the tiles are its bilinear resize to height x width.
     """
     channels, in_height, in_width = probabilities.shape
     row_low, row_high, row_weight = _taps(height, in_height)
     col_low, col_high, col_weight = _taps(width, in_width)
-    rows_per_strip = max(1, STRIP_ELEMENTS // max(1, channels * width))
-    for top in range(0, height, rows_per_strip):
-        rows = slice(top, min(height, top + rows_per_strip))
+    tile_rows, tile_columns = tile_shape(channels, height, width)
+    for top in range(0, height, tile_rows):
+        rows = slice(top, min(height, top + tile_rows))
         weight = row_weight[rows][None, :, None]
         lines = probabilities[:, row_low[rows], :] * (1 - weight) + probabilities[:, row_high[rows], :] * weight
-        strip = lines[:, :, col_low] * (1 - col_weight) + lines[:, :, col_high] * col_weight
-        yield top, strip.astype(np.float32, copy=False)
+        for left in range(0, width, tile_columns):
+            columns = slice(left, min(width, left + tile_columns))
+            low, high, col = col_low[columns], col_high[columns], col_weight[columns]
+            tile = lines[:, :, low] * (1 - col) + lines[:, :, high] * col
+            yield top, left, tile.astype(np.float32, copy=False)

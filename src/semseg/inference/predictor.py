@@ -3,12 +3,13 @@
 decode -> preprocess -> forward -> postprocess, each a plain step:
 - decode: any image Pillow reads (sniffed, whatever the Content-Type said), upright per EXIF,
   grayscale, RGBA and palette images made RGB (``semseg.data.images``, shared with training); a
-  declared pixel count above the limit is refused before any pixel is decoded;
+  declared pixel count above the limit is refused before any pixel is decoded, and the pixels
+  being decoded at once are bounded (``PixelBudget``);
 - preprocess: resize so the longer side is the engine's input size ``S`` (JPEGs are decoded
   straight at a reduced scale when they are much larger), normalise as in training, pad to S x S;
 - forward: the engine, one image at a time (engines are not thread-safe, hence the lock);
 - postprocess: a ``Prediction`` that keeps only the (C, h, w) probabilities of the valid region and
-  resizes them to the input's height and width strip by strip when an encoder asks for them.
+  resizes them to the input's height and width tile by tile when an encoder asks for them.
 
 The size ``S`` defaults to the model's ``base_size``: training rescales images around that size
 (GluonCV's recipe draws the longer side from [0.5, 2] x base_size), so objects appear at the scale
@@ -22,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from ..errors import PayloadTooLarge, UserError
 from ..hyperparameters import round_up_to_multiple_of_8
 from ..model.artifacts import read_hyperparameters, unpack_model_dir
 from .engine import Engine, load_engine
-from .geometry import fit_within, upsampled_strips
+from .geometry import fit_within, upsampled_tiles
 from .settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -55,16 +57,43 @@ class Prediction:
     def num_classes(self) -> int:
         return self.probabilities.shape[0]
 
-    def strips(self) -> Iterator[tuple[int, np.ndarray]]:
-        """``(top_row, float32 (C, rows, width))`` strips of the probabilities at full size."""
-        return upsampled_strips(self.probabilities, self.height, self.width)
+    def tiles(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(top, left, float32 (C, rows, columns))`` tiles of the probabilities at full size."""
+        return upsampled_tiles(self.probabilities, self.height, self.width)
 
     def class_ids(self) -> np.ndarray:
         """uint8 (height, width): the most probable class of each pixel."""
         ids = np.empty((self.height, self.width), dtype=np.uint8)
-        for top, strip in self.strips():
-            ids[top : top + strip.shape[1]] = strip.argmax(axis=0)
+        for top, left, tile in self.tiles():
+            ids[top : top + tile.shape[1], left : left + tile.shape[2]] = tile.argmax(axis=0)
         return ids
+
+
+class PixelBudget:
+    """At most ``pixels`` image pixels being decoded at once in this process; others wait their turn.
+
+    A decoded image takes up to about 16 bytes a pixel on its way to RGB (an RGBA PNG composited on
+    black), so four threads each decoding an 8000x8000 image would take 4 GB; with the budget set to
+    the pixel limit, one worker holds at most one limit's worth of decoded pixels.
+    """
+
+    def __init__(self, pixels: int):
+        self.pixels = pixels
+        self._in_flight = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.pixels)
+        with self._changed:
+            self._changed.wait_for(lambda: self._in_flight + pixels <= self.pixels)
+            self._in_flight += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._in_flight -= pixels
+                self._changed.notify_all()
 
 
 class Predictor:
@@ -72,6 +101,7 @@ class Predictor:
         self.engine = engine
         self.max_image_pixels = max_image_pixels
         self._forward_lock = threading.Lock()
+        self.decoding = PixelBudget(max_image_pixels)
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, settings: ServingSettings) -> Predictor:
@@ -119,12 +149,13 @@ class Predictor:
             if image.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when that still covers the fit
                 swapped = (width, height) != image.size
                 image.draft(image.mode, (fit_height, fit_width) if swapped else (fit_width, fit_height))
-            rgb = Image.fromarray(to_rgb_array(image))
+            with self.decoding.hold(image.width * image.height):
+                rgb = Image.fromarray(to_rgb_array(image)).resize((fit_width, fit_height), Image.BILINEAR)
         except ImageTooLarge as exc:
             raise PayloadTooLarge(str(exc)) from None
         except _UNDECODABLE:
             raise UserError("The request body is not an image that could be decoded; send a JPEG or PNG file") from None
-        return rgb.resize((fit_width, fit_height), Image.BILINEAR), height, width
+        return rgb, height, width
 
     def preprocess(self, image: Image.Image) -> tuple[np.ndarray, int, int]:
         """float32 (3, S, S): the normalised image at top left, padded with black."""
