@@ -25,9 +25,12 @@ def fit_within(width: int, height: int, side: int) -> tuple[int, int]:
     return max(1, min(side, round(width * scale))), max(1, min(side, round(height * scale)))
 
 
-def _taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each output index: the two source indices and the weight of the second one."""
-    position = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
+def _taps(out_size: int, in_size: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For output indices start .. stop-1: the two source indices and the weight of the second one.
+
+    Computed per tile: for a 64 000 000-pixel row, taps of the whole row would take 2 GB.
+    """
+    position = (np.arange(start, stop, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
     position = np.clip(position, 0.0, in_size - 1)
     low = np.floor(position).astype(np.int64)
     high = np.minimum(low + 1, in_size - 1)
@@ -46,15 +49,13 @@ def upsampled_tiles(probabilities: np.ndarray, height: int, width: int) -> Itera
     ``probabilities`` is float32 (C, h, w); the tiles are its bilinear resize to height x width.
     """
     channels, in_height, in_width = probabilities.shape
-    row_low, row_high, row_weight = _taps(height, in_height)
-    col_low, col_high, col_weight = _taps(width, in_width)
     tile_rows, tile_columns = tile_shape(channels, height, width)
     for top in range(0, height, tile_rows):
-        rows = slice(top, min(height, top + tile_rows))
-        weight = row_weight[rows][None, :, None]
-        lines = probabilities[:, row_low[rows], :] * (1 - weight) + probabilities[:, row_high[rows], :] * weight
+        bottom = min(height, top + tile_rows)
+        row_low, row_high, row_weight = _taps(height, in_height, top, bottom)
+        weight = row_weight[None, :, None]
+        lines = probabilities[:, row_low, :] * (1 - weight) + probabilities[:, row_high, :] * weight
         for left in range(0, width, tile_columns):
-            columns = slice(left, min(width, left + tile_columns))
-            low, high, col = col_low[columns], col_high[columns], col_weight[columns]
+            low, high, col = _taps(width, in_width, left, min(width, left + tile_columns))
             tile = lines[:, :, low] * (1 - col) + lines[:, :, high] * col
             yield top, left, tile.astype(np.float32, copy=False)

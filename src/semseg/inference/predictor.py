@@ -69,6 +69,23 @@ class Prediction:
         return ids
 
 
+def _shrunk(image: Image.Image, fit: tuple[int, int]) -> Image.Image:
+    """``image`` box-averaged, in its own mode, to no less than twice ``fit`` on each axis.
+
+    A bilinear resize straight from a very large image holds weights for every source pixel
+    (a gigabyte for a 1 x 64 000 000 row), and the conversion to RGB copies the image several
+    times (an RGBA image is composited on black first): both are far cheaper on the reduced image.
+    Palette and 1-bit images keep their size, since a box average of palette indices means nothing.
+    """
+    factors = (max(1, image.width // (2 * fit[0])), max(1, image.height // (2 * fit[1])))
+    if factors == (1, 1) or image.mode in ("P", "PA", "1"):
+        return image
+    try:
+        return image.reduce(factors)
+    except (ValueError, NotImplementedError):  # a mode Pillow cannot reduce: the caller converts it whole
+        return image
+
+
 class PixelBudget:
     """At most ``pixels`` image pixels being decoded at once in this process; others wait their turn.
 
@@ -146,11 +163,13 @@ class Predictor:
             image = open_image(body, self.max_image_pixels)
             width, height = upright_size(image)
             fit_width, fit_height = fit_within(width, height, self.engine.input_size)
+            stored_fit = (fit_height, fit_width) if (width, height) != image.size else (fit_width, fit_height)
             if image.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when that still covers the fit
-                swapped = (width, height) != image.size
-                image.draft(image.mode, (fit_height, fit_width) if swapped else (fit_width, fit_height))
+                image.draft(image.mode, stored_fit)
             with self.decoding.hold(image.width * image.height):
-                rgb = Image.fromarray(to_rgb_array(image)).resize((fit_width, fit_height), Image.BILINEAR)
+                image.load()
+                rgb = to_rgb_array(_shrunk(image, stored_fit))
+                rgb = Image.fromarray(rgb).resize((fit_width, fit_height), Image.BILINEAR)
         except ImageTooLarge as exc:
             raise PayloadTooLarge(str(exc)) from None
         except _UNDECODABLE:
