@@ -22,6 +22,8 @@ from semseg.inference import codecs
 from semseg.inference import settings as serving_settings
 from semseg.inference.predictor import Predictor
 
+from . import responses
+
 log = logging.getLogger("semseg.serve")
 
 _HTTP_SENTENCES = {
@@ -50,7 +52,7 @@ def _load(settings) -> tuple[Predictor | None, str | None]:
 
 
 def _too_large(settings) -> PayloadTooLarge:
-    return PayloadTooLarge(f"The request body is larger than the limit of {settings.max_payload_mb} MB")
+    return PayloadTooLarge(responses.too_large(settings))
 
 
 def read_body(settings) -> bytes:

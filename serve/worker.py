@@ -12,13 +12,16 @@ the connection, for a new one) is answered 408 and closed.
 
 The framing rules here only decide *when* a request is complete; gunicorn's own parser still
 parses it. Whatever this module cannot frame (a malformed chunk size, an invalid Content-Length,
-a head over the size limit) is handed on at once, so gunicorn and the app answer it with a 4xx,
-and a body over the payload limit is handed on as soon as that is known, for the app's 413.
+a head over the size limit) is handed on at once, so gunicorn and the app answer it with a 4xx.
+
+A body over the payload limit (declared by Content-Length, or found while counting chunks) is
+answered 413 from here as soon as that is known, and the rest of it is then read and discarded
+until the client goes quiet, up to ``MAX_DRAIN_BYTES`` or the client timeout: a server that
+closed at once would make most clients, still sending, see a broken pipe instead of the 413.
 """
 
 from __future__ import annotations
 
-import json
 import selectors
 import socket
 import struct
@@ -29,7 +32,11 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from semseg.inference.settings import from_environment
 
+from .responses import raw_json_error, too_large, too_slow
+
 MAX_HEAD_BYTES = 128 * 1024  # more than gunicorn accepts: its parser then answers 400
+MAX_DRAIN_BYTES = 256 * 1024 * 1024  # read and discarded after a 413, at most
+DRAIN_IDLE_S = 1.0  # a client that sent nothing for this long after its 413 is done sending
 _RECV_BYTES = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -51,6 +58,7 @@ class RequestFrame:
         self.expects_continue = False
         self._scan = 0  # chunked: offset of the next chunk-size line
         self._decoded = 0  # chunked: body bytes seen so far
+        self.too_large = False  # the body is over the limit: answered 413 here, never handed on
 
     def feed(self, data: bytes) -> bool:
         self.data += data
@@ -65,7 +73,8 @@ class RequestFrame:
             return self._chunks_done()
         if self.content_length is None:
             return True
-        return self.content_length > self.max_body_bytes or len(self.data) - self.body_start >= self.content_length
+        self.too_large = self.content_length > self.max_body_bytes
+        return self.too_large or len(self.data) - self.body_start >= self.content_length
 
     def _read_head(self, head: bytes) -> bool:
         """Note the framing headers; False when they are unusable (gunicorn will say why)."""
@@ -100,12 +109,12 @@ class RequestFrame:
                 rest = bytes(self.data[line_end + 2 :])
                 return rest.startswith(b"\r\n") or b"\r\n\r\n" in rest or len(rest) > MAX_HEAD_BYTES
             following = line_end + 2 + size + 2
-            if following > len(self.data):  # over the limit only counting bytes received, so the app can
-                received = len(self.data) - (line_end + 2)  # read past the limit without waiting
-                return self._decoded + received > self.max_body_bytes
-            self._decoded += size
-            if self._decoded > self.max_body_bytes:
+            self.too_large = self._decoded + size > self.max_body_bytes
+            if self.too_large:
                 return True
+            if following > len(self.data):
+                return False
+            self._decoded += size
             self._scan = following
 
     @property
@@ -125,7 +134,10 @@ class BufferingWorker(ThreadWorker):
         settings = from_environment()
         self.client_timeout_s = settings.client_timeout_s
         self.max_body_bytes = settings.max_payload_bytes
+        self.too_large_answer = raw_json_error(413, "Content Too Large", too_large(settings))
+        self.too_slow_answer = raw_json_error(408, "Request Timeout", too_slow(settings))
         self.reading = {}  # conn -> (RequestFrame, deadline)
+        self.draining = {}  # conn -> [bytes drained, last byte time, deadline]
 
     def accept(self, listener):
         try:
@@ -167,8 +179,30 @@ class BufferingWorker(ThreadWorker):
         complete = frame.feed(data)
         if not complete and not head_known and frame.expects_continue:
             self._send_quietly(conn, _CONTINUE)
-        if complete:
+        if complete and frame.too_large:
+            self._start_draining(conn)
+        elif complete:
             self._hand_over(conn, frame)
+
+    def _start_draining(self, conn) -> None:
+        del self.reading[conn]
+        self.poller.modify(conn.sock, selectors.EVENT_READ, partial(self._on_drain_readable, conn))
+        self._send_quietly(conn, self.too_large_answer)
+        now = time.monotonic()
+        self.draining[conn] = [0, now, now + self.client_timeout_s]
+
+    def _on_drain_readable(self, conn, client):
+        try:
+            data = conn.sock.recv(_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        state = self.draining[conn]
+        state[0] += len(data)
+        state[1] = time.monotonic()
+        if not data or state[0] > MAX_DRAIN_BYTES:
+            self._drop(conn)
 
     def _hand_over(self, conn, frame: RequestFrame) -> None:
         del self.reading[conn]
@@ -180,6 +214,7 @@ class BufferingWorker(ThreadWorker):
 
     def _drop(self, conn, answer: bytes = b"") -> None:
         self.reading.pop(conn, None)
+        self.draining.pop(conn, None)
         try:
             self.poller.unregister(conn.sock)
         except (KeyError, ValueError, OSError):
@@ -197,28 +232,18 @@ class BufferingWorker(ThreadWorker):
             pass
 
     def murder_pending(self):
-        """Also cut off the clients that have not sent a whole request by their deadline."""
+        """Also cut off the clients that have not sent a whole request by their deadline (408), and
+        end the drains of 413 answers whose client has gone quiet."""
         super().murder_pending()
         now = time.monotonic()
         for conn, (frame, deadline) in list(self.reading.items()):
             if now < deadline:
                 continue
             if frame.received_anything:
-                self.log.info(
-                    "Closed a connection from %s: no whole request within %d s", conn.client, self.client_timeout_s
-                )
-                self._drop(conn, timeout_answer(self.client_timeout_s))
+                self.log.info("Cut off %s: no whole request within %d s", conn.client, self.client_timeout_s)
+                self._drop(conn, self.too_slow_answer)
             else:
                 self._drop(conn)
-
-
-def timeout_answer(seconds: int) -> bytes:
-    """The 408 a slow client gets: the usual JSON error body, and the connection closed."""
-    body = json.dumps(
-        {"error": f"The request was not received in full within {seconds} s; send it faster or in one piece"}
-    ).encode()
-    head = (
-        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode() + body
+        for conn, (_, last_byte, deadline) in list(self.draining.items()):
+            if now - last_byte > DRAIN_IDLE_S or now > deadline:
+                self._drop(conn)
