@@ -8,7 +8,9 @@ not answer). This worker reads every request in its event loop instead, with non
 and hands the connection to the thread pool only once the head and the whole body are buffered
 (as nginx does in front of an application server). Slow clients then cost a buffer each, never a
 thread, and a request not received in full within ``client_timeout_s`` of its first byte (or of
-the connection, for a new one) is answered 408 and closed.
+the connection, for a new one) is answered 408 and closed. ``/ping`` (and the equally trivial
+``/execution-parameters``) is answered by the event loop itself, so it never waits for a thread
+either, however many predictions are queued.
 
 The framing rules here only decide *when* a request is complete; gunicorn's own parser still
 parses it. Whatever this module cannot frame (a malformed chunk size, an invalid Content-Length,
@@ -26,6 +28,7 @@ import selectors
 import socket
 import struct
 import time
+from concurrent import futures
 from functools import partial
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
@@ -36,7 +39,13 @@ from .responses import raw_json_error, too_large, too_slow
 
 MAX_HEAD_BYTES = 128 * 1024  # more than gunicorn accepts: its parser then answers 400
 MAX_DRAIN_BYTES = 256 * 1024 * 1024  # read and discarded after a 413, at most
-DRAIN_IDLE_S = 1.0  # a client that sent nothing for this long after its 413 is done sending
+DRAIN_IDLE_S = 1.0
+# Answered by the event loop itself, never queued behind predictions for a thread: SageMaker
+# restarts a container whose /ping does not answer within 2 s, busy or not.
+INLINE_PATHS = (
+    b"/ping",
+    b"/execution-parameters",
+)  # a client that sent nothing for this long after its 413 is done sending
 _RECV_BYTES = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -59,6 +68,7 @@ class RequestFrame:
         self._scan = 0  # chunked: offset of the next chunk-size line
         self._decoded = 0  # chunked: body bytes seen so far
         self.too_large = False  # the body is over the limit: answered 413 here, never handed on
+        self.request_line: list[bytes] = []
 
     def feed(self, data: bytes) -> bool:
         self.data += data
@@ -80,6 +90,7 @@ class RequestFrame:
         """Note the framing headers; False when they are unusable (gunicorn will say why)."""
         lines = head.split(b"\r\n")
         version_1_1 = lines[0].rstrip().endswith(b"HTTP/1.1")
+        self.request_line = lines[0].split()
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             name, value = name.strip().lower(), value.strip().lower()
@@ -120,6 +131,17 @@ class RequestFrame:
     @property
     def received_anything(self) -> bool:
         return bool(self.data)
+
+    @property
+    def is_health_check(self) -> bool:
+        """A bodiless GET of a path whose handler does no work (the app answers it from memory)."""
+        return (
+            len(self.request_line) == 3
+            and self.request_line[0] == b"GET"
+            and self.request_line[1] in INLINE_PATHS
+            and not self.chunked
+            and not self.content_length
+        )
 
 
 def _timeval(seconds: float) -> bytes:
@@ -210,7 +232,12 @@ class BufferingWorker(ThreadWorker):
         conn.init()
         conn.parser.unreader.unread(bytes(frame.data))
         conn.data_ready = True
-        self.enqueue_req(conn)
+        if not frame.is_health_check:
+            self.enqueue_req(conn)
+            return
+        done = futures.Future()
+        done.set_result(self.handle(conn))  # here, in the event loop's thread: a few hundred bytes out
+        self.finish_request(conn, done)
 
     def _drop(self, conn, answer: bytes = b"") -> None:
         self.reading.pop(conn, None)
