@@ -31,6 +31,8 @@ import time
 from concurrent import futures
 from functools import partial
 
+from gunicorn import util
+from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from semseg.inference.settings import from_environment
@@ -39,13 +41,15 @@ from .responses import raw_json_error, too_large, too_slow
 
 MAX_HEAD_BYTES = 128 * 1024  # more than gunicorn accepts: its parser then answers 400
 MAX_DRAIN_BYTES = 256 * 1024 * 1024  # read and discarded after a 413, at most
-DRAIN_IDLE_S = 1.0
+DRAIN_IDLE_S = 1.0  # a client that sent nothing for this long after its 413 is done sending
 # Answered by the event loop itself, never queued behind predictions for a thread: SageMaker
 # restarts a container whose /ping does not answer within 2 s, busy or not.
-INLINE_PATHS = (
-    b"/ping",
-    b"/execution-parameters",
-)  # a client that sent nothing for this long after its 413 is done sending
+INLINE_PATHS = (b"/ping", b"/execution-parameters")
+_PARSE_STATUSES = {
+    http_errors.LimitRequestLine: (414, "URI Too Long"),
+    http_errors.LimitRequestHeaders: (431, "Request Header Fields Too Large"),
+    http_errors.ExpectationFailed: (417, "Expectation Failed"),
+}
 _RECV_BYTES = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -250,6 +254,21 @@ class BufferingWorker(ThreadWorker):
             self._send_quietly(conn, answer)
         self.nr_conns -= 1
         conn.close()
+
+    def handle_error(self, req, client, addr, exc):
+        """gunicorn's own answers to requests it cannot parse, as the app's: one sentence in JSON."""
+        if isinstance(exc, http_errors.ParseException) and not isinstance(exc, http_errors.ConfigurationProblem):
+            status, reason = _PARSE_STATUSES.get(type(exc), (400, "Bad Request"))
+            self.log.warning("Invalid request from %s: %s", (addr or ("",))[0], exc)
+            message = f"The request is not valid HTTP/1.1 ({type(exc).__name__}: {str(exc)[:200]})"
+        else:
+            self.log.exception("Error handling request")
+            status, reason = 500, "Internal Server Error"
+            message = "The server failed to answer this request; its log has the details"
+        try:
+            util.write_nonblock(client, raw_json_error(status, reason, message))
+        except OSError:
+            pass
 
     @staticmethod
     def _send_quietly(conn, data: bytes) -> None:
