@@ -24,6 +24,7 @@ closed at once would make most clients, still sending, see a broken pipe instead
 
 from __future__ import annotations
 
+import re
 import selectors
 import socket
 import struct
@@ -50,6 +51,7 @@ _PARSE_STATUSES = {
     http_errors.LimitRequestHeaders: (431, "Request Header Fields Too Large"),
     http_errors.ExpectationFailed: (417, "Expectation Failed"),
 }
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _RECV_BYTES = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -116,10 +118,9 @@ class RequestFrame:
             if line_end < 0:
                 return len(self.data) - self._scan > 1024  # no chunk-size line is that long
             size_text = bytes(self.data[self._scan : line_end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
+            if not _CHUNK_SIZE.fullmatch(size_text):  # int(, 16) would take "-1f", "+1", "0x1f", "1_0"
                 return True
+            size = int(size_text, 16)
             if size == 0:  # the last chunk: then optional trailers and an empty line
                 rest = bytes(self.data[line_end + 2 :])
                 return rest.startswith(b"\r\n") or b"\r\n\r\n" in rest or len(rest) > MAX_HEAD_BYTES

@@ -135,12 +135,12 @@ def corrupted(rng: random.Random) -> Case:
 def _mode_image(mode: str, rng: random.Random) -> tuple[bytes, tuple[int, int]]:
     picture = _picture(rng)
     gray = np.asarray(picture.convert("L"), dtype=np.float32)
-    if mode == "I;16":
-        image = Image.fromarray((gray * 257).astype(np.uint16), "I;16")
+    if mode == "I;16":  # fromarray picks the mode from the dtype: uint16 I;16, int32 I, float32 F
+        image = Image.fromarray((gray * 257).astype(np.uint16))
     elif mode == "I":
-        image = Image.fromarray((gray * 1000).astype(np.int32), "I")
+        image = Image.fromarray((gray * 1000).astype(np.int32))
     elif mode == "F":
-        image = Image.fromarray(gray / 255, "F")
+        image = Image.fromarray(gray / 255)
     elif mode == "P":
         image = picture.convert("P")
         return encoded(image, "PNG", transparency=0), image.size
@@ -171,7 +171,7 @@ def containers(rng: random.Random) -> Case:
     elif kind == "TIFF pages":
         body = encoded(picture, "TIFF", save_all=True, append_images=[picture.convert("L"), picture])
     elif kind == "TIFF 16-bit":
-        body = encoded(Image.fromarray(np.asarray(picture.convert("L"), dtype=np.uint16) * 257, "I;16"), "TIFF")
+        body = encoded(Image.fromarray(np.asarray(picture.convert("L"), dtype=np.uint16) * 257), "TIFF")
     elif kind == "ICO":
         side = min(size)
         body, size = encoded(picture.crop((0, 0, side, side)), "ICO", sizes=[(side, side)]), (side, side)
