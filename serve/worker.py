@@ -51,7 +51,7 @@ _PARSE_STATUSES = {
     http_errors.LimitRequestHeaders: (431, "Request Header Fields Too Large"),
     http_errors.ExpectationFailed: (417, "Expectation Failed"),
 }
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]+")  # any length: a huge size is just too large
 _RECV_BYTES = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 

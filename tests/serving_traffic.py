@@ -1,6 +1,9 @@
-"""Traffic for the serving load test and its benchmark: ``concurrency`` clients posting images
-back to back on kept-alive connections, with ``/ping`` probed throughout on new connections (as
-SageMaker's health check does), and optionally slow clients trickling alongside."""
+"""Traffic for the serving load and fuzz tests and their benchmarks.
+
+Load: ``concurrency`` clients posting images back to back on kept-alive connections, with
+``/ping`` probed throughout on new connections (as SageMaker's health check does), and
+optionally slow clients trickling alongside. Fuzz: the hostile request classes of
+``serving_fuzz_cases``, each answer checked, and a valid request after each class."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import requests
-from serving_helpers import SlowClient, ping_times
+from serving_helpers import SlowClient, encoded, mask_of, ping_times, sample_image
 
 
 @dataclass
@@ -86,3 +89,47 @@ def run_load(
         thread.join(180)
     result.slow_clients = list(slow_clients)
     return result
+
+
+SLOW_ANSWER_S = 20  # every fuzz case is a small image or an error: far more means a stuck thread
+
+
+@dataclass
+class FuzzResult:
+    requests: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    by_class: dict[str, Counter] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # wrong answers, and valid requests failing after a class
+
+
+def fuzz(server, rng, per_class: int, classes: dict | None = None, after_class=None) -> FuzzResult:
+    """``per_class`` cases of each class, each on its own connection, each answer checked; after each
+    class a valid request must be answered correctly. ``after_class(name, counter)`` is told of each."""
+    from serving_fuzz_cases import CLASSES, check, exchange
+
+    result = FuzzResult()
+    for name, make in (classes or CLASSES).items():
+        counter = result.by_class.setdefault(name, Counter())
+        for _ in range(per_class):
+            case = make(rng)
+            started = time.monotonic()
+            status, headers, body = exchange(server.port, case.request)
+            if time.monotonic() - started > SLOW_ANSWER_S:
+                result.problems.append(f"{case.kind}: answered after {time.monotonic() - started:.0f} s")
+            result.requests += 1
+            counter[status] += 1
+            result.statuses[status] += 1
+            problem = check(case, status, headers, body)
+            if problem:
+                result.problems.append(problem)
+        answer = server.invoke(encoded(sample_image(45, 27)))
+        if answer.status_code != 200 or mask_of(answer.content).shape != (27, 45):
+            result.problems.append(f"after {name}: a valid request got {answer.status_code}: {answer.text[:200]}")
+        if after_class:
+            after_class(name, counter)
+    return result
+
+
+def restarts(log: str, workers: int) -> int:
+    """Workers gunicorn booted beyond the first ``workers``: each one replaced a worker that died."""
+    return log.count("Booting worker") - workers

@@ -1,0 +1,47 @@
+"""The short form of ``bench/serving_fuzz.py``: 25 seeded hostile requests of each class (about
+300 in all) against the real server with two workers. Pass: no 5xx, every error one JSON
+sentence with an allowed 4xx, every valid image answered with a mask of its upright size, a
+valid request answered after each class, no worker restarted, no traceback in the log."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from serving_helpers import Server, trained_model
+from serving_traffic import fuzz, restarts
+
+pytestmark = pytest.mark.slow
+
+PER_CLASS = 25
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def test_a_few_hundred_hostile_requests_get_4xx_sentences_and_no_worker_dies(tmp_path_factory):
+    root = trained_model(tmp_path_factory.getbasetemp() / "serving-models", "fcn")
+    server = Server(root, tmp_path_factory.mktemp("fuzz") / "serve.log", SAGEMAKER_MODEL_SERVER_WORKERS="2")
+    try:
+        assert server.wait_until_up().status_code == 200, server.log()
+        deadline = time.monotonic() + 120
+        while server.log().count("Loaded fcn") < 2:
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.5)
+        workers = server.worker_pids()
+        result = fuzz(server, random.Random(20261127), PER_CLASS)
+        assert result.problems == [], "\n".join(result.problems[:20])
+        assert not [status for status in result.statuses if status >= 500 or status < 200], result.statuses
+        assert result.requests == PER_CLASS * len(result.by_class)
+        log = server.log()
+        assert restarts(log, 2) == 0 and server.worker_pids() == workers, log[-3000:]
+        assert "Traceback" not in log and "WORKER TIMEOUT" not in log, log[-3000:]
+        # Nothing in these cases needs more than a few megapixels decoded at once: 620 MB at rest.
+        assert max(peak_rss_mb(pid) for pid in workers) < 1500
+    finally:
+        server.stop()
