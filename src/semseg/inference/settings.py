@@ -2,8 +2,8 @@
 
 SageMaker's own variables come first (``SAGEMAKER_*``, as the AWS inference toolkits name them);
 the ``SEMSEG_*`` ones are this server's additions. Each is documented in the README's serving
-section; a malformed value is a configuration error explained in one sentence. Nothing else in
-the server reads the environment for its settings: the gunicorn configuration, the app and the
+section; a malformed value is a configuration error explained in one sentence. Nothing else
+reads the environment for a serving setting: the HTTP server's configuration, its app and the
 engines all take a ``ServingSettings``.
 """
 
@@ -23,7 +23,7 @@ DEFAULT_MAX_IMAGE_PIXELS = 64_000_000  # 8000x8000; a 50000x50000 decompression 
 DEFAULT_ACCEPT = "image/png"
 DEFAULT_CLIENT_TIMEOUT_S = 30  # a request not fully received this long after its first byte is cut off
 WORKERS_VARIABLE = "SAGEMAKER_MODEL_SERVER_WORKERS"
-# Set by the gunicorn configuration in each worker it forks (0 .. workers-1, reused by a replacement
+# Set by the HTTP server in each worker process it starts (0 .. workers-1, reused by a replacement
 # worker), never by a user: which GPU the worker takes.
 WORKER_SLOT_VARIABLE = "SEMSEG_WORKER_SLOT"
 
@@ -31,7 +31,7 @@ WORKER_SLOT_VARIABLE = "SEMSEG_WORKER_SLOT"
 @dataclass(frozen=True)
 class ServingSettings:
     port: int = DEFAULT_PORT
-    workers: int | None = None  # None: one per GPU, else a CPU-based count (see serve.main)
+    workers: int | None = None  # None: one per GPU, else one per 4 CPU cores (decided by the serve command)
     timeout_s: int = DEFAULT_TIMEOUT_S
     max_payload_mb: int = DEFAULT_MAX_PAYLOAD_MB
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
