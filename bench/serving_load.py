@@ -12,7 +12,8 @@ then two phases per worker class:
    reported: how many the server cut off, and after how long.
 
 ``--worker-class gthread`` runs gunicorn's stock threaded worker instead of serve's own, for the
-comparison the README quotes. A ping that fails or takes over 30 s counts as 30 s.
+comparison the README quotes; ``both`` runs each, alternated ``--rounds`` times (machine load drifts).
+A ping that fails or takes over 30 s counts as 30 s.
 
     .venv/bin/python bench/serving_load.py [--seconds 60] [--concurrency 8] [--worker-class both]
 """
@@ -71,8 +72,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--slow-clients", type=int, default=8)
     parser.add_argument("--worker-class", choices=["serve", "gthread", "both"], default="serve")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each worker class, alternated")
     args = parser.parse_args()
-    classes = ["serve", "gthread"] if args.worker_class == "both" else [args.worker_class]
+    classes = ["serve", "gthread"] * args.rounds if args.worker_class == "both" else [args.worker_class] * args.rounds
     body = encoded(sample_image(640, 480))
     correct = lambda answer: answer.status_code == 200 and mask_of(answer.content).shape == (480, 640)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="bench-serving-load-") as scratch:
@@ -93,6 +95,8 @@ def main() -> int:
             try:
                 load = run_load(server.url, body, args.seconds, args.concurrency, correct)
                 print(row(worker_class, "load", {**load.summary(), "slow clients": 0}), flush=True)
+                if not args.slow_clients:
+                    continue
                 seconds = DEFAULT_CLIENT_TIMEOUT_S + 10
                 slow = [
                     SlowClient(server.port, "headers" if index % 2 else "body", seconds)
