@@ -14,7 +14,7 @@ import os
 import sys
 
 from . import logs, sm_config
-from .errors import UserError
+from .errors import UserError, one_line
 from .train.stop import StopFlag, Stopped
 
 log = logging.getLogger("semseg")
@@ -50,7 +50,7 @@ def train_main(argv: list[str] | None = None) -> int:
         code, message = EXIT_USER_ERROR, str(exc)
     except Exception as exc:  # a bug of ours: full trace to the log, a short reason to SageMaker
         log.exception("Internal error")
-        message = f"Internal error: {type(exc).__name__}: {exc}"
+        message = f"Internal error: {type(exc).__name__}: {one_line(exc)}"
         sm_config.write_failure(message)
         code = EXIT_INTERNAL_ERROR
     if cluster is not None:

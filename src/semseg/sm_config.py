@@ -8,6 +8,7 @@ inputdataconfig), unknown keys are ignored. A file that exists but is not JSON i
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 from . import paths
 from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 FAILURE_LIMIT = 1024  # SageMaker shows the first 1024 characters as FailureReason
 
@@ -91,9 +94,17 @@ def read_resource_config() -> ResourceConfig:
 
 
 def write_failure(message: str) -> None:
-    """Write ``message`` where SageMaker reads FailureReason; the most useful text goes first."""
+    """Write ``message`` on one line where SageMaker reads FailureReason; the most useful text goes first.
+
+    A failure file that cannot be written (the disk that failed the job is full) is logged, not
+    raised: the exit code still tells SageMaker the job failed.
+    """
     path = paths.failure_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
     tmp = path.with_name(f".failure.{os.getpid()}")
-    tmp.write_text(message[:FAILURE_LIMIT] + ("\n" if not message.endswith("\n") else ""))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(line[:FAILURE_LIMIT] + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("The failure file %s could not be written (%s)", path, exc)

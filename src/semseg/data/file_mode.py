@@ -128,4 +128,12 @@ def check_pairs(pairs: list[Sample], spec: dict, num_classes: int, split: str, w
     counts = np.zeros(num_classes, dtype=np.int64)
     valid = table >= 0
     np.add.at(counts, table[valid], histogram[valid])
+    if not counts.any():
+        nothing = (
+            f"The {split} masks have no labelled pixel: every pixel is 255 (ignore) or maps to no class of "
+            f"0..{num_classes - 1}"
+        )
+        if split == "train":
+            raise UserError(f"{nothing}, so there is nothing to learn")
+        log.warning("%s; its mIOU will be 0", nothing)
     return counts

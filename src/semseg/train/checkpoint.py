@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
-from ..errors import UserError
+from ..errors import UserError, explained_write_failure
 
 log = logging.getLogger("semseg")
 
@@ -177,14 +177,15 @@ def save(host: str, position: Position, state: dict[str, Any], files: dict[str, 
     try:
         writers = {**files, STATE: lambda p: Path(p).write_text(json.dumps({"format": FORMAT, **state}))}
         manifest = {}
-        for name, write in writers.items():
-            write(str(tmp / name))
-            with open(tmp / name, "rb") as handle:
+        with explained_write_failure(final):
+            for name, write in writers.items():
+                write(str(tmp / name))
+                with open(tmp / name, "rb") as handle:
+                    os.fsync(handle.fileno())
+                manifest[name] = {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+            (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": manifest}, indent=1))
+            with open(tmp / MANIFEST, "rb") as handle:
                 os.fsync(handle.fileno())
-            manifest[name] = {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-        (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": manifest}, indent=1))
-        with open(tmp / MANIFEST, "rb") as handle:
-            os.fsync(handle.fileno())
         _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)

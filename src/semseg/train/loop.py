@@ -34,7 +34,7 @@ from ..data import file_mode, label_map, pipe_mode
 from ..data.batch_loader import BatchLoader
 from ..data.dataset import EpochSampler, PairDataset, ValidationSampler
 from ..data.transforms import train_transform, validation_transform
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..model import artifacts, export, pretrained
 from ..model.factory import build_from_hyperparameters
 from . import checkpoint, distributed
@@ -174,7 +174,7 @@ def initial_weights(net, hp: dict, ctx: list) -> None:
                 net.load_parameters(str(weights), ctx=ctx)
             except Exception as exc:
                 raise UserError(
-                    f"The weights {weights.name} of the model channel could not be loaded ({exc})"
+                    f"The weights {weights.name} of the model channel could not be loaded ({one_line(exc)})"
                 ) from None
         return
     if hp["use_pretrained_model"]:
@@ -439,6 +439,8 @@ def train(hp: dict, splits: Splits, stop: StopFlag, cluster: distributed.Cluster
     if kvstore is not None:
         stop.agree = distributed.any_worker(kvstore)
     model_dir = paths.model_dir()
+    if writes_artifacts:
+        artifacts.remove_partial_files(model_dir)
     setup_seconds = time.time() - start
 
     def save_checkpoint(epoch: int, progress: EpochProgress, sampler_state: dict | None) -> None:
