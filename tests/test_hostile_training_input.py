@@ -195,29 +195,30 @@ def test_very_long_and_very_large_images_train_or_fail_in_one_sentence(tmp_path,
 # ---- a full disk ----------------------------------------------------------------------------------
 
 
-def small_filesystem(directory: Path, megabytes: int):
-    """A tmpfs of ``megabytes`` mounted on ``directory`` (needs root); None where the machine refuses it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(directory)], capture_output=True
-    )
-    return directory if result.returncode == 0 else None
-
-
 @pytest.fixture
-def mounts():
+def small_filesystem():
+    """``mount(directory, megabytes)``: a tmpfs of that size on ``directory``, unmounted after the test.
+
+    Mounting needs root; where the machine refuses it, the test is skipped.
+    """
     mounted = []
-    yield mounted
+
+    def mount(directory: Path, megabytes: int) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        command = ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(directory)]
+        if subprocess.run(command, capture_output=True).returncode != 0:
+            pytest.skip("this machine does not let the tests mount a small tmpfs")
+        mounted.append(directory)
+        return directory
+
+    yield mount
     for directory in mounted:
         subprocess.run(["umount", "-l", str(directory)], capture_output=True)
 
 
-def test_a_full_disk_while_writing_the_model_fails_in_one_sentence_and_keeps_earlier_files(tmp_path, mounts):
+def test_a_full_disk_while_writing_the_model_fails_in_one_sentence_and_keeps_earlier_files(tmp_path, small_filesystem):
     root = make_tree(tmp_path)
-    model = root / "model"
-    if small_filesystem(model, 4) is None:
-        pytest.skip("this machine does not let the tests mount a small tmpfs")
-    mounts.append(model)
+    model = small_filesystem(root / "model", 4)
     earlier = {paths.BEST_PARAMS: b"weights of an earlier run", paths.HYPERPARAMS_FILE: b'{"epochs": "1"}\n'}
     for name, content in earlier.items():
         (model / name).write_bytes(content)
@@ -227,12 +228,9 @@ def test_a_full_disk_while_writing_the_model_fails_in_one_sentence_and_keeps_ear
     assert sorted(p.name for p in model.iterdir()) == sorted(earlier), "a half-written file was left behind"
 
 
-def test_a_full_disk_while_writing_a_checkpoint_fails_in_one_sentence(tmp_path, mounts):
+def test_a_full_disk_while_writing_a_checkpoint_fails_in_one_sentence(tmp_path, small_filesystem):
     root = make_tree(tmp_path)
-    checkpoints = root / "checkpoints"
-    if small_filesystem(checkpoints, 4) is None:
-        pytest.skip("this machine does not let the tests mount a small tmpfs")
-    mounts.append(checkpoints)
+    checkpoints = small_filesystem(root / "checkpoints", 4)
     job = run_train(root)
     assert_one_sentence_failure(job, str(checkpoints), "no space left")
     assert not [p for p in checkpoints.iterdir() if p.name.startswith(".")], "a half-written checkpoint was left"
