@@ -295,8 +295,8 @@ def test_rgb_mask_after_an_rgb_image(base_dir, feed):
     ((image, _),) = sample_pairs(1)
     records = [image, image]
     assert decode_error(feed, records) == (
-        f"In the 'train' channel, epoch 0, the mask record 1 (byte offset {offsets(records)[1]}) is a JPEG of mode RGB; "
-        "masks must be single-channel 8-bit PNGs (palette 'P' or grayscale 'L') whose pixel values are class ids"
+        f"In the 'train' channel, epoch 0, the mask record 1 (byte offset {offsets(records)[1]}) is a JPEG of mode "
+        "RGB; masks must be single-channel 8-bit PNGs (palette 'P' or grayscale 'L') whose pixel values are class ids"
     )
 
 
@@ -328,18 +328,18 @@ def test_accepted_pipe_settings_mix_with_file_mode_channels(base_dir):
     [
         (
             pipe("train", record_wrapper="None", content_type="application/x-recordio"),
-            "The 'train' channel is in Pipe mode with RecordWrapperType None, so images and masks cannot be told apart in "
-            f"the stream; {SETTINGS}",
+            "The 'train' channel is in Pipe mode with RecordWrapperType None, so images and masks cannot be told "
+            f"apart in the stream; {SETTINGS}",
         ),
         (
             pipe("validation", content_type="image/jpeg"),
-            f"The 'validation' channel is in Pipe mode with ContentType image/jpeg, which this algorithm does not read; "
-            f"{SETTINGS}",
+            "The 'validation' channel is in Pipe mode with ContentType image/jpeg, which this algorithm does not "
+            f"read; {SETTINGS}",
         ),
         (
             ChannelConfig("train", content_type="application/x-recordio"),
-            "The 'train' channel is in File mode with RecordIO data and has no 'train_annotation' channel; to train from "
-            f"an augmented manifest, {SETTINGS}",
+            "The 'train' channel is in File mode with RecordIO data and has no 'train_annotation' channel; to train "
+            f"from an augmented manifest, {SETTINGS}",
         ),
         (
             pipe("label_map"),

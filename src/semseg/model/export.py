@@ -120,12 +120,14 @@ def _channel_softmax(graph) -> None:
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    for index, node in enumerate(graph.node):
+    def over_classes(node) -> bool:
         axis = [helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"]
-        if node.op_type == "Softmax" and axis == [1]:
-            break
-    else:
+        return node.op_type == "Softmax" and axis == [1]
+
+    index = next((i for i, node in enumerate(graph.node) if over_classes(node)), None)
+    if index is None:
         return
+    node = graph.node[index]
     x, y, stem = node.input[0], node.output[0], "class_softmax"
     for previous in graph.node:  # mx.onnx divides by the softmax temperature first, here 1
         if previous.output[0] == x and previous.op_type == "Div":
