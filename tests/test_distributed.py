@@ -15,7 +15,7 @@ from clusterjob import finish, free_port_pair, make_cluster, start_host
 from conftest import save_mask
 from trainjob import make_tree, run_train
 
-from semseg.data.dataset import EpochSampler
+from semseg.data.dataset import EpochSampler, WorkerBatches
 from semseg.errors import UserError
 from semseg.logs import METRIC_REGEXES
 from semseg.train import distributed
@@ -31,7 +31,7 @@ def test_host_addresses_come_from_the_override(monkeypatch):
 
 def test_workers_share_each_global_batch_and_resume_mid_epoch():
     def batches(rank: int, size: int, epochs: int, resume_at: int = 0) -> list:
-        worker = distributed.WorkerBatches(EpochSampler(10, 4, 3, seed=7), rank, size)
+        worker = WorkerBatches(EpochSampler(10, 4, 3, seed=7), rank, size)
         drawn = []
         for epoch in range(epochs):
             if epoch == epochs - 1 and resume_at:
