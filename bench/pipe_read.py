@@ -78,7 +78,7 @@ def time_cat(data_dir: Path, data: bytes) -> tuple[float, float]:
 
 
 def time_reader(data_dir: Path, data: bytes) -> tuple[float, float]:
-    from semseg.data.pipe_mode import READ_BUFFER
+    from semseg.data.pipe_stream import READ_BUFFER
     from semseg.data.recordio import read_records
 
     writer = start_writer(data_dir, "reader", data)
@@ -94,7 +94,8 @@ def time_reader(data_dir: Path, data: bytes) -> tuple[float, float]:
 
 
 def time_epoch_stream(data_dir: Path, data: bytes) -> tuple[float, float]:
-    from semseg.data.pipe_mode import EpochStream, no_stop
+    from semseg.data.batch_loader import no_stop
+    from semseg.data.pipe_stream import EpochStream
 
     writer = start_writer(data_dir, "train", data)
     start, cpu = time.perf_counter(), time.process_time()

@@ -16,6 +16,7 @@ from PIL import Image, ImageFile, ImageOps
 from ..errors import UserError
 
 MASK_MODES = ("P", "L")
+MASK_RULE = "masks must be single-channel 8-bit PNGs (palette 'P' or grayscale 'L') whose pixel values are class ids"
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
@@ -60,6 +61,28 @@ def upright_size(image: Image.Image) -> tuple[int, int]:
     return image.width, image.height
 
 
+def describe(image: Image.Image) -> str:
+    return f"a {image.format or 'image'} of mode {image.mode}"
+
+
+def check_mask(
+    mask: Image.Image, name: str, image_size: tuple[int, int] | None = None, image_name: str = "", where: str = ""
+) -> None:
+    """The one check of a mask, from its header: its mode, and its size against its image's when given.
+
+    File mode, Pipe mode and decoding all call it, so a mistake reads the same wherever it is found.
+    ``where`` ("the 'train' channel, epoch 0") opens the sentence for masks that have no path.
+    """
+    the_mask = f"In {where}, the mask {name}" if where else f"The mask {name}"
+    if mask.mode not in MASK_MODES:
+        raise UserError(f"{the_mask} is {describe(mask)}; {MASK_RULE}")
+    if image_size is not None and mask.size != image_size:
+        raise UserError(
+            f"{the_mask} is {mask.size[0]}x{mask.size[1]} but its image {image_name} is "
+            f"{image_size[0]}x{image_size[1]}; a mask must have the size of its image"
+        )
+
+
 def to_rgb_array(image: Image.Image) -> np.ndarray:
     """Decode to upright RGB uint8 (H, W, 3); transparency is dropped, grayscale replicated."""
     try:
@@ -86,9 +109,5 @@ def read_rgb(path) -> np.ndarray:
 def read_mask(path) -> np.ndarray:
     """Decode a label PNG to uint8 (H, W) of raw encoded values (before any label map)."""
     with open_image(path) as image:
-        if image.mode not in MASK_MODES:
-            raise UserError(
-                f"The mask {path} has image mode {image.mode}; masks must be single-channel 8-bit PNGs "
-                "(palette 'P' or grayscale 'L') whose pixel values are class ids"
-            )
+        check_mask(image, str(path))
         return np.asarray(image, dtype=np.uint8)
