@@ -10,9 +10,8 @@ import signal
 import subprocess
 
 import pytest
-from trainjob import TRAIN, make_tree, run_train
+from trainjob import TRAIN, make_tree, quality, run_train
 
-from semseg.logs import METRIC_REGEXES
 from semseg.train import checkpoint
 
 # Four epochs of two iterations; every run in this file uses these settings.
@@ -78,10 +77,6 @@ def test_the_local_path_of_checkpointconfig_is_used(opt_ml):
     )
     write_checkpoint("algo-1", (1, 0), b"x")
     assert (opt_ml / "elsewhere" / "algo-1-00001-0000000" / "MANIFEST.json").is_file()
-
-
-def quality(log: str) -> dict[str, list[float]]:
-    return {name: [float(v) for v in re.findall(regex, log)] for name, regex in METRIC_REGEXES.items()}
 
 
 def assert_same_epochs(got: dict, expected: dict, epochs: slice) -> None:

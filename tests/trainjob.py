@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from semseg.logs import METRIC_REGEXES
 from semseg.sample_data import write_opt_ml_tree
 
 TRAIN = str(Path(sys.executable).parent / "train")
@@ -42,6 +43,11 @@ class Job:
 
     def lines(self, pattern: str) -> list[str]:
         return re.findall(pattern, self.log)
+
+
+def quality(log: str) -> dict[str, list[float]]:
+    """Every value of each metric the README's MetricDefinitions extract from ``log``, in order."""
+    return {name: [float(v) for v in re.findall(regex, log)] for name, regex in METRIC_REGEXES.items()}
 
 
 def make_tree(root: Path, train: int = 6, validation: int = 4, **hyperparameters) -> Path:
