@@ -8,7 +8,6 @@ the label, colours are never looked at.
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -21,24 +20,31 @@ _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
+def set_pillow_limits() -> None:
+    """Pillow's process-wide switches, set when this module is imported and never per image.
+
+    They are globals, and images are opened in threads (a server's, a loader's): changing them
+    around each open would let one thread see another's temporary value. Pillow's own pixel limit
+    is off because ``open_image`` applies the caller's ``max_pixels`` instead. A cut-off file must
+    fail to decode, never come out as a grey half picture; importing GluonCV turns Pillow's
+    ``LOAD_TRUNCATED_IMAGES`` on for the whole process, so the code that imports GluonCV
+    (``model.factory``) calls this again right after.
+    """
+    Image.MAX_IMAGE_PIXELS = None
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+set_pillow_limits()
+
+
 def open_image(source, max_pixels: int | None = None) -> Image.Image:
     """Open ``source`` (path or bytes) lazily, refusing pixel counts above ``max_pixels``.
 
     Only the header is read here; ``max_pixels`` guards against decompression bombs before any
-    pixel is decoded. A cut-off file must fail to decode, never come out as a grey half picture:
-    importing GluonCV turns on Pillow's ``LOAD_TRUNCATED_IMAGES`` for the whole process, so it is
-    turned off again here, on the one path every image and mask of ours is opened through.
+    pixel is decoded.
     """
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
     stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        previous = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            image = Image.open(stream)
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous
+    image = Image.open(stream)
     if max_pixels is not None and image.width * image.height > max_pixels:
         raise ImageTooLarge(image.width, image.height, max_pixels)
     return image

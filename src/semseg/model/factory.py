@@ -13,6 +13,8 @@ import logging
 
 import mxnet as mx
 
+from ..data.images import set_pillow_limits
+
 log = logging.getLogger(__name__)
 
 GLUONCV_BACKBONE = {"resnet-50": "resnet50", "resnet-101": "resnet101"}
@@ -22,6 +24,7 @@ PRETRAINED_BACKBONE_MODEL = {"resnet-50": "resnet50_v1s", "resnet-101": "resnet1
 def _network_class(algorithm: str):
     from gluoncv.model_zoo import FCN, DeepLabV3, PSPNet
 
+    set_pillow_limits()  # importing GluonCV turned truncated images on
     return {"fcn": FCN, "psp": PSPNet, "deeplab": DeepLabV3}[algorithm]
 
 
