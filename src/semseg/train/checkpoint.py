@@ -283,7 +283,16 @@ class Saver:
     best_weights: Path | None  # model_best.params, on the host that writes the model; None elsewhere
 
     def save(self, state: TrainingState) -> Path | None:
-        return save_training(self.host, state, self.net, self.trainer, self.best_weights)
+        """Checkpoint ``state`` with the network's weights, the optimizer state and the best weights."""
+        if not enabled():
+            return None
+        files = {WEIGHTS: self.net.save_parameters, OPTIMIZER: self.trainer.save_states}
+        best = self.best_weights
+        if best is not None and best.is_file():
+            files[BEST] = lambda tmp: _link_or_copy(best, Path(tmp))
+        path = save(self.host, state.position, asdict(state), files)
+        log.info("Checkpoint saved to %s (epoch %d, iteration %d)", path, state.epoch, state.iteration)
+        return path
 
     def resume(self, configuration: dict, ctx: list, cluster: Cluster | None) -> TrainingState:
         """The newest complete checkpoint's state, loaded into the network and optimizer; a fresh state without one.
@@ -297,7 +306,9 @@ class Saver:
         found = load(self.host, cluster.resume_position if cluster else None)
         if found is None:
             return TrainingState(configuration=configuration)
-        state = restore_training(found, configuration, self.net, self.trainer, ctx)
+        state = _checked_state(found, configuration)
+        self.net.load_parameters(str(found.path / WEIGHTS), ctx=ctx)
+        self.trainer.load_states(str(found.path / OPTIMIZER))
         log.info(
             "Resuming from checkpoint %s: epoch %d, after %d of its %d iterations",
             found.path,
@@ -311,18 +322,6 @@ class Saver:
         return state
 
 
-def save_training(host: str, state: TrainingState, net, trainer, best_weights: Path | None) -> Path | None:
-    """Checkpoint ``state`` with the network's weights, the optimizer state and the best weights."""
-    if not enabled():
-        return None
-    files = {WEIGHTS: net.save_parameters, OPTIMIZER: trainer.save_states}
-    if best_weights is not None and best_weights.is_file():
-        files[BEST] = lambda tmp: _link_or_copy(best_weights, Path(tmp))
-    path = save(host, state.position, asdict(state), files)
-    log.info("Checkpoint saved to %s (epoch %d, iteration %d)", path, state.epoch, state.iteration)
-    return path
-
-
 def _link_or_copy(source: Path, target: Path) -> None:
     """A hard link where possible: model_best.params is replaced by rename, never rewritten in place."""
     try:
@@ -331,8 +330,8 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def restore_training(found: Checkpoint, configuration: dict, net, trainer, ctx) -> TrainingState:
-    """Load a checkpoint's weights and optimizer state; its TrainingState, checked against ``configuration``."""
+def _checked_state(found: Checkpoint, configuration: dict) -> TrainingState:
+    """A checkpoint's TrainingState, refused when it belongs to another ``configuration``."""
     state = TrainingState(**{k: v for k, v in found.state.items() if k in TrainingState.__dataclass_fields__})
     differences = [
         f"{key} is {value} here but {state.configuration.get(key)} in the checkpoint"
@@ -344,6 +343,4 @@ def restore_training(found: Checkpoint, configuration: dict, net, trainer, ctx) 
             f"The checkpoint {found.path} belongs to another training configuration "
             f"({'; '.join(differences)}); remove it or give this job another checkpoint location"
         )
-    net.load_parameters(str(found.path / WEIGHTS), ctx=ctx)
-    trainer.load_states(str(found.path / OPTIMIZER))
     return state
