@@ -7,10 +7,9 @@ import json
 import re
 import shutil
 import signal
-import subprocess
 
 import pytest
-from trainjob import TRAIN, make_tree, quality, run_train
+from trainjob import BARE_ENV, make_tree, quality, run_train, start_train
 
 from semseg.train import checkpoint
 
@@ -100,13 +99,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.slow
 def test_sigterm_in_epoch_2_of_4_then_restart_trains_like_an_uninterrupted_run(uninterrupted, tmp_path):
     root = make_tree(tmp_path, **FOUR_EPOCHS)
-    process = subprocess.Popen(
-        [TRAIN],
-        env={"SAGEMAKER_BASE_DIR": str(root), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_train(root, env=BARE_ENV)
     first_part = ""
     for line in process.stdout:
         first_part += line

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from trainjob import TRAIN, make_tree, run_train
+from trainjob import make_tree, run_train, start_train
 
 from semseg import hyperparameters
 from semseg.data import pipe_mode
@@ -613,13 +613,7 @@ def test_the_train_command_fails_with_a_sentence_when_the_fifo_never_appears(tmp
 
 def test_sigterm_while_waiting_for_a_fifo_stops_the_job_promptly(tmp_path):
     root = pipe_tree(tmp_path)  # waits up to 600 s for train_0
-    process = subprocess.Popen(
-        [TRAIN],
-        env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_train(root)
     for line in process.stdout:
         if "LRScheduler setup" in line:  # the next step opens train_0
             break

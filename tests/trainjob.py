@@ -54,6 +54,21 @@ def make_tree(root: Path, train: int = 6, validation: int = 4, **hyperparameters
     return write_opt_ml_tree(root, train=train, validation=validation, hyperparameters={**TINY, **hyperparameters})
 
 
+BARE_ENV = {"PATH": "/usr/bin:/bin"}  # little more than SageMaker gives a container
+
+
+def start_train(root: Path, env: dict | None = None) -> subprocess.Popen:
+    """``train`` started on ``root``, its log to be read line by line from ``stdout``; ``env``, when
+    given, replaces the inherited environment."""
+    return subprocess.Popen(
+        [TRAIN],
+        env={**(os.environ if env is None else env), "SAGEMAKER_BASE_DIR": str(root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def run_train(root: Path, timeout: float = 300, env: dict | None = None) -> Job:
     result = subprocess.run(
         [TRAIN],
