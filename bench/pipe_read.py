@@ -97,11 +97,11 @@ def time_reader(data_dir: Path, data: bytes) -> tuple[float, float]:
 
 def time_epoch_stream(data_dir: Path, data: bytes) -> tuple[float, float]:
     from semseg.data.batch_loader import no_stop
-    from semseg.data.pipe_stream import EpochStream
+    from semseg.data.pipe_stream import EpochStream, StreamSettings
 
     writer, _ = start_writer(data_dir, "train", data)
     start, cpu = time.perf_counter(), time.process_time()
-    stream = EpochStream("train", 0, wait_seconds=60, shuffle_buffer=256, seed=0)
+    stream = EpochStream("train", 0, StreamSettings(wait_seconds=60, shuffle_buffer=256, seed=0))
     pairs = sum(1 for _ in stream.pairs(no_stop))
     stream.close(no_stop)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -175,7 +175,9 @@ def decoding_table(pairs: list[tuple[bytes, bytes]], workers_list: list[int]) ->
                 count = sum(images.shape[0] for images, _ in file_loader)
                 file_rate = 2 * count / (time.perf_counter() - start)
             writer, fifo = start_writer(data_dir, "train", b"".join(pair_stream(pairs)))
-            with pipe_mode.pipe_loader("train", hp, transform, table, 0, workers) as pipe_loader:
+            with pipe_mode.pipe_loader(
+                "train", hp, pipe_mode.StreamedPairs(transform, table), 0, workers
+            ) as pipe_loader:
                 start = time.perf_counter()
                 count = sum(images.shape[0] for images, _ in pipe_loader)
                 pipe_rate = 2 * count / (time.perf_counter() - start)

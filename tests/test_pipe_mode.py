@@ -108,7 +108,7 @@ def loader(split: str, hp: dict, workers: int = 0, stop_check=pipe_mode.no_stop)
     transform = (
         train_transform(hp["base_size"], hp["crop_size"]) if split == "train" else validation_transform(hp["crop_size"])
     )
-    return pipe_mode.pipe_loader(split, hp, transform, TABLE, hp["_seed"], workers, stop_check)
+    return pipe_mode.pipe_loader(split, hp, pipe_mode.StreamedPairs(transform, TABLE), hp["_seed"], workers, stop_check)
 
 
 def samples_per_epoch(data_loader, epochs: int) -> list[int]:

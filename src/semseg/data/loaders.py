@@ -84,7 +84,8 @@ def data_splits(
     for split in ("train", "validation"):
         if split in streamed:  # the stream's length is unknown: num_training_samples is the train size
             table = _lookup_table(hp, label_map.load(label_map_dir, split), split)
-            loaders[split] = pipe_mode.pipe_loader(split, hp, _transform(hp, split), table, seed, workers, stop_check)
+            pairs = pipe_mode.StreamedPairs(_transform(hp, split), table)
+            loaders[split] = pipe_mode.pipe_loader(split, hp, pairs, seed, workers, stop_check)
             sizes[split] = hp["num_training_samples"] if split == "train" else 0
             continue
         pairs = file_mode.find_pairs(paths.channel_dir(split), paths.channel_dir(f"{split}_annotation"))

@@ -26,6 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from ..sm_config import ChannelConfig
 from .batch_loader import BatchLoader, no_stop
 from .dataset import prepare_pair
 from .images import MASK_MODES, check_mask, describe, open_image, upright_size
-from .pipe_stream import SETTINGS, EpochStream, PairKey
+from .pipe_stream import SETTINGS, EpochStream, PairKey, StreamSettings
 from .transforms import Compose
 
 log = logging.getLogger(__name__)
@@ -144,14 +145,12 @@ class PipeBatchSampler:
         channel: str,
         batch_size: int,
         iterations: int | None,
-        seed: int,
-        wait_seconds: float,
-        shuffle_buffer: int,
+        settings: StreamSettings,
         stop_check: Callable[[], None] = no_stop,
     ):
         self.channel, self.batch_size, self.iterations = channel, batch_size, iterations
-        self.seed, self.wait_seconds, self.stop_check = seed, wait_seconds, stop_check
-        self.shuffle_buffer = shuffle_buffer if iterations is not None else 1
+        self.settings = settings if iterations is not None else replace(settings, shuffle_buffer=1)
+        self.stop_check = stop_check
         self.epoch = 0
         self.last_batches = 0
 
@@ -164,7 +163,7 @@ class PipeBatchSampler:
         out only after the FIFO is closed and the epoch reported: a consumer that stops after
         ``len()`` batches never leaves the FIFO open (SageMaker opens the next epoch's after it)."""
         epoch, self.epoch = self.epoch, self.epoch + 1
-        stream = EpochStream(self.channel, epoch, self.wait_seconds, self.shuffle_buffer, self.seed)
+        stream = EpochStream(self.channel, epoch, self.settings)
         wanted = None if self.iterations is None else self.iterations * self.batch_size
         batch: list[PairKey] = []
         pending: list[PairKey] | None = None
@@ -240,21 +239,14 @@ class PipeBatchSampler:
 
 
 def pipe_loader(
-    split: str,
-    hp: dict,
-    transform: Compose,
-    table: np.ndarray,
-    seed: int,
-    workers: int,
-    stop_check: Callable[[], None] = no_stop,
+    split: str, hp: dict, pairs: StreamedPairs, seed: int, workers: int, stop_check: Callable[[], None] = no_stop
 ) -> BatchLoader:
     """The loader of a streamed split, a drop-in for the File-mode one."""
     if split == "train":
         batch_size, iterations = hp["mini_batch_size"], max(1, hp["num_training_samples"] // hp["mini_batch_size"])
     else:
         batch_size, iterations = hp["validation_mini_batch_size"], None
-    sampler = PipeBatchSampler(
-        split, batch_size, iterations, seed, hp["_pipe_wait_seconds"], hp["_pipe_shuffle_buffer"], stop_check
-    )
+    settings = StreamSettings(hp["_pipe_wait_seconds"], hp["_pipe_shuffle_buffer"], seed)
+    sampler = PipeBatchSampler(split, batch_size, iterations, settings, stop_check)
     log.info("%s: streamed in Pipe mode from %s", split, paths.pipe_path(split, "<epoch>"))
-    return BatchLoader(StreamedPairs(transform, table), sampler, workers, stop_check=stop_check)
+    return BatchLoader(pairs, sampler, workers, stop_check=stop_check)

@@ -14,6 +14,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -49,6 +50,16 @@ def wait_for_fifo(path: Path, timeout: float, stopping: Callable[[], bool] = lam
     if stat.S_ISDIR(path.stat().st_mode):
         raise UserError(f"The Pipe-mode input {path} is a directory, not the FIFO SageMaker streams into")
     return True
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How a channel's stream is read: the wait for each epoch's FIFO (``_pipe_wait_seconds``), the
+    shuffle buffer (``_pipe_shuffle_buffer``; 1 keeps the stream's order) and the seed of its draws."""
+
+    wait_seconds: float
+    shuffle_buffer: int
+    seed: int
 
 
 class PairKey(NamedTuple):
@@ -88,12 +99,12 @@ _END = object()
 class EpochStream:
     """A reader thread over one epoch's FIFO: records -> pairs -> shuffle buffer -> bounded queue."""
 
-    def __init__(self, channel: str, epoch: int, wait_seconds: float, shuffle_buffer: int, seed: int):
+    def __init__(self, channel: str, epoch: int, settings: StreamSettings):
         self.channel, self.epoch = channel, epoch
         self.path = paths.pipe_path(channel, epoch)
         self.where = f"the '{channel}' channel, epoch {epoch}"
-        self.wait_seconds, self.shuffle_buffer = wait_seconds, shuffle_buffer
-        self.rng = random.Random(f"{seed}/{channel}/{epoch}")
+        self.wait_seconds, self.shuffle_buffer = settings.wait_seconds, settings.shuffle_buffer
+        self.rng = random.Random(f"{settings.seed}/{channel}/{epoch}")
         self.pairs_read = 0
         self.bytes_read = 0
         self.exhausted = False
