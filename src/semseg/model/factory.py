@@ -35,15 +35,16 @@ def build_network(
     crop_size: int,
     base_size: int = 520,
     aux: bool = True,
-    norm_layer=None,
-    norm_kwargs=None,
+    **norm,
 ) -> mx.gluon.HybridBlock:
-    """An uninitialised network whose graph is shaped for ``crop_size`` x ``crop_size`` inputs."""
+    """An uninitialised network whose graph is shaped for ``crop_size`` x ``crop_size`` inputs.
+
+    ``norm``: GluonCV's ``norm_layer`` and ``norm_kwargs``, to replace BatchNorm (``syncbn``).
+    """
     kwargs = dict(
         backbone=GLUONCV_BACKBONE[backbone], aux=aux, pretrained_base=False, crop_size=crop_size, base_size=base_size
     )
-    if norm_layer is not None:
-        kwargs.update(norm_layer=norm_layer, norm_kwargs=norm_kwargs or {})
+    kwargs.update(norm)
     with contextlib.redirect_stdout(io.StringIO()):  # PSPNet prints its crop size
         return _network_class(algorithm)(num_classes, **kwargs)
 
