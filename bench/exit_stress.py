@@ -61,10 +61,12 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="exit-stress-") as scratch:
             outcome = run_one(plan[i], Path(scratch), random.Random(seeds[i]), args.hang, args.cap, args.train.split())
         after = "-" if outcome.seconds_after_marker is None else f"{outcome.seconds_after_marker:.1f}"
+        sigterm = outcome.seconds_after_sigterm
+        sigterm = "" if sigterm is None else f", {sigterm:.1f} s after SIGTERM"
         print(
             f"run {i:3d} {outcome.scenario:15s} code {outcome.code!s:5s} exit {after:>6s} s after marker, "
             f"{outcome.total_seconds:6.1f} s in all"
-            f"{'' if outcome.seconds_after_sigterm is None else f', {outcome.seconds_after_sigterm:.1f} s after SIGTERM'}"
+            f"{sigterm}"
             f"{'  HUNG' if outcome.hung else ''}"
             f"{'' if passed(outcome, args.bound, args.stop_bound) else '  FAIL'}",
             flush=True,

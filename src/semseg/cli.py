@@ -24,7 +24,7 @@ EXIT_INTERNAL_ERROR = 2
 EXIT_STOPPED = 143
 
 
-def train_main(argv: list[str] | None = None) -> int:
+def train_main() -> int:
     """Run the training job described by the /opt/ml tree (``$SAGEMAKER_BASE_DIR``).
 
     With several hosts, ``distributed.start`` sets up the parameter server before mxnet is
@@ -75,7 +75,7 @@ def train_command() -> None:
     os._exit(train_main())
 
 
-def serve_main(argv: list[str] | None = None) -> int:
+def serve_main() -> int:
     """Run the model server (gunicorn + Flask) on ``$SAGEMAKER_BIND_TO_PORT`` or 8080."""
     from .server import run_server
 

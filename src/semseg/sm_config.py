@@ -44,7 +44,6 @@ class ChannelConfig:
     input_mode: str = "File"
     content_type: str | None = None
     record_wrapper: str = "None"
-    distribution: str = "FullyReplicated"
 
     @property
     def is_pipe(self) -> bool:
@@ -68,7 +67,6 @@ def read_input_data_config() -> dict[str, ChannelConfig]:
             input_mode=cfg.get("TrainingInputMode", "File"),
             content_type=cfg.get("ContentType"),
             record_wrapper=cfg.get("RecordWrapperType", "None"),
-            distribution=cfg.get("S3DistributionType", "FullyReplicated"),
         )
     return channels
 
@@ -77,7 +75,6 @@ def read_input_data_config() -> dict[str, ChannelConfig]:
 class ResourceConfig:
     current_host: str = "algo-1"
     hosts: list[str] = field(default_factory=lambda: ["algo-1"])
-    network_interface_name: str = "eth0"
 
 
 def read_resource_config() -> ResourceConfig:
@@ -89,7 +86,6 @@ def read_resource_config() -> ResourceConfig:
     return ResourceConfig(
         current_host=str(host),
         hosts=sorted(str(h) for h in hosts),
-        network_interface_name=str(data.get("network_interface_name") or "eth0"),
     )
 
 

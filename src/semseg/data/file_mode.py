@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import label_map
-from .images import MASK_MODES, open_image, upright_size
+from .images import check_mask, open_image, upright_size
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +90,7 @@ def _mask_histogram(sample: Sample) -> np.ndarray:
     with open_image(sample.image) as image:
         image_size = upright_size(image)
     with open_image(sample.mask) as mask:
-        if mask.mode not in MASK_MODES:
-            raise UserError(
-                f"The mask {sample.mask} has image mode {mask.mode}; masks must be single-channel 8-bit "
-                "PNGs (palette 'P' or grayscale 'L') whose pixel values are class ids"
-            )
-        if mask.size != image_size:
-            raise UserError(
-                f"The mask {sample.mask} is {mask.size[0]}x{mask.size[1]} but its image {sample.image} is "
-                f"{image_size[0]}x{image_size[1]}; a mask must have the size of its image"
-            )
+        check_mask(mask, str(sample.mask), image_size, str(sample.image))
         try:
             values = np.asarray(mask, dtype=np.uint8)
         except Exception as exc:

@@ -35,7 +35,7 @@ class MXNetEngine:
         self.input_size = input_size
         self.num_classes = hp["num_classes"]
         self.ctx = ctx
-        self.name = f"mxnet ({ctx.device_type}{':%d' % ctx.device_id if ctx.device_type == 'gpu' else ''})"
+        self.name = f"mxnet ({ctx.device_type}{f':{ctx.device_id}' if ctx.device_type == 'gpu' else ''})"
         params = weights_file(model_dir)
         net = build_network(hp["algorithm"], hp["backbone"], hp["num_classes"], input_size, hp["base_size"], aux=False)
         try:
