@@ -89,6 +89,11 @@ class EpochSampler:
         self._order, self.epoch = list(state["order"]), state["epoch"]
 
 
+def host_share(batch_size: int, rank: int, hosts: int) -> int:
+    """How many samples of a global batch of ``batch_size`` the host ``rank`` of ``hosts`` trains on."""
+    return len(range(rank, batch_size, hosts))
+
+
 class WorkerBatches:
     """This worker's share ``batch[rank::size]`` of each global batch of ``sampler``.
 

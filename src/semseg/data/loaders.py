@@ -72,8 +72,8 @@ def data_splits(
 ) -> Splits:
     """Each split from its directories (File mode) or its per-epoch FIFOs (Pipe mode).
 
-    In File mode this worker loads its ``shard`` of every global batch; in Pipe mode each host
-    reads its own stream (SageMaker shards it with ShardedByS3Key).
+    Each host loads its ``shard`` of every global batch: in File mode drawn from the whole dataset,
+    in Pipe mode read from its own stream (SageMaker shards it with ShardedByS3Key).
     """
     streamed = pipe_mode.check_channels(channels)
     _check_file_channels(channels, streamed)
@@ -85,7 +85,7 @@ def data_splits(
         if split in streamed:  # the stream's length is unknown: num_training_samples is the train size
             table = _lookup_table(hp, label_map.load(label_map_dir, split), split)
             pairs = pipe_mode.StreamedPairs(_transform(hp, split), table)
-            loaders[split] = pipe_mode.pipe_loader(split, hp, pairs, seed, workers, stop_check)
+            loaders[split] = pipe_mode.pipe_loader(split, hp, pairs, seed, workers, stop_check, shard)
             sizes[split] = hp["num_training_samples"] if split == "train" else 0
             continue
         pairs = file_mode.find_pairs(paths.channel_dir(split), paths.channel_dir(f"{split}_annotation"))

@@ -34,7 +34,7 @@ from .. import paths
 from ..errors import UserError
 from ..sm_config import ChannelConfig
 from .batch_loader import BatchLoader, no_stop
-from .dataset import prepare_pair
+from .dataset import host_share, prepare_pair
 from .images import MASK_MODES, check_mask, describe, open_image, upright_size
 from .pipe_stream import SETTINGS, EpochStream, PairKey, StreamSettings
 from .transforms import Compose
@@ -239,11 +239,30 @@ class PipeBatchSampler:
 
 
 def pipe_loader(
-    split: str, hp: dict, pairs: StreamedPairs, seed: int, workers: int, stop_check: Callable[[], None] = no_stop
+    split: str,
+    hp: dict,
+    pairs: StreamedPairs,
+    seed: int,
+    workers: int,
+    stop_check: Callable[[], None] = no_stop,
+    shard: tuple[int, int] = (0, 1),
 ) -> BatchLoader:
-    """The loader of a streamed split, a drop-in for the File-mode one."""
+    """The loader of a streamed split, a drop-in for the File-mode one.
+
+    ``mini_batch_size`` is the global batch, as in File mode: each of the ``shard[1]`` hosts reads
+    its share of it from its own stream (SageMaker gives each host its own FIFO).
+    """
     if split == "train":
-        batch_size, iterations = hp["mini_batch_size"], max(1, hp["num_training_samples"] // hp["mini_batch_size"])
+        batch_size = host_share(hp["mini_batch_size"], *shard)
+        iterations = max(1, hp["num_training_samples"] // hp["mini_batch_size"])
+        if shard[1] > 1:
+            log.info(
+                "train: this host reads batches of %d pairs from its stream, its share of mini_batch_size %d "
+                "over %d hosts",
+                batch_size,
+                hp["mini_batch_size"],
+                shard[1],
+            )
     else:
         batch_size, iterations = hp["validation_mini_batch_size"], None
     settings = StreamSettings(hp["_pipe_wait_seconds"], hp["_pipe_shuffle_buffer"], seed)

@@ -89,12 +89,12 @@ def train_one_epoch(
     batches = iter(loader)
     for i in range(progress.done, len(loader)):
         fetch_start = time.time()
-        try:
-            images, labels = next(batches)
-        except StopIteration:  # a Pipe-mode stream shorter than num_training_samples: a shorter epoch
-            break
+        batch = next(batches, None)  # None: a Pipe-mode stream shorter than num_training_samples
         waiting += time.time() - fetch_start
         training.stop.check()
+        if training.any_host(batch is None):  # every host ends a short epoch at the same iteration
+            break
+        images, labels = batch
         for number, device in enumerate(training.ctx, training.first_device):  # dropout
             mx.random.seed(derived_seed(hp["_seed"], "iteration", first_iteration + i) + number, ctx=device)
         learning_rate = training.schedule(first_iteration + i)
@@ -121,7 +121,7 @@ def evaluate(training: Training, loader, epoch: int) -> tuple[ConfusionMatrix, f
     matrix, samples, start = ConfusionMatrix(training.hp["num_classes"]), 0, time.time()
     window_start, window_samples = start, 0
     for i, (images, labels) in enumerate(loader):
-        training.stop.check()
+        training.stop.check_here()  # each host's validation stream may have its own length
         for x, y in zip(
             gluon.utils.split_and_load(images, training.ctx, even_split=False),
             gluon.utils.split_and_load(labels, training.ctx, even_split=False),
@@ -221,7 +221,7 @@ def run(stop: StopFlag, cluster=None) -> None:
     hp = setup.configure()
     seed_everything(hp["_seed"])
     rank, hosts = (cluster.rank, cluster.size) if cluster else (0, 1)
-    splits = data_splits(hp, sm_config.read_input_data_config(), hp["_seed"], stop.check, shard=(rank, hosts))
+    splits = data_splits(hp, sm_config.read_input_data_config(), hp["_seed"], stop.check_here, shard=(rank, hosts))
     try:
         stop.check()
         training = setup.build(hp, stop, cluster, splits.iterations_per_epoch)
@@ -237,7 +237,7 @@ def run(stop: StopFlag, cluster=None) -> None:
             splits.train_batches.sampler.restore(state.sampler)
         if cluster:
             training.kvstore = kvstore.create(training.net, training.ctx)
-            stop.agree = kvstore.any_worker(training.kvstore)
+            stop.agree = training.any_host = kvstore.any_worker(training.kvstore)
         setup_seconds = time.time() - start
         epochs_done = train_epochs(Run(training, splits, saver, state, stopping))
         stop.check()  # collective in a multi-host job: every host makes it

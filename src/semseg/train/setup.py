@@ -49,6 +49,7 @@ class Training:
     first_device: int = 0  # the job-wide number of ctx[0]: each device's dropout is seeded by its number
     writes_artifacts: bool = True  # only the first host writes model/ (SageMaker merges every host's)
     kvstore: Any = None  # a dist kvstore summing gradients over hosts
+    any_host: Callable[[bool], bool] = bool  # True on every host when any host says True (a collective)
 
 
 def configure() -> dict:
