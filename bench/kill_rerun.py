@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from exit_stress import start_hogs  # noqa: E402
+from exitjob import cpu_hogs  # noqa: E402
 from killjob import MOMENTS, KillOutcome, make_kill_tree, run_killed_then_rerun  # noqa: E402
 
 
@@ -32,10 +32,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    hogs = start_hogs(args.hogs)
     print(f"{args.runs} kill-and-rerun runs, {args.hogs} CPU hogs, {os.cpu_count()} cores", flush=True)
     outcomes: list[KillOutcome] = []
-    try:
+    with cpu_hogs(args.hogs):
         for i in range(args.runs):
             moment = MOMENTS[i % len(MOMENTS)]
             with tempfile.TemporaryDirectory(prefix="kill-rerun-") as scratch:
@@ -48,10 +47,6 @@ def main() -> int:
                 f"resumed from {outcome.resumed_from or '-'}",
                 flush=True,
             )
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
     print()
     print(f"{'moment':11s} {'runs':>5s} {'killed':>7s} {'left':>5s} {'broken':>7s} {'rerun ok':>9s} {'resumed':>8s}")
     for moment in (*MOMENTS, "all"):
