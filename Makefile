@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: install demo test test-fast test-container bench clean image-cpu image-gpu docker-train docker-serve
+.PHONY: install demo lint test test-fast test-container bench clean image-cpu image-gpu docker-train docker-serve
 
 install: $(BIN)/train
 
@@ -17,6 +17,13 @@ $(BIN)/train: pyproject.toml constraints.txt
 
 demo: install
 	$(BIN)/semseg demo --workdir demo
+
+# ruff's lint rules and formatting, as configured in pyproject.toml.
+LINTED := src serve tests bench container
+
+lint: install
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 test: install
 	$(BIN)/pytest -q

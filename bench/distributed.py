@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from clusterjob import free_port_pair  # noqa: E402
+from ports import free_port  # noqa: E402
 
 TRAIN = str(Path(sys.executable).parent / "train")
 HOSTS = ("algo-1", "algo-2")
@@ -61,7 +61,7 @@ def tree(root: Path, hosts: list[str], host: str, args, port: int) -> Path:
 
 
 def run_hosts(base: Path, hosts: list[str], args, threads: int | None) -> list[float]:
-    port = free_port_pair()
+    port = free_port(2)
     env = {**os.environ, "SEMSEG_HOST_ADDRESSES": ",".join(f"{h}=127.0.0.1" for h in hosts)}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -27,12 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from exitjob import SCENARIOS, Outcome, passed, run_one  # noqa: E402
+from exitjob import SCENARIOS, Outcome, cpu_hogs, passed, run_one  # noqa: E402
 from trainjob import TRAIN  # noqa: E402
-
-
-def start_hogs(count: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
 
 
 def main() -> int:
@@ -50,7 +45,6 @@ def main() -> int:
     rng = random.Random(args.seed)
     plan = [SCENARIOS[i % len(SCENARIOS)] for i in range(args.runs)]
     seeds = [rng.randrange(2**31) for _ in plan]
-    hogs = start_hogs(args.hogs)
     print(
         f"{args.runs} runs, {args.parallel} at a time, {args.hogs} CPU hogs, {os.cpu_count()} cores; "
         f"bound {args.bound:g} s after the end marker",
@@ -61,23 +55,20 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="exit-stress-") as scratch:
             outcome = run_one(plan[i], Path(scratch), random.Random(seeds[i]), args.hang, args.cap, args.train.split())
         after = "-" if outcome.seconds_after_marker is None else f"{outcome.seconds_after_marker:.1f}"
+        sigterm = outcome.seconds_after_sigterm
+        sigterm = "" if sigterm is None else f", {sigterm:.1f} s after SIGTERM"
         print(
             f"run {i:3d} {outcome.scenario:15s} code {outcome.code!s:5s} exit {after:>6s} s after marker, "
             f"{outcome.total_seconds:6.1f} s in all"
-            f"{'' if outcome.seconds_after_sigterm is None else f', {outcome.seconds_after_sigterm:.1f} s after SIGTERM'}"
+            f"{sigterm}"
             f"{'  HUNG' if outcome.hung else ''}"
             f"{'' if passed(outcome, args.bound, args.stop_bound) else '  FAIL'}",
             flush=True,
         )
         return outcome
 
-    try:
-        with ThreadPoolExecutor(args.parallel) as pool:
-            outcomes = list(pool.map(one, range(args.runs)))
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
+    with cpu_hogs(args.hogs), ThreadPoolExecutor(args.parallel) as pool:
+        outcomes = list(pool.map(one, range(args.runs)))
     print()
     print(f"{'scenario':15s} {'runs':>5s} {'in bound':>9s} {'hung':>5s} {'bad code':>9s} {'slowest exit (s)':>17s}")
     for scenario in (*SCENARIOS, "all"):

@@ -49,8 +49,8 @@ os.environ["OMP_NUM_THREADS"] = _threads_argument(sys.argv) or str(len(os.sched_
 import mxnet as mx  # noqa: E402 - after OMP_NUM_THREADS
 import numpy as np  # noqa: E402
 
-from semseg.inference.onnx_engine import available_cores, cpu_session
-from semseg.model.export import Probabilities, export_block
+from semseg.inference.onnx_engine import available_cores, cpu_session  # noqa: E402 (imports mxnet)
+from semseg.model.export import Probabilities, export_block  # noqa: E402
 
 TORCHVISION_MODEL = {"fcn": "fcn_resnet50", "deeplab": "deeplabv3_resnet50"}
 LABEL = {"fcn": "FCN-ResNet50", "deeplab": "DeepLabV3-ResNet50"}
@@ -176,7 +176,8 @@ def main() -> None:
         f"median and (min) seconds"
     )
     print(
-        f"# mxnet {mx.__version__} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}), onnxruntime {__import__('onnxruntime').__version__}, torchvision python: "
+        f"# mxnet {mx.__version__} (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}), "
+        f"onnxruntime {__import__('onnxruntime').__version__}, torchvision python: "
         f"{args.torch_python if have_torch else 'not found, column skipped'}"
     )
     header = (
@@ -217,10 +218,10 @@ def main() -> None:
             med = {k: statistics.median(v) for k, v in times.items()}
             low = {k: min(v) for k, v in times.items()}
 
-            def cell(name):
+            def cell(name, med=med, low=low):
                 return f"{med[name]:.3f} ({low[name]:.3f})" if name in med else "-"
 
-            def ratio(a, b):
+            def ratio(a, b, med=med, low=low):
                 if a not in med or b not in med:
                     return "-"
                 return f"{med[a] / med[b]:.2f} ({low[a] / low[b]:.2f})"

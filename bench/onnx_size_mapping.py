@@ -39,6 +39,7 @@ from semseg.inference.predictor import Predictor
 from semseg.inference.settings import ServingSettings
 from semseg.model import artifacts, export
 from semseg.model.factory import build_network
+from semseg.model.size import inference_size
 from semseg.train.metrics import ConfusionMatrix
 
 HELD_OUT_SIZES = ((96, 96), (160, 112), (240, 180), (320, 240), (500, 375), (75, 50), (64, 192), (300, 100))
@@ -96,7 +97,7 @@ def main() -> None:
         hp = artifacts.read_hyperparameters(model_dir)
         if not (model_dir / export.ONNX_FILE).exists():  # model dirs from before the loop exported
             export.export_onnx(hp, model_dir)
-        size = export.export_size(hp)
+        size = inference_size(hp)
         how = (
             "reused the model trained before"
             if trained

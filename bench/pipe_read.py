@@ -54,11 +54,13 @@ def _one_epoch(data: bytes, epoch: int):
 
 
 def start_writer(data_dir: Path, channel: str, data: bytes):
+    """A process feeding ``data`` as epoch 0 of ``channel``, and the FIFO it feeds."""
+    from semseg import paths
     from semseg.data.pipe_feed import feed_channel
 
     writer = FORK.Process(target=feed_channel, args=(data_dir, channel, 1, functools.partial(_one_epoch, data)))
     writer.start()
-    return writer
+    return writer, data_dir / paths.pipe_name(channel, 0)
 
 
 def children_cpu() -> float:
@@ -67,25 +69,25 @@ def children_cpu() -> float:
 
 
 def time_cat(data_dir: Path, data: bytes) -> tuple[float, float]:
-    writer = start_writer(data_dir, "cat", data)
-    while not (data_dir / "cat_0").exists():
+    writer, fifo = start_writer(data_dir, "cat", data)
+    while not fifo.exists():
         time.sleep(0.001)
     start, cpu = time.perf_counter(), children_cpu()
-    subprocess.run(["cat", str(data_dir / "cat_0")], stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(["cat", str(fifo)], stdout=subprocess.DEVNULL, check=True)
     seconds, cpu = time.perf_counter() - start, children_cpu() - cpu  # the writer is not reaped yet
     writer.join()
     return seconds, cpu
 
 
 def time_reader(data_dir: Path, data: bytes) -> tuple[float, float]:
-    from semseg.data.pipe_mode import READ_BUFFER
+    from semseg.data.pipe_stream import READ_BUFFER
     from semseg.data.recordio import read_records
 
-    writer = start_writer(data_dir, "reader", data)
-    while not (data_dir / "reader_0").exists():
+    writer, fifo = start_writer(data_dir, "reader", data)
+    while not fifo.exists():
         time.sleep(0.001)
     start, cpu = time.perf_counter(), time.process_time()
-    with open(data_dir / "reader_0", "rb", buffering=READ_BUFFER) as stream:
+    with open(fifo, "rb", buffering=READ_BUFFER) as stream:
         total = sum(len(record.payload) for record in read_records(stream))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     writer.join()
@@ -94,11 +96,12 @@ def time_reader(data_dir: Path, data: bytes) -> tuple[float, float]:
 
 
 def time_epoch_stream(data_dir: Path, data: bytes) -> tuple[float, float]:
-    from semseg.data.pipe_mode import EpochStream, no_stop
+    from semseg.data.batch_loader import no_stop
+    from semseg.data.pipe_stream import EpochStream, StreamSettings
 
-    writer = start_writer(data_dir, "train", data)
+    writer, _ = start_writer(data_dir, "train", data)
     start, cpu = time.perf_counter(), time.process_time()
-    stream = EpochStream("train", 0, wait_seconds=60, shuffle_buffer=256, seed=0)
+    stream = EpochStream("train", 0, StreamSettings(wait_seconds=60, shuffle_buffer=256, seed=0))
     pairs = sum(1 for _ in stream.pairs(no_stop))
     stream.close(no_stop)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -171,13 +174,15 @@ def decoding_table(pairs: list[tuple[bytes, bytes]], workers_list: list[int]) ->
                 start = time.perf_counter()
                 count = sum(images.shape[0] for images, _ in file_loader)
                 file_rate = 2 * count / (time.perf_counter() - start)
-            writer = start_writer(data_dir, "train", b"".join(pair_stream(pairs)))
-            with pipe_mode.pipe_loader("train", hp, transform, table, 0, workers) as pipe_loader:
+            writer, fifo = start_writer(data_dir, "train", b"".join(pair_stream(pairs)))
+            with pipe_mode.pipe_loader(
+                "train", hp, pipe_mode.StreamedPairs(transform, table), 0, workers
+            ) as pipe_loader:
                 start = time.perf_counter()
                 count = sum(images.shape[0] for images, _ in pipe_loader)
                 pipe_rate = 2 * count / (time.perf_counter() - start)
             writer.join()
-            os.unlink(data_dir / "train_0")
+            os.unlink(fifo)
             print(f"{'File mode (PairDataset)':28s} {workers:7d} {file_rate:10.1f} {1.0:12.2f}")
             print(f"{'Pipe mode (StreamedPairs)':28s} {workers:7d} {pipe_rate:10.1f} {pipe_rate / file_rate:12.2f}")
 

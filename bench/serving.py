@@ -69,10 +69,10 @@ def latency_table(root: Path, size: int, repeats: int, bodies: dict, logs: Path)
         for (width, height), body in bodies.items():
             served = []
 
-            def local():
+            def local(body=body):
                 return b"".join(codecs.invoke(predictor, body, "image/jpeg", "image/png", "image/png").chunks)
 
-            def remote():
+            def remote(body=body, served=served):
                 started = time.perf_counter()
                 answer = server.invoke(body)
                 assert answer.status_code == 200, answer.text

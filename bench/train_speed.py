@@ -22,9 +22,12 @@ from mxnet import gluon
 
 def measure(algorithm: str, steps: int, crop: int, batch: int, workers: int) -> tuple[float, float]:
     from semseg import hyperparameters
+    from semseg.data.loaders import data_splits
     from semseg.model.factory import build_from_hyperparameters
+    from semseg.model.weights import initial_weights
     from semseg.train import loop
     from semseg.train.optim import lr_schedule, optimizer_settings
+    from semseg.train.setup import Training, make_criterion
     from semseg.train.stop import StopFlag
 
     hp = hyperparameters.parse(
@@ -40,20 +43,17 @@ def measure(algorithm: str, steps: int, crop: int, batch: int, workers: int) -> 
             "_logging_frequency": "1000",
         }
     )
-    splits = loop.data_splits(hp, {}, seed=0)
+    splits = data_splits(hp, {}, seed=0)
     ctx = [mx.cpu()]
     net = build_from_hyperparameters(hp)
-    loop.initial_weights(net, hp, ctx)
+    initial_weights(net, hp, ctx)
     net.hybridize(static_alloc=True, static_shape=True)
     name, settings = optimizer_settings(hp)
     trainer = gluon.Trainer(net.collect_params(), name, settings)
-    schedule = lr_schedule(hp, steps)
-    stop = StopFlag()
+    training = Training(hp, net, make_criterion(hp), trainer, ctx, lr_schedule(hp, steps), StopFlag(), "algo-1")
     with closing(splits):
-        loop.train_one_epoch(net, loop.make_criterion(hp), trainer, splits.train_loader, ctx, schedule, 0, 0, hp, stop)
-        stats = loop.train_one_epoch(
-            net, loop.make_criterion(hp), trainer, splits.train_loader, ctx, schedule, 1, steps, hp, stop
-        )
+        loop.train_one_epoch(training, splits.train_loader, 0, 0)
+        stats = loop.train_one_epoch(training, splits.train_loader, 1, steps)
     return stats.throughput, stats.data_wait
 
 

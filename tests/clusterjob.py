@@ -8,28 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
 import subprocess
 from pathlib import Path
 
 from trainjob import TRAIN, Job, make_tree
 
 HOSTS = ("algo-1", "algo-2")
-
-
-def free_port_pair() -> int:
-    """A port p such that p and p + 1 (scheduler and control channel) are both free on 127.0.0.1."""
-    for _ in range(100):
-        port = random.randrange(20000, 60000)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair")
 
 
 def make_cluster(base: Path, port: int, **hyperparameters) -> list[Path]:

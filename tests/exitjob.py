@@ -12,7 +12,10 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,3 +135,15 @@ def passed(outcome: Outcome, bound: float, stop_bound: float) -> bool:
         and outcome.seconds_after_marker <= bound
         and (after_sigterm is None or after_sigterm <= stop_bound)
     )
+
+
+@contextmanager
+def cpu_hogs(count: int) -> Iterator[None]:
+    """``count`` busy processes for the duration, so that timing is not that of an idle machine."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()

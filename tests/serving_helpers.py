@@ -8,7 +8,6 @@ import importlib
 import io
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import requests
 from PIL import Image
+from ports import free_port
 
 from semseg.sample_data import make_pair, write_opt_ml_tree
 
@@ -38,12 +38,6 @@ def trained_model(cache: Path, algorithm: str) -> Path:
         done = subprocess.run([str(BIN / "train")], env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return root
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

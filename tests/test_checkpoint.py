@@ -7,12 +7,10 @@ import json
 import re
 import shutil
 import signal
-import subprocess
 
 import pytest
-from trainjob import TRAIN, make_tree, run_train
+from trainjob import BARE_ENV, make_tree, quality, run_train, start_train
 
-from semseg.logs import METRIC_REGEXES
 from semseg.train import checkpoint
 
 # Four epochs of two iterations; every run in this file uses these settings.
@@ -80,10 +78,6 @@ def test_the_local_path_of_checkpointconfig_is_used(opt_ml):
     assert (opt_ml / "elsewhere" / "algo-1-00001-0000000" / "MANIFEST.json").is_file()
 
 
-def quality(log: str) -> dict[str, list[float]]:
-    return {name: [float(v) for v in re.findall(regex, log)] for name, regex in METRIC_REGEXES.items()}
-
-
 def assert_same_epochs(got: dict, expected: dict, epochs: slice) -> None:
     """Training resumes bit for bit: the same samples, augmentations, dropout masks, weights and
     optimizer state give the same training loss to float precision. Validation metrics are
@@ -105,13 +99,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.slow
 def test_sigterm_in_epoch_2_of_4_then_restart_trains_like_an_uninterrupted_run(uninterrupted, tmp_path):
     root = make_tree(tmp_path, **FOUR_EPOCHS)
-    process = subprocess.Popen(
-        [TRAIN],
-        env={"SAGEMAKER_BASE_DIR": str(root), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_train(root, env=BARE_ENV)
     first_part = ""
     for line in process.stdout:
         first_part += line

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clusterjob import finish, free_port_pair, make_cluster, start_host
+from clusterjob import finish, make_cluster, start_host
 from conftest import save_mask
-from trainjob import make_tree, run_train
+from ports import free_port
+from trainjob import make_tree, quality, run_train
 
-from semseg.data.dataset import EpochSampler
+from semseg.data.dataset import EpochSampler, WorkerBatches
 from semseg.errors import UserError
-from semseg.logs import METRIC_REGEXES
 from semseg.train import distributed
 
 
@@ -31,7 +31,7 @@ def test_host_addresses_come_from_the_override(monkeypatch):
 
 def test_workers_share_each_global_batch_and_resume_mid_epoch():
     def batches(rank: int, size: int, epochs: int, resume_at: int = 0) -> list:
-        worker = distributed.WorkerBatches(EpochSampler(10, 4, 3, seed=7), rank, size)
+        worker = WorkerBatches(EpochSampler(10, 4, 3, seed=7), rank, size)
         drawn = []
         for epoch in range(epochs):
             if epoch == epochs - 1 and resume_at:
@@ -48,14 +48,10 @@ def test_workers_share_each_global_batch_and_resume_mid_epoch():
     assert batches(0, 1, 2, resume_at=2)[1] == one_host[1][2:]
 
 
-def quality(log: str) -> dict[str, list[float]]:
-    return {name: [float(v) for v in re.findall(regex, log)] for name, regex in METRIC_REGEXES.items()}
-
-
 @pytest.mark.slow
 def test_two_hosts_train_like_one_host_with_two_devices(tmp_path):
     hyperparameters = {"epochs": "2", "_logging_frequency": "1"}
-    roots = make_cluster(tmp_path / "cluster", free_port_pair(), **hyperparameters)
+    roots = make_cluster(tmp_path / "cluster", free_port(2), **hyperparameters)
     processes = [start_host(root) for root in roots]
     first, second = [finish(root, process, timeout=400) for root, process in zip(roots, processes)]
     assert first.returncode == 0, first.log[-3000:]
@@ -109,7 +105,7 @@ def processes_of(root: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_a_killed_host_fails_the_job_on_every_host(tmp_path):
-    roots = make_cluster(tmp_path, free_port_pair(), epochs="50", _logging_frequency="1")
+    roots = make_cluster(tmp_path, free_port(2), epochs="50", _logging_frequency="1")
     processes = [start_host(root) for root in roots]
     deadline = time.time() + 300
     while "#progress_notice. epoch: 0, iterations: 1" not in (roots[1] / "train.log").read_text():
@@ -126,7 +122,7 @@ def test_a_killed_host_fails_the_job_on_every_host(tmp_path):
 
 @pytest.mark.slow
 def test_a_host_with_bad_data_fails_the_job_on_every_host(tmp_path):
-    roots = make_cluster(tmp_path, free_port_pair())
+    roots = make_cluster(tmp_path, free_port(2))
     save_mask(roots[1] / "input" / "data" / "train_annotation" / "0001.png", np.zeros((10, 10)))
     processes = [start_host(root) for root in roots]
     first, second = [finish(root, process, timeout=300) for root, process in zip(roots, processes)]

@@ -7,11 +7,9 @@ not that of an idle machine. The long form (50 runs beside a hog per core) is in
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 
 import pytest
-from exitjob import Outcome, passed, run_one
+from exitjob import Outcome, cpu_hogs, passed, run_one
 
 BOUND_S = 10.0  # from the end marker (the #metrics line, the SIGTERM notice, the failure file) to exit
 STOP_BOUND_S = 60.0  # from SIGTERM to exit, one training step and a checkpoint included, on a loaded machine
@@ -19,10 +17,8 @@ STOP_BOUND_S = 60.0  # from SIGTERM to exit, one training step and a checkpoint 
 
 @pytest.fixture(scope="module")
 def cpu_hog():
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    yield
-    hog.kill()
-    hog.wait()
+    with cpu_hogs(1):
+        yield
 
 
 def describe(outcome: Outcome) -> str:

@@ -87,3 +87,28 @@ def test_images_of_any_mode_decode_to_rgb(tmp_path, mode):
         save_image(path, 7, 5, mode=mode)
     rgb = images.read_rgb(path)
     assert rgb.shape == (5, 7, 3) and rgb.dtype == np.uint8
+
+
+def test_pillow_limits_are_set_at_import_and_left_alone_while_decoding(tmp_path, monkeypatch):
+    """Images are opened in threads: a global changed around each open would leak between them."""
+    from PIL import ImageFile
+
+    path = save_image(tmp_path / "a.png", 20, 10)
+    assert Image.MAX_IMAGE_PIXELS is None and ImageFile.LOAD_TRUNCATED_IMAGES is False
+    seen_while_opening = []
+    real_open = Image.open
+
+    def watching_open(*args, **kwargs):
+        seen_while_opening.append((Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES))
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", watching_open)
+    assert images.read_rgb(path).shape == (10, 20, 3)
+    assert images.read_mask(save_mask(tmp_path / "a_mask.png", np.zeros((10, 20)))).shape == (10, 20)
+    assert seen_while_opening == [(None, False), (None, False)]
+    assert Image.MAX_IMAGE_PIXELS is None and ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_an_image_over_the_callers_limit_is_refused_from_its_header(tmp_path):
+    with pytest.raises(images.ImageTooLarge, match="20x10 pixels, more than the limit of 199 pixels"):
+        images.open_image(save_image(tmp_path / "a.png", 20, 10), max_pixels=199)

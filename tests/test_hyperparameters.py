@@ -152,3 +152,24 @@ def test_readme_metric_definitions_are_the_ones_the_code_matches():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for name, regex in METRIC_REGEXES.items():
         assert f"| `{name}` | `{regex}` |" in readme
+
+
+def test_readme_defaults_are_the_table_defaults():
+    """Every default the README's Hyperparameters section states is the table's, and every public
+    hyperparameter with a default is stated there."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### Hyperparameters", 1)[1].split("\n#", 1)[0]
+    stated = {}
+    for names, inside in re.findall(r"((?:`\w+`/)*`\w+`)\s+\(([^)]*)\)", section):  # `name` (default, ...)
+        if not inside.startswith("e.g.") and ".." not in inside:
+            default = inside.split("default ")[1] if "default " in inside else re.split(r"[,;]", inside)[0]
+            stated.update({name: default.strip() for name in re.findall(r"`(\w+)`", names)})
+    stated.update(dict(re.findall(r"`(_\w+)` (\d[\d.]*)", section)))  # internal keys: `_name` default
+    for name, default in stated.items():
+        assert hyperparameters.to_string(hyperparameters.TABLE[name].default) == default, name
+    public = {name for name, spec in hyperparameters.TABLE.items() if not name.startswith("_")}
+    with_default = {name for name in public if hyperparameters.TABLE[name].default is not None}
+    assert with_default - {"precision_dtype"} <= set(stated)

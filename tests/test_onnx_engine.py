@@ -23,6 +23,7 @@ from semseg.inference.onnx_engine import OnnxEngine, intra_op_threads
 from semseg.inference.predictor import Predictor
 from semseg.inference.settings import ServingSettings, from_environment
 from semseg.model import artifacts, export
+from semseg.model.size import inference_size
 
 pytestmark = pytest.mark.slow
 
@@ -42,14 +43,14 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engines(trained):
     _, model_dir, hp = trained
-    size = export.export_size(hp)
+    size = inference_size(hp)
     return OnnxEngine(model_dir / export.ONNX_FILE, threads=1), MXNetEngine(hp, model_dir, size, ctx=mx.cpu())
 
 
 def test_onnx_runtime_is_chosen_when_the_export_fits(trained, caplog):
     _, model_dir, hp = trained
     with caplog.at_level(logging.INFO, logger="semseg"):
-        engine = load_engine(model_dir, hp, export.export_size(hp))
+        engine = load_engine(model_dir, hp, inference_size(hp))
     assert isinstance(engine, OnnxEngine) and engine.name.startswith("onnxruntime (cpu")
     assert engine.num_classes == hp["num_classes"]
     assert "Engine: onnxruntime (cpu" in caplog.text
@@ -67,7 +68,7 @@ def test_mxnet_serves_when_the_export_is_missing_damaged_or_of_another_size(trai
     _, model_dir, hp = trained
     copy = tmp_path / "model"
     shutil.copytree(model_dir, copy)
-    size = export.export_size(hp)
+    size = inference_size(hp)
     if case == "no export":
         (copy / export.ONNX_FILE).unlink()
     elif case == "damaged export":

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from trainjob import make_tree, run_train, start_train
 
 from semseg import hyperparameters
 from semseg.data import pipe_mode
@@ -107,7 +108,7 @@ def loader(split: str, hp: dict, workers: int = 0, stop_check=pipe_mode.no_stop)
     transform = (
         train_transform(hp["base_size"], hp["crop_size"]) if split == "train" else validation_transform(hp["crop_size"])
     )
-    return pipe_mode.pipe_loader(split, hp, transform, TABLE, hp["_seed"], workers, stop_check)
+    return pipe_mode.pipe_loader(split, hp, pipe_mode.StreamedPairs(transform, TABLE), hp["_seed"], workers, stop_check)
 
 
 def samples_per_epoch(data_loader, epochs: int) -> list[int]:
@@ -295,8 +296,8 @@ def test_rgb_mask_after_an_rgb_image(base_dir, feed):
     ((image, _),) = sample_pairs(1)
     records = [image, image]
     assert decode_error(feed, records) == (
-        f"In the 'train' channel, epoch 0, the mask record 1 (byte offset {offsets(records)[1]}) is a JPEG of mode RGB; "
-        "masks must be single-channel 8-bit PNGs (palette 'P' or grayscale 'L') whose pixel values are class ids"
+        f"In the 'train' channel, epoch 0, the mask record 1 (byte offset {offsets(records)[1]}) is a JPEG of mode "
+        "RGB; masks must be single-channel 8-bit PNGs (palette 'P' or grayscale 'L') whose pixel values are class ids"
     )
 
 
@@ -328,18 +329,18 @@ def test_accepted_pipe_settings_mix_with_file_mode_channels(base_dir):
     [
         (
             pipe("train", record_wrapper="None", content_type="application/x-recordio"),
-            "The 'train' channel is in Pipe mode with RecordWrapperType None, so images and masks cannot be told apart in "
-            f"the stream; {SETTINGS}",
+            "The 'train' channel is in Pipe mode with RecordWrapperType None, so images and masks cannot be told "
+            f"apart in the stream; {SETTINGS}",
         ),
         (
             pipe("validation", content_type="image/jpeg"),
-            f"The 'validation' channel is in Pipe mode with ContentType image/jpeg, which this algorithm does not read; "
-            f"{SETTINGS}",
+            "The 'validation' channel is in Pipe mode with ContentType image/jpeg, which this algorithm does not "
+            f"read; {SETTINGS}",
         ),
         (
             ChannelConfig("train", content_type="application/x-recordio"),
-            "The 'train' channel is in File mode with RecordIO data and has no 'train_annotation' channel; to train from "
-            f"an augmented manifest, {SETTINGS}",
+            "The 'train' channel is in File mode with RecordIO data and has no 'train_annotation' channel; to train "
+            f"from an augmented manifest, {SETTINGS}",
         ),
         (
             pipe("label_map"),
@@ -431,30 +432,14 @@ def test_peak_memory_does_not_grow_with_the_stream_length(tmp_path):
 
 # The `train` command in Pipe mode, as SageMaker runs it.
 
-TRAIN = str(Path(sys.executable).parent / "train")
-TINY = {
-    "crop_size": "32",
-    "base_size": "48",
+PIPE_RUN = {  # beyond trainjob.TINY: two epochs of two iterations of 4, every iteration logged
     "epochs": "2",
     "mini_batch_size": "4",
     "num_training_samples": "8",
-    "validation_mini_batch_size": "4",
     "_workers": "1",
     "_logging_frequency": "1",
 }
 METRIC = r"#quality_metric\. host: algo-1, epoch: (\d+), validation {}: ([0-9.e+-]+) \."
-
-
-def run_train(root: Path) -> tuple[int, str]:
-    result = subprocess.run(
-        [TRAIN],
-        env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=300,
-    )
-    return result.returncode, result.stdout
 
 
 def to_pipe_mode(root: Path, channels: dict[str, str]) -> dict[str, list[tuple[bytes, bytes]]]:
@@ -520,23 +505,24 @@ def stop_feeders(writers: list) -> list[int | None]:
 @pytest.fixture(scope="module")
 def file_and_pipe_runs(tmp_path_factory):
     """The same synthetic dataset and hyperparameters, trained through File mode and through Pipe mode."""
-    file_root = write_opt_ml_tree(tmp_path_factory.mktemp("file"), train=8, validation=4, hyperparameters=TINY)
-    pipe_root = write_opt_ml_tree(tmp_path_factory.mktemp("pipe"), train=8, validation=4, hyperparameters=TINY)
+    file_root = make_tree(tmp_path_factory.mktemp("file"), train=8, validation=4, **PIPE_RUN)
+    pipe_root = make_tree(tmp_path_factory.mktemp("pipe"), train=8, validation=4, **PIPE_RUN)
     streams = to_pipe_mode(pipe_root, {"train": "application/x-recordio", "validation": "application/x-image"})
     file_run = run_train(file_root)
     writers = start_feeders(pipe_root, streams, epochs=2)
     pipe_run = run_train(pipe_root)
     assert stop_feeders(writers) == [0, 0]
-    return (file_root, *file_run), (pipe_root, *pipe_run)
+    return file_run, pipe_run
 
 
 @pytest.mark.slow
 def test_pipe_mode_trains_like_file_mode(file_and_pipe_runs):
-    (file_root, file_code, file_log), (pipe_root, pipe_code, pipe_log) = file_and_pipe_runs
-    assert file_code == 0, file_log[-3000:]
-    assert pipe_code == 0, pipe_log[-3000:]
-    for root in (file_root, pipe_root):
-        assert sorted(p.name for p in (root / "model").iterdir()) == [
+    file_run, pipe_run = file_and_pipe_runs
+    file_log, pipe_log = file_run.log, pipe_run.log
+    assert file_run.returncode == 0, file_log[-3000:]
+    assert pipe_run.returncode == 0, pipe_log[-3000:]
+    for run in (file_run, pipe_run):
+        assert sorted(p.name for p in run.model_dir.iterdir()) == [
             "hyperparams.json",
             "model.onnx",
             "model_algo-1",
@@ -556,7 +542,7 @@ def test_pipe_mode_trains_like_file_mode(file_and_pipe_runs):
         assert file_values.keys() == pipe_values.keys() == {0, 1}
         for epoch in file_values:
             assert abs(file_values[epoch] - pipe_values[epoch]) <= 0.1, (name, file_values, pipe_values)
-    report = json.loads((pipe_root / "output" / "data" / "metrics.json").read_text())
+    report = json.loads((pipe_run.root / "output" / "data" / "metrics.json").read_text())
     assert [entry["epoch"] for entry in report["history"]] == [0, 1]
 
 
@@ -565,13 +551,13 @@ def test_pipe_train_with_file_validation_label_map_incremental_training_and_earl
     file_and_pipe_runs, tmp_path
 ):
     """Every File-mode feature around a Pipe-mode train channel: the features are the loop's, not the mode's."""
-    _, (pipe_root, _, _) = file_and_pipe_runs
-    root = write_opt_ml_tree(
+    _, pipe_run = file_and_pipe_runs
+    root = make_tree(
         tmp_path,
         train=8,
         validation=4,
-        hyperparameters={
-            **TINY,
+        **{
+            **PIPE_RUN,
             "epochs": "4",
             "learning_rate": "0.000001",
             "early_stopping": "True",
@@ -590,12 +576,13 @@ def test_pipe_train_with_file_validation_label_map_incremental_training_and_earl
     (root / "input" / "data" / "label_map" / "train_label_map.json").write_text('{"scale": 10}')
     (root / "input" / "data" / "model").mkdir()
     subprocess.run(
-        ["tar", "-czf", str(root / "input" / "data" / "model" / "model.tar.gz"), "-C", str(pipe_root / "model"), "."],
+        ["tar", "-czf", str(root / "input" / "data" / "model" / "model.tar.gz"), "-C", str(pipe_run.model_dir), "."],
         check=True,
     )
     writers = start_feeders(root, streams, epochs=4)
-    code, log = run_train(root)
+    job = run_train(root)
     stop_feeders(writers)
+    code, log = job.returncode, job.log
     assert code == 0, log[-3000:]
     assert "#label_map train :{'scale': 10}" in log, log[-3000:]
     assert "Incremental training: initializing all weights from model_best.params" in log
@@ -609,17 +596,16 @@ def test_pipe_train_with_file_validation_label_map_incremental_training_and_earl
 
 def pipe_tree(root: Path, **hyperparameters) -> Path:
     """A tree whose train and validation channels are in Pipe mode, with no writer: the FIFOs never come."""
-    write_opt_ml_tree(root, train=2, validation=2, hyperparameters={**TINY, **hyperparameters})
+    make_tree(root, train=2, validation=2, **{**PIPE_RUN, **hyperparameters})
     to_pipe_mode(root, {"train": "application/x-recordio", "validation": "application/x-recordio"})
     return root
 
 
 def test_the_train_command_fails_with_a_sentence_when_the_fifo_never_appears(tmp_path):
     root = pipe_tree(tmp_path, _pipe_wait_seconds="1")
-    code, log = run_train(root)
-    failure = (root / "output" / "failure").read_text().strip()
-    assert code == 1, log[-2000:]
-    assert failure == (
+    job = run_train(root)
+    assert job.returncode == 1, job.log[-2000:]
+    assert job.failure == (
         f"The Pipe-mode input {root}/input/data/train_0 did not appear within 1 seconds (the "
         "_pipe_wait_seconds hyperparameter); SageMaker creates it when the channel is in Pipe mode"
     )
@@ -627,13 +613,7 @@ def test_the_train_command_fails_with_a_sentence_when_the_fifo_never_appears(tmp
 
 def test_sigterm_while_waiting_for_a_fifo_stops_the_job_promptly(tmp_path):
     root = pipe_tree(tmp_path)  # waits up to 600 s for train_0
-    process = subprocess.Popen(
-        [TRAIN],
-        env={**os.environ, "SAGEMAKER_BASE_DIR": str(root)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_train(root)
     for line in process.stdout:
         if "LRScheduler setup" in line:  # the next step opens train_0
             break

@@ -7,14 +7,13 @@ import io
 import json
 import shutil
 import signal
-import subprocess
 import tarfile
 import time
 
 import numpy as np
 import pytest
 from conftest import save_mask
-from trainjob import TRAIN, make_tree, run_train
+from trainjob import BARE_ENV, make_tree, run_train, start_train
 
 
 def assert_user_failure(job, message: str) -> None:
@@ -137,13 +136,7 @@ def test_a_failed_run_leaves_earlier_artifacts_untouched(tmp_path):
 @pytest.mark.slow
 def test_sigterm_stops_training_promptly_with_loader_processes(tmp_path):
     root = make_tree(tmp_path, epochs="50", _logging_frequency="1", _workers="2")
-    process = subprocess.Popen(
-        [TRAIN],
-        env={"SAGEMAKER_BASE_DIR": str(root), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_train(root, env=BARE_ENV)
     for line in process.stdout:
         if "#progress_notice" in line:
             break

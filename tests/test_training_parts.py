@@ -67,6 +67,6 @@ def test_early_stopping_respects_min_epochs_patience_and_tolerance():
 
 def test_early_stopping_disabled_never_stops():
     stopping = EarlyStopping(enabled=False, min_epochs=0, patience=1, tolerance=0.0)
-    for epoch, score in enumerate([0.5, 0.4, 0.3], start=1):
+    for score in [0.5, 0.4, 0.3]:
         stopping.update(score)
     assert not stopping.should_stop(3)

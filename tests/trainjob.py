@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from semseg.logs import METRIC_REGEXES
 from semseg.sample_data import write_opt_ml_tree
 
 TRAIN = str(Path(sys.executable).parent / "train")
@@ -44,8 +45,28 @@ class Job:
         return re.findall(pattern, self.log)
 
 
+def quality(log: str) -> dict[str, list[float]]:
+    """Every value of each metric the README's MetricDefinitions extract from ``log``, in order."""
+    return {name: [float(v) for v in re.findall(regex, log)] for name, regex in METRIC_REGEXES.items()}
+
+
 def make_tree(root: Path, train: int = 6, validation: int = 4, **hyperparameters) -> Path:
     return write_opt_ml_tree(root, train=train, validation=validation, hyperparameters={**TINY, **hyperparameters})
+
+
+BARE_ENV = {"PATH": "/usr/bin:/bin"}  # little more than SageMaker gives a container
+
+
+def start_train(root: Path, env: dict | None = None) -> subprocess.Popen:
+    """``train`` started on ``root``, its log to be read line by line from ``stdout``; ``env``, when
+    given, replaces the inherited environment."""
+    return subprocess.Popen(
+        [TRAIN],
+        env={**(os.environ if env is None else env), "SAGEMAKER_BASE_DIR": str(root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def run_train(root: Path, timeout: float = 300, env: dict | None = None) -> Job:

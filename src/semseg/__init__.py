@@ -3,5 +3,3 @@
 The library is importable without Flask or Docker: configuration, data, model, training loop,
 artifacts and the predictor live here; the HTTP layer lives in the top-level ``serve`` package.
 """
-
-__version__ = "0.1.0"

@@ -14,7 +14,7 @@ import os
 import sys
 
 from . import logs, sm_config
-from .errors import UserError
+from .errors import UserError, one_line
 from .train.stop import StopFlag, Stopped
 
 log = logging.getLogger("semseg")
@@ -24,7 +24,7 @@ EXIT_INTERNAL_ERROR = 2
 EXIT_STOPPED = 143
 
 
-def train_main(argv: list[str] | None = None) -> int:
+def train_main() -> int:
     """Run the training job described by the /opt/ml tree (``$SAGEMAKER_BASE_DIR``).
 
     With several hosts, ``distributed.start`` sets up the parameter server before mxnet is
@@ -50,7 +50,7 @@ def train_main(argv: list[str] | None = None) -> int:
         code, message = EXIT_USER_ERROR, str(exc)
     except Exception as exc:  # a bug of ours: full trace to the log, a short reason to SageMaker
         log.exception("Internal error")
-        message = f"Internal error: {type(exc).__name__}: {exc}"
+        message = f"Internal error: {type(exc).__name__}: {one_line(exc)}"
         sm_config.write_failure(message)
         code = EXIT_INTERNAL_ERROR
     if cluster is not None:
@@ -75,7 +75,7 @@ def train_command() -> None:
     os._exit(train_main())
 
 
-def serve_main(argv: list[str] | None = None) -> int:
+def serve_main() -> int:
     """Run the installed ``serve`` command, the model server, on ``$SAGEMAKER_BIND_TO_PORT`` or 8080.
 
     Found through its console-script entry point, so that this library never imports the HTTP layer.

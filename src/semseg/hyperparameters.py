@@ -218,12 +218,18 @@ def parse(provided: dict[str, Any]) -> dict[str, Any]:
 
     Raises ``UserError`` with the built-in's wording for the first invalid value found.
     """
-    unknown = sorted(k for k in provided if k not in TABLE)
+    unknown = sorted(str(k) for k in provided if k not in TABLE)
     if unknown:
         log.info("Ignoring hyperparameters this algorithm does not use: %s", ", ".join(unknown))
     final: dict[str, Any] = {}
     for name, spec in TABLE.items():
-        if name in provided and provided[name] is not None and str(provided[name]).strip() != "":
+        if name in provided and provided[name] is None:
+            default = "" if spec.default is None else f" for its default {to_string(spec.default)}"
+            raise UserError(
+                f"The '{name}' hyperparameter is null; give it a value (SageMaker passes every value as a string) "
+                f"or leave it out{default}"
+            )
+        if name in provided and str(provided[name]).strip() != "":
             final[name] = PARSERS[spec.kind](name, provided[name], spec)
         elif spec.required:
             raise UserError(f"The '{name}' hyperparameter is required and was not provided")

@@ -34,6 +34,33 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
+def configuration(
+    defaults_source: object, defaults: dict, provided_source: object, provided: dict, final: dict
+) -> None:
+    log.info("Reading default configuration from %s: %s", defaults_source, defaults)
+    log.info("Merging with provided configuration from %s: %s", provided_source, provided)
+    log.info("Final configuration: %s", final)
+
+
+def label_map(split: str, spec: dict, default: bool) -> None:
+    if default:
+        log.warning("label maps not provided, using defaults.")
+    log.info("#label_map %s :%s", split, spec)
+
+
+def devices(gpus: int, cpu_stand_ins: int = 0, stand_in_variable: str = "") -> None:
+    if cpu_stand_ins:
+        log.info(
+            "Number of GPUs being used: 0; %d CPU contexts stand in for GPUs (%s)", cpu_stand_ins, stand_in_variable
+        )
+    else:
+        log.info("Number of GPUs being used: %d", gpus)
+
+
+def lr_scheduler(iterations: int, epochs: int) -> None:
+    log.info("LRScheduler setup: iters per epoch: %d, num_epochs %d", iterations, epochs)
+
+
 def train_progress(epoch: int, iterations: int, speed: float, learning_rate: float) -> None:
     log.info(
         "#progress_notice. epoch: %d, iterations: %d speed: %s samples/sec learning_rate: %.6f",

@@ -2,7 +2,8 @@
 
 The root is ``/opt/ml`` unless ``SAGEMAKER_BASE_DIR`` moves it (as the AWS training and inference
 toolkits allow), which is how tests and local runs use a temporary tree. Every function reads the
-environment when called, so a process can point somewhere else without re-importing.
+environment when called, so a process can point somewhere else without re-importing; those that
+take ``base`` lay out another root (``sample_data`` writes trees for other processes to run on).
 """
 
 from __future__ import annotations
@@ -20,57 +21,66 @@ def base_dir() -> Path:
     return Path(os.environ.get("SAGEMAKER_BASE_DIR", DEFAULT_BASE_DIR))
 
 
-def config_dir() -> Path:
-    return base_dir() / "input" / "config"
+def _root(base: str | Path | None) -> Path:
+    return base_dir() if base is None else Path(base)
 
 
-def hyperparameters_file() -> Path:
-    return config_dir() / "hyperparameters.json"
+def config_dir(base: str | Path | None = None) -> Path:
+    return _root(base) / "input" / "config"
 
 
-def input_data_config_file() -> Path:
-    return config_dir() / "inputdataconfig.json"
+def hyperparameters_file(base: str | Path | None = None) -> Path:
+    return config_dir(base) / "hyperparameters.json"
 
 
-def resource_config_file() -> Path:
-    return config_dir() / "resourceconfig.json"
+def input_data_config_file(base: str | Path | None = None) -> Path:
+    return config_dir(base) / "inputdataconfig.json"
+
+
+def resource_config_file(base: str | Path | None = None) -> Path:
+    return config_dir(base) / "resourceconfig.json"
 
 
 def checkpoint_config_file() -> Path:
     return config_dir() / "checkpointconfig.json"
 
 
-def data_dir() -> Path:
-    return base_dir() / "input" / "data"
+def data_dir(base: str | Path | None = None) -> Path:
+    return _root(base) / "input" / "data"
 
 
-def channel_dir(channel: str) -> Path:
-    return data_dir() / channel
+def channel_dir(channel: str, base: str | Path | None = None) -> Path:
+    return data_dir(base) / channel
 
 
-def pipe_path(channel: str, epoch: int) -> Path:
-    """The FIFO SageMaker creates for ``channel`` in Pipe mode, one per epoch."""
-    return data_dir() / f"{channel}_{epoch}"
+def pipe_name(channel: str, epoch: int | str) -> str:
+    """The name of the FIFO SageMaker creates for ``channel`` in Pipe mode, one per epoch
+    (``epoch="<epoch>"`` names them all, for messages)."""
+    return f"{channel}_{epoch}"
 
 
-def model_dir() -> Path:
-    return base_dir() / "model"
+def pipe_path(channel: str, epoch: int | str) -> Path:
+    return data_dir() / pipe_name(channel, epoch)
 
 
-def output_dir() -> Path:
-    return base_dir() / "output"
+def model_dir(base: str | Path | None = None) -> Path:
+    return _root(base) / "model"
 
 
-def output_data_dir() -> Path:
-    return output_dir() / "data"
+def output_dir(base: str | Path | None = None) -> Path:
+    return _root(base) / "output"
+
+
+def output_data_dir(base: str | Path | None = None) -> Path:
+    return output_dir(base) / "data"
 
 
 def failure_file() -> Path:
     return output_dir() / "failure"
 
 
-def checkpoints_dir() -> Path:
-    return base_dir() / "checkpoints"
+def checkpoints_dir(base: str | Path | None = None) -> Path:
+    return _root(base) / "checkpoints"
 
 
 def host_model_file(current_host: str) -> str:

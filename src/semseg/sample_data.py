@@ -10,11 +10,14 @@ tests and the benchmarks; ``write_opt_ml_tree`` lays it out as a SageMaker train
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from . import paths
 
 NUM_CLASSES = 4
 CLASS_COLOURS = {1: (200, 60, 50), 2: (60, 180, 70), 3: (60, 80, 200)}
@@ -67,11 +70,10 @@ def write_opt_ml_tree(
 ) -> Path:
     """Write a complete SageMaker training tree (config files + the four File-mode channels)."""
     root = Path(root)
-    data = root / "input" / "data"
-    write_split(data / "train", data / "train_annotation", train, seed, sizes)
-    write_split(data / "validation", data / "validation_annotation", validation, seed + 1, sizes)
-    config = root / "input" / "config"
-    config.mkdir(parents=True, exist_ok=True)
+    channel = functools.partial(paths.channel_dir, base=root)
+    write_split(channel("train"), channel("train_annotation"), train, seed, sizes)
+    write_split(channel("validation"), channel("validation_annotation"), validation, seed + 1, sizes)
+    paths.config_dir(root).mkdir(parents=True, exist_ok=True)
     values = {
         "algorithm": "fcn",
         "backbone": "resnet-50",
@@ -87,7 +89,7 @@ def write_opt_ml_tree(
         "optimizer": "sgd",
     }
     values.update({k: str(v) for k, v in (hyperparameters or {}).items()})
-    (config / "hyperparameters.json").write_text(json.dumps(values, indent=2))
+    paths.hyperparameters_file(root).write_text(json.dumps(values, indent=2))
     channels = {
         name: {
             "TrainingInputMode": "File",
@@ -97,10 +99,10 @@ def write_opt_ml_tree(
         }
         for name in ("train", "train_annotation", "validation", "validation_annotation")
     }
-    (config / "inputdataconfig.json").write_text(json.dumps(channels, indent=2))
-    (config / "resourceconfig.json").write_text(
+    paths.input_data_config_file(root).write_text(json.dumps(channels, indent=2))
+    paths.resource_config_file(root).write_text(
         json.dumps({"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"})
     )
-    for name in ("model", "output/data", "checkpoints"):
-        (root / name).mkdir(parents=True, exist_ok=True)
+    for directory in (paths.model_dir(root), paths.output_data_dir(root), paths.checkpoints_dir(root)):
+        directory.mkdir(parents=True, exist_ok=True)
     return root

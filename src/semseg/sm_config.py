@@ -8,6 +8,7 @@ inputdataconfig), unknown keys are ignored. A file that exists but is not JSON i
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 from . import paths
 from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 FAILURE_LIMIT = 1024  # SageMaker shows the first 1024 characters as FailureReason
 
@@ -41,7 +44,6 @@ class ChannelConfig:
     input_mode: str = "File"
     content_type: str | None = None
     record_wrapper: str = "None"
-    distribution: str = "FullyReplicated"
 
     @property
     def is_pipe(self) -> bool:
@@ -65,7 +67,6 @@ def read_input_data_config() -> dict[str, ChannelConfig]:
             input_mode=cfg.get("TrainingInputMode", "File"),
             content_type=cfg.get("ContentType"),
             record_wrapper=cfg.get("RecordWrapperType", "None"),
-            distribution=cfg.get("S3DistributionType", "FullyReplicated"),
         )
     return channels
 
@@ -74,7 +75,6 @@ def read_input_data_config() -> dict[str, ChannelConfig]:
 class ResourceConfig:
     current_host: str = "algo-1"
     hosts: list[str] = field(default_factory=lambda: ["algo-1"])
-    network_interface_name: str = "eth0"
 
 
 def read_resource_config() -> ResourceConfig:
@@ -86,14 +86,21 @@ def read_resource_config() -> ResourceConfig:
     return ResourceConfig(
         current_host=str(host),
         hosts=sorted(str(h) for h in hosts),
-        network_interface_name=str(data.get("network_interface_name") or "eth0"),
     )
 
 
 def write_failure(message: str) -> None:
-    """Write ``message`` where SageMaker reads FailureReason; the most useful text goes first."""
+    """Write ``message`` on one line where SageMaker reads FailureReason; the most useful text goes first.
+
+    A failure file that cannot be written (the disk that failed the job is full) is logged, not
+    raised: the exit code still tells SageMaker the job failed.
+    """
     path = paths.failure_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
     tmp = path.with_name(f".failure.{os.getpid()}")
-    tmp.write_text(message[:FAILURE_LIMIT] + ("\n" if not message.endswith("\n") else ""))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(line[:FAILURE_LIMIT] + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.error("The failure file %s could not be written (%s)", path, exc)

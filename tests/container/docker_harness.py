@@ -17,9 +17,7 @@ ENGINE_SOCKET = "unix:///var/tmp/docker/docker.sock"
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
     """Run the docker client; output is captured as text."""
-    result = subprocess.run(
-        ["docker", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout
-    )
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"docker {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return result

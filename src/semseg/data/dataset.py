@@ -54,17 +54,15 @@ class EpochSampler:
     sample is seen equally often even when an epoch is not a whole number of passes.
     """
 
-    def __init__(self, size: int, batch_size: int, iterations: int, seed: int, shard: tuple[int, int] = (0, 1)):
+    def __init__(self, size: int, batch_size: int, iterations: int, seed: int):
         self.size, self.batch_size, self.iterations = size, batch_size, iterations
         self.rng = np.random.RandomState(seed)
-        self.rank, self.num_shards = shard
         self.epoch = 0
         self._order: list[int] = []
 
     def _next_position(self) -> int:
         if not self._order:
-            order = self.rng.permutation(self.size).tolist()
-            self._order = order[self.rank :: self.num_shards] or order
+            self._order = self.rng.permutation(self.size).tolist()
         return self._order.pop()
 
     def __iter__(self):
@@ -89,6 +87,40 @@ class EpochSampler:
         kind, keys, position, has_gauss, cached = state["rng"]
         self.rng.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
         self._order, self.epoch = list(state["order"]), state["epoch"]
+
+
+def host_share(batch_size: int, rank: int, hosts: int) -> int:
+    """How many samples of a global batch of ``batch_size`` the host ``rank`` of ``hosts`` trains on."""
+    return len(range(rank, batch_size, hosts))
+
+
+class WorkerBatches:
+    """This worker's share ``batch[rank::size]`` of each global batch of ``sampler``.
+
+    In a multi-host job every worker iterates the same sampler (same seed) and loads only its
+    share, so N hosts of one device each train exactly like one host with N devices, and each
+    sample is read by one worker only; on one host (rank 0 of 1) the share is the whole batch.
+    ``resume_at`` skips the batches a resumed epoch already trained on, drawing them all the same,
+    so the sampler's state moves exactly as in an uninterrupted run. The length is always the
+    whole epoch's.
+    """
+
+    def __init__(self, sampler: EpochSampler, rank: int = 0, size: int = 1):
+        self.sampler, self.rank, self.size = sampler, rank, size
+        self._pending = None
+
+    def resume_at(self, iteration: int) -> None:
+        batches = iter(self.sampler)
+        for _ in range(iteration):
+            next(batches)
+        self._pending = batches if iteration < len(self.sampler) else None
+
+    def __iter__(self):
+        batches, self._pending = self._pending or iter(self.sampler), None
+        return (batch[self.rank :: self.size] for batch in batches)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 class ValidationSampler:

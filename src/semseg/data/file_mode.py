@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import label_map
-from .images import MASK_MODES, open_image, upright_size
+from .images import check_mask, open_image, upright_size
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +90,7 @@ def _mask_histogram(sample: Sample) -> np.ndarray:
     with open_image(sample.image) as image:
         image_size = upright_size(image)
     with open_image(sample.mask) as mask:
-        if mask.mode not in MASK_MODES:
-            raise UserError(
-                f"The mask {sample.mask} has image mode {mask.mode}; masks must be single-channel 8-bit "
-                "PNGs (palette 'P' or grayscale 'L') whose pixel values are class ids"
-            )
-        if mask.size != image_size:
-            raise UserError(
-                f"The mask {sample.mask} is {mask.size[0]}x{mask.size[1]} but its image {sample.image} is "
-                f"{image_size[0]}x{image_size[1]}; a mask must have the size of its image"
-            )
+        check_mask(mask, str(sample.mask), image_size, str(sample.image))
         try:
             values = np.asarray(mask, dtype=np.uint8)
         except Exception as exc:
@@ -128,4 +119,12 @@ def check_pairs(pairs: list[Sample], spec: dict, num_classes: int, split: str, w
     counts = np.zeros(num_classes, dtype=np.int64)
     valid = table >= 0
     np.add.at(counts, table[valid], histogram[valid])
+    if not counts.any():
+        nothing = (
+            f"The {split} masks have no labelled pixel: every pixel is 255 (ignore) or maps to no class of "
+            f"0..{num_classes - 1}"
+        )
+        if split == "train":
+            raise UserError(f"{nothing}, so there is nothing to learn")
+        log.warning("%s; its mIOU will be 0", nothing)
     return counts

@@ -8,7 +8,6 @@ the label, colours are never looked at.
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -16,28 +15,36 @@ from PIL import Image, ImageFile, ImageOps
 from ..errors import UserError
 
 MASK_MODES = ("P", "L")
+MASK_RULE = "masks must be single-channel 8-bit PNGs (palette 'P' or grayscale 'L') whose pixel values are class ids"
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def set_pillow_limits() -> None:
+    """Pillow's process-wide switches, set when this module is imported and never per image.
+
+    They are globals, and images are opened in threads (a server's, a loader's): changing them
+    around each open would let one thread see another's temporary value. Pillow's own pixel limit
+    is off because ``open_image`` applies the caller's ``max_pixels`` instead. A cut-off file must
+    fail to decode, never come out as a grey half picture; importing GluonCV turns Pillow's
+    ``LOAD_TRUNCATED_IMAGES`` on for the whole process, so the code that imports GluonCV
+    (``model.factory``) calls this again right after.
+    """
+    Image.MAX_IMAGE_PIXELS = None
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+set_pillow_limits()
 
 
 def open_image(source, max_pixels: int | None = None) -> Image.Image:
     """Open ``source`` (path or bytes) lazily, refusing pixel counts above ``max_pixels``.
 
     Only the header is read here; ``max_pixels`` guards against decompression bombs before any
-    pixel is decoded. A cut-off file must fail to decode, never come out as a grey half picture:
-    importing GluonCV turns on Pillow's ``LOAD_TRUNCATED_IMAGES`` for the whole process, so it is
-    turned off again here, on the one path every image and mask of ours is opened through.
+    pixel is decoded.
     """
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
     stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        previous = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            image = Image.open(stream)
-        finally:
-            Image.MAX_IMAGE_PIXELS = previous
+    image = Image.open(stream)
     if max_pixels is not None and image.width * image.height > max_pixels:
         raise ImageTooLarge(image.width, image.height, max_pixels)
     return image
@@ -58,6 +65,28 @@ def upright_size(image: Image.Image) -> tuple[int, int]:
     if orientation in _TRANSPOSING_ORIENTATIONS:
         return image.height, image.width
     return image.width, image.height
+
+
+def describe(image: Image.Image) -> str:
+    return f"a {image.format or 'image'} of mode {image.mode}"
+
+
+def check_mask(
+    mask: Image.Image, name: str, image_size: tuple[int, int] | None = None, image_name: str = "", where: str = ""
+) -> None:
+    """The one check of a mask, from its header: its mode, and its size against its image's when given.
+
+    File mode, Pipe mode and decoding all call it, so a mistake reads the same wherever it is found.
+    ``where`` ("the 'train' channel, epoch 0") opens the sentence for masks that have no path.
+    """
+    the_mask = f"In {where}, the mask {name}" if where else f"The mask {name}"
+    if mask.mode not in MASK_MODES:
+        raise UserError(f"{the_mask} is {describe(mask)}; {MASK_RULE}")
+    if image_size is not None and mask.size != image_size:
+        raise UserError(
+            f"{the_mask} is {mask.size[0]}x{mask.size[1]} but its image {image_name} is "
+            f"{image_size[0]}x{image_size[1]}; a mask must have the size of its image"
+        )
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
@@ -86,9 +115,5 @@ def read_rgb(path) -> np.ndarray:
 def read_mask(path) -> np.ndarray:
     """Decode a label PNG to uint8 (H, W) of raw encoded values (before any label map)."""
     with open_image(path) as image:
-        if image.mode not in MASK_MODES:
-            raise UserError(
-                f"The mask {path} has image mode {image.mode}; masks must be single-channel 8-bit PNGs "
-                "(palette 'P' or grayscale 'L') whose pixel values are class ids"
-            )
+        check_mask(image, str(path))
         return np.asarray(image, dtype=np.uint8)

@@ -8,15 +8,13 @@ operation. The table always sends 255 to the ignore label, and any value that do
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 
 import numpy as np
 
+from .. import logs
 from ..errors import UserError
-
-log = logging.getLogger(__name__)
 
 IGNORE_LABEL = -1  # GluonCV's loss and metric ignore only negative labels
 IGNORE_VALUE = 255  # the value that means "ignore" in an encoded mask
@@ -26,8 +24,7 @@ DEFAULT_LABEL_MAP = {"scale": 1}
 def load(label_map_dir: Path | None, split: str) -> dict:
     """Read ``<split>_label_map.json`` from the label_map channel, or the identity default."""
     if label_map_dir is None or not (label_map_dir / f"{split}_label_map.json").exists():
-        log.warning("label maps not provided, using defaults.")
-        log.info("#label_map %s :%s", split, DEFAULT_LABEL_MAP)
+        logs.label_map(split, DEFAULT_LABEL_MAP, default=True)
         return dict(DEFAULT_LABEL_MAP)
     path = label_map_dir / f"{split}_label_map.json"
     try:
@@ -36,7 +33,7 @@ def load(label_map_dir: Path | None, split: str) -> dict:
         raise UserError(f"The label map {path} is not valid JSON ({exc})") from None
     if not isinstance(spec, dict) or not ({"scale", "map"} & set(spec)):
         raise UserError(f"The label map {path} must be a JSON object with a 'scale' or a 'map' entry")
-    log.info("#label_map %s :%s", split, spec)
+    logs.label_map(split, spec, default=False)
     return spec
 
 

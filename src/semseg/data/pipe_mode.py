@@ -5,10 +5,11 @@ With ``TrainingInputMode: Pipe``, ``RecordWrapperType: RecordIO`` and ``Attribut
 ``/opt/ml/input/data/<channel>_<N>`` as RecordIO records: image 1, mask 1, image 2, mask 2, ...
 Nothing reaches the disk and the stream's length is unknown up front, so:
 
-- a reader thread waits for the FIFO (``_pipe_wait_seconds``), reads records, pairs them, and for
-  the train split shuffles them through a buffer of ``_pipe_shuffle_buffer`` pairs; it hands them
-  over through a bounded queue (at most 80 pairs), so the encoded pairs held at any time number at
-  most ``_pipe_shuffle_buffer`` + 80 plus the loader's prefetch, whatever the stream's length;
+- a reader thread (``pipe_stream``) waits for the FIFO (``_pipe_wait_seconds``), reads records,
+  pairs them, and for the train split shuffles them through a buffer of ``_pipe_shuffle_buffer``
+  pairs; it hands them over through a bounded queue (at most 80 pairs), so the encoded pairs held
+  at any time number at most ``_pipe_shuffle_buffer`` + 80 plus the loader's prefetch, whatever the
+  stream's length;
 - the batch sampler turns pairs into batches of keys that carry the encoded bytes, and the
   ``BatchLoader`` decodes and augments them in its worker processes while the next records are read,
   exactly as it does for File mode (same ``prepare_pair``, transforms and label maps);
@@ -22,14 +23,10 @@ Every error names the channel, the epoch, and the record's index and byte offset
 from __future__ import annotations
 
 import logging
-import queue
 import random
-import stat
-import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import NamedTuple
+from dataclasses import replace
 
 import numpy as np
 
@@ -37,22 +34,15 @@ from .. import paths
 from ..errors import UserError
 from ..sm_config import ChannelConfig
 from .batch_loader import BatchLoader, no_stop
-from .dataset import prepare_pair
-from .images import MASK_MODES, open_image, upright_size
-from .recordio import Record, read_records
+from .dataset import host_share, prepare_pair
+from .images import MASK_MODES, check_mask, describe, open_image, upright_size
+from .pipe_stream import SETTINGS, EpochStream, PairKey, StreamSettings
 from .transforms import Compose
 
 log = logging.getLogger(__name__)
 
 STREAMED_SPLITS = ("train", "validation")
 CONTENT_TYPES = ("application/x-recordio", "application/x-image")
-SETTINGS = (
-    'use TrainingInputMode "Pipe", RecordWrapperType "RecordIO", AttributeNames '
-    '["source-ref", "<label>-ref"] (image first, then mask) and ContentType "application/x-recordio"'
-)
-POLL_SECONDS = 0.1
-READ_BUFFER = 1 << 20
-HANDOFF = 16  # pairs per queue item: one lock round-trip per 16 pairs keeps the thread handoff cheap
 
 
 def _content_type(config: ChannelConfig) -> str | None:
@@ -100,62 +90,6 @@ def check_channels(channels: dict[str, ChannelConfig]) -> set[str]:
     return streamed
 
 
-def wait_for_fifo(path: Path, timeout: float, stopping: Callable[[], bool] = lambda: False) -> bool:
-    """Wait until ``path`` exists; False if ``stopping()`` became true first.
-
-    SageMaker creates ``<channel>_<N+1>`` only after ``<channel>_<N>`` is closed, so a short wait is
-    normal; the timeout turns a stream that never comes into a clear failure instead of a hang.
-    """
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if stopping():
-            return False
-        if time.monotonic() > deadline:
-            raise UserError(
-                f"The Pipe-mode input {path} did not appear within {timeout:g} seconds (the "
-                "_pipe_wait_seconds hyperparameter); SageMaker creates it when the channel is in Pipe mode"
-            )
-        time.sleep(POLL_SECONDS)
-    if stat.S_ISDIR(path.stat().st_mode):
-        raise UserError(f"The Pipe-mode input {path} is a directory, not the FIFO SageMaker streams into")
-    return True
-
-
-class PairKey(NamedTuple):
-    """One streamed pair as a loader key: the encoded bytes and where they came from."""
-
-    image: bytes
-    mask: bytes
-    seed: int
-    where: str  # "the 'train' channel, epoch 0"
-    image_at: str  # "record 4 (byte offset 1234)"
-    mask_at: str
-
-
-def _at(record: Record) -> str:
-    return f"record {record.index} (byte offset {record.offset})"
-
-
-def pair_records(records: Iterator[Record], where: str) -> Iterator[tuple[Record, Record]]:
-    """[image, mask] pairs in AttributeNames order; an image left without its mask is an error."""
-    image = None
-    for record in records:
-        if image is None:
-            image = record
-        else:
-            yield image, record
-            image = None
-    if image is not None:
-        raise UserError(
-            f"In {where}, the stream holds an odd number of records: the last, {_at(image)}, is an "
-            f"image without its mask; every manifest line must give two attributes, {SETTINGS}"
-        )
-
-
-def _describe(image) -> str:
-    return f"a {image.format or 'image'} of mode {image.mode}"
-
-
 def _open(payload: bytes, key: PairKey, at: str, role: str):
     try:
         return open_image(payload)
@@ -171,23 +105,13 @@ def check_pair(key: PairKey) -> None:
     image = _open(key.image, key, key.image_at, "image")
     mask = _open(key.mask, key, key.mask_at, "mask")
     with image, mask:
-        if mask.mode not in MASK_MODES:
-            if image.mode in MASK_MODES and image.format == "PNG":
-                raise UserError(
-                    f"In {key.where}, the mask seems to come before its image: {key.image_at} is "
-                    f"{_describe(image)} and {key.mask_at} is {_describe(mask)}; AttributeNames must "
-                    'list the image first, as ["source-ref", "<label>-ref"]'
-                )
+        if mask.mode not in MASK_MODES and image.mode in MASK_MODES and image.format == "PNG":
             raise UserError(
-                f"In {key.where}, the mask {key.mask_at} is {_describe(mask)}; masks must be "
-                "single-channel 8-bit PNGs (palette 'P' or grayscale 'L') whose pixel values are class ids"
+                f"In {key.where}, the mask seems to come before its image: {key.image_at} is "
+                f"{describe(image)} and {key.mask_at} is {describe(mask)}; AttributeNames must "
+                'list the image first, as ["source-ref", "<label>-ref"]'
             )
-        width, height = upright_size(image)
-        if mask.size != (width, height):
-            raise UserError(
-                f"In {key.where}, the mask {key.mask_at} is {mask.size[0]}x{mask.size[1]} but its image "
-                f"{key.image_at} is {width}x{height}; a mask must have the size of its image"
-            )
+        check_mask(mask, key.mask_at, upright_size(image), key.image_at, key.where)
 
 
 class StreamedPairs:
@@ -209,99 +133,6 @@ class StreamedPairs:
             ) from None
 
 
-_END = object()
-
-
-class EpochStream:
-    """A reader thread over one epoch's FIFO: records -> pairs -> shuffle buffer -> bounded queue."""
-
-    def __init__(self, channel: str, epoch: int, wait_seconds: float, shuffle_buffer: int, seed: int):
-        self.channel, self.epoch = channel, epoch
-        self.path = paths.pipe_path(channel, epoch)
-        self.where = f"the '{channel}' channel, epoch {epoch}"
-        self.wait_seconds, self.shuffle_buffer = wait_seconds, shuffle_buffer
-        self.rng = random.Random(f"{seed}/{channel}/{epoch}")
-        self.pairs_read = 0
-        self.bytes_read = 0
-        self.exhausted = False
-        self._queue: queue.Queue = queue.Queue(maxsize=4)
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"pipe-{channel}-{epoch}", daemon=True)
-        self._thread.start()
-
-    def _put(self, item) -> bool:
-        while not self._cancel.is_set():
-            try:
-                self._queue.put(item, timeout=POLL_SECONDS)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _pairs(self, stream) -> Iterator[tuple[Record, Record]]:
-        for pair in pair_records(read_records(stream, self.where), self.where):
-            self.pairs_read += 1
-            self.bytes_read = pair[1].offset + len(pair[1].payload)
-            yield pair
-
-    def _shuffled(self, pairs: Iterator[tuple[Record, Record]]) -> Iterator[tuple[Record, Record]]:
-        """Uniform draws from a buffer refilled by the stream (1 = stream order)."""
-        buffer: list = []
-        for pair in pairs:
-            if len(buffer) < self.shuffle_buffer:
-                buffer.append(pair)
-                continue
-            slot = self.rng.randrange(len(buffer))
-            yield buffer[slot]
-            buffer[slot] = pair
-        self.rng.shuffle(buffer)
-        yield from buffer
-
-    def _run(self) -> None:
-        try:
-            if not wait_for_fifo(self.path, self.wait_seconds, self._cancel.is_set):
-                return
-            chunk: list[PairKey] = []
-            with open(self.path, "rb", buffering=READ_BUFFER) as stream:
-                for image, mask in self._shuffled(self._pairs(stream)):
-                    chunk.append(
-                        PairKey(
-                            image.payload, mask.payload, self.rng.getrandbits(31), self.where, _at(image), _at(mask)
-                        )
-                    )
-                    if len(chunk) == HANDOFF:
-                        if not self._put(chunk):
-                            return
-                        chunk = []
-                self.exhausted = True
-            if chunk and not self._put(chunk):
-                return
-            self._put(_END)
-        except BaseException as exc:  # handed to the consumer, which raises it in the main thread
-            self._put(exc)
-
-    def pairs(self, stop_check: Callable[[], None]) -> Iterator[PairKey]:
-        """The pairs as they arrive; ``stop_check`` runs while waiting, so SIGTERM is not delayed."""
-        while True:
-            try:
-                item = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                stop_check()
-                continue
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield from item
-
-    def close(self, stop_check: Callable[[], None]) -> None:
-        """Stop reading and close the FIFO, so that SageMaker can open the next epoch's."""
-        self._cancel.set()
-        while self._thread.is_alive():
-            self._thread.join(0.5)
-            stop_check()
-
-
 class PipeBatchSampler:
     """Batches of ``PairKey`` for the ``BatchLoader``, one epoch's FIFO per ``iter()``.
 
@@ -314,14 +145,12 @@ class PipeBatchSampler:
         channel: str,
         batch_size: int,
         iterations: int | None,
-        seed: int,
-        wait_seconds: float,
-        shuffle_buffer: int,
+        settings: StreamSettings,
         stop_check: Callable[[], None] = no_stop,
     ):
         self.channel, self.batch_size, self.iterations = channel, batch_size, iterations
-        self.seed, self.wait_seconds, self.stop_check = seed, wait_seconds, stop_check
-        self.shuffle_buffer = shuffle_buffer if iterations is not None else 1
+        self.settings = settings if iterations is not None else replace(settings, shuffle_buffer=1)
+        self.stop_check = stop_check
         self.epoch = 0
         self.last_batches = 0
 
@@ -334,7 +163,7 @@ class PipeBatchSampler:
         out only after the FIFO is closed and the epoch reported: a consumer that stops after
         ``len()`` batches never leaves the FIFO open (SageMaker opens the next epoch's after it)."""
         epoch, self.epoch = self.epoch, self.epoch + 1
-        stream = EpochStream(self.channel, epoch, self.wait_seconds, self.shuffle_buffer, self.seed)
+        stream = EpochStream(self.channel, epoch, self.settings)
         wanted = None if self.iterations is None else self.iterations * self.batch_size
         batch: list[PairKey] = []
         pending: list[PairKey] | None = None
@@ -412,19 +241,31 @@ class PipeBatchSampler:
 def pipe_loader(
     split: str,
     hp: dict,
-    transform: Compose,
-    table: np.ndarray,
+    pairs: StreamedPairs,
     seed: int,
     workers: int,
     stop_check: Callable[[], None] = no_stop,
+    shard: tuple[int, int] = (0, 1),
 ) -> BatchLoader:
-    """The loader of a streamed split, a drop-in for the File-mode one."""
+    """The loader of a streamed split, a drop-in for the File-mode one.
+
+    ``mini_batch_size`` is the global batch, as in File mode: each of the ``shard[1]`` hosts reads
+    its share of it from its own stream (SageMaker gives each host its own FIFO).
+    """
     if split == "train":
-        batch_size, iterations = hp["mini_batch_size"], max(1, hp["num_training_samples"] // hp["mini_batch_size"])
+        batch_size = host_share(hp["mini_batch_size"], *shard)
+        iterations = max(1, hp["num_training_samples"] // hp["mini_batch_size"])
+        if shard[1] > 1:
+            log.info(
+                "train: this host reads batches of %d pairs from its stream, its share of mini_batch_size %d "
+                "over %d hosts",
+                batch_size,
+                hp["mini_batch_size"],
+                shard[1],
+            )
     else:
         batch_size, iterations = hp["validation_mini_batch_size"], None
-    sampler = PipeBatchSampler(
-        split, batch_size, iterations, seed, hp["_pipe_wait_seconds"], hp["_pipe_shuffle_buffer"], stop_check
-    )
-    log.info("%s: streamed in Pipe mode from %s", split, paths.pipe_path(split, 0).with_name(f"{split}_<epoch>"))
-    return BatchLoader(StreamedPairs(transform, table), sampler, workers, stop_check=stop_check)
+    settings = StreamSettings(hp["_pipe_wait_seconds"], hp["_pipe_shuffle_buffer"], seed)
+    sampler = PipeBatchSampler(split, batch_size, iterations, settings, stop_check)
+    log.info("%s: streamed in Pipe mode from %s", split, paths.pipe_path(split, "<epoch>"))
+    return BatchLoader(pairs, sampler, workers, stop_check=stop_check)

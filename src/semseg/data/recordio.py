@@ -5,8 +5,10 @@ little-endian uint32, with ``lrec = cflag << 29 | length``. A payload that holds
 4-byte-aligned offset is split there into parts (cflag 1 = first, 2 = middle, 3 = last), the magic
 word itself being dropped; the reader joins the parts and puts the magic word back. This is exactly
 dmlc-core's ``RecordIOWriter::WriteRecord`` / ``RecordIOReader::NextRecord``. The Python writers of
-the SageMaker SDK never split, but a reader must accept split records, so ``frame`` splits as dmlc
-does and the tests feed both kinds.
+the SageMaker SDK never split, but a reader must accept split records, so ``framed`` splits as dmlc
+does and the tests feed both kinds. ``framed`` is the one framing: it hands a large payload (a
+probability response of many megabytes) out in pieces, without one copy of the whole; ``frame``
+joins the pieces for small payloads.
 
 Errors name where the stream came from, the record's index and the byte offset of its header, so
 that a bad object in a manifest of thousands can be found.
@@ -19,10 +21,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import numpy as np
+
 from ..errors import UserError
 
 MAGIC = 0xCED7230A
 MAX_LENGTH = (1 << 29) - 1
+CHUNK_BYTES = 1 << 20  # the most payload bytes ``framed`` hands out in one piece
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
 _HEADER = struct.Struct("<II")
 _COMPLETE, _FIRST, _MIDDLE, _LAST = 0, 1, 2, 3
@@ -43,29 +48,34 @@ def _padding(length: int) -> int:
     return -length & 3
 
 
-def _header(cflag: int, length: int) -> bytes:
-    return _HEADER.pack(MAGIC, cflag << 29 | length)
+def framed(payload: bytes | np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> tuple[int, Iterator[bytes]]:
+    """(total length, pieces) of ``payload`` (bytes or a uint8 array) as one RecordIO record, split
+    around 4-byte-aligned magic words as dmlc does; no piece holds more than ``chunk_bytes`` of payload."""
+    data = payload if isinstance(payload, np.ndarray) else np.frombuffer(payload, dtype=np.uint8)
+    size = data.size
+    if size > MAX_LENGTH:
+        raise ValueError(f"a RecordIO record holds at most {MAX_LENGTH} bytes, not {size}")
+    splits = (np.flatnonzero(data[: size // 4 * 4].view("<u4") == MAGIC) * 4).tolist()
+    parts, start = [], 0
+    for index, at in enumerate(splits):
+        parts.append((_FIRST if index == 0 else _MIDDLE, start, at))
+        start = at + 4
+    parts.append((_LAST if splits else _COMPLETE, start, size))
+    total = sum(8 + (end - begin) + _padding(end - begin) for _, begin, end in parts)
+
+    def pieces() -> Iterator[bytes]:
+        for cflag, begin, end in parts:
+            yield _HEADER.pack(MAGIC, cflag << 29 | (end - begin))
+            for offset in range(begin, end, chunk_bytes):
+                yield data[offset : min(end, offset + chunk_bytes)].tobytes()
+            yield b"\0" * _padding(end - begin)
+
+    return total, pieces()
 
 
 def frame(payload: bytes) -> bytes:
-    """``payload`` as one RecordIO record, split around aligned magic words as dmlc does."""
-    if len(payload) > MAX_LENGTH:
-        raise ValueError(f"a RecordIO record holds at most {MAX_LENGTH} bytes, not {len(payload)}")
-    parts, start = [], 0
-    view = memoryview(payload)
-    position = payload.find(_MAGIC_BYTES)
-    while position != -1:
-        if position % 4 == 0:
-            parts.append(_header(_FIRST if start == 0 else _MIDDLE, position - start))
-            parts.append(view[start:position])
-            start = position + 4
-            position = payload.find(_MAGIC_BYTES, start)
-        else:
-            position = payload.find(_MAGIC_BYTES, position + 1)
-    parts.append(_header(_LAST if start else _COMPLETE, len(payload) - start))
-    parts.append(view[start:])
-    parts.append(b"\0" * _padding(len(payload)))
-    return b"".join(parts)
+    """``payload`` as one RecordIO record, in one piece."""
+    return b"".join(framed(payload)[1])
 
 
 def write_record(stream: BinaryIO, payload: bytes) -> int:

@@ -33,8 +33,8 @@ from PIL import Image
 from ..data.images import ImageTooLarge, open_image, to_rgb_array, upright_size
 from ..data.transforms import MEAN, STD, normalize
 from ..errors import PayloadTooLarge, UserError
-from ..hyperparameters import round_up_to_multiple_of_8
 from ..model.artifacts import read_hyperparameters, unpack_model_dir
+from ..model.size import inference_size
 from .engine import Engine, load_engine
 from .geometry import fit_within, upsampled_tiles
 from .settings import ServingSettings
@@ -129,7 +129,7 @@ class Predictor:
         with tempfile.TemporaryDirectory(prefix="semseg-model-") as scratch:
             files = unpack_model_dir(model_dir, Path(scratch))
             hp = read_hyperparameters(files)
-            size = round_up_to_multiple_of_8(settings.inference_size or hp["base_size"])
+            size = inference_size(hp, settings.inference_size)
             engine = load_engine(files, hp, size, settings)
         predictor = cls(engine, settings.max_image_pixels)
         predictor.warm_up()

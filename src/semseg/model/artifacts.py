@@ -17,24 +17,38 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import paths
-from ..errors import UserError
+from ..errors import UserError, explained_write_failure, one_line
 from ..hyperparameters import ARCHITECTURE_KEYS, parse, to_string
 
 log = logging.getLogger(__name__)
 
 
+PARTIAL_MARK = ".tmp"  # a file being written is ".<name>.tmp<pid>" beside its final name
+
+
 def write_atomically(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``; the old file stays until the new one is whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{PARTIAL_MARK}{os.getpid()}")
     try:
-        write(str(tmp))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        with explained_write_failure(path):
+            write(str(tmp))
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_partial_files(directory: Path) -> None:
+    """Delete what a killed job left half-written (``write_atomically``'s hidden temporary files).
+
+    A SIGKILL runs no cleanup, so the next job does it before it writes, lest SageMaker package them.
+    """
+    for partial in directory.glob(f".*{PARTIAL_MARK}*"):
+        log.info("Removing %s, left half-written by an earlier job", partial)
+        partial.unlink(missing_ok=True)
 
 
 def save_parameters(net, path: Path) -> None:
@@ -50,7 +64,31 @@ def save_hyperparameters(hp: dict, model_dir: Path) -> None:
     write_atomically(model_dir / paths.HYPERPARAMS_FILE, write)
 
 
-def _safe_members(archive: tarfile.TarFile, source: Path):
+MAX_EXTRACTED_BYTES_ENV = "SEMSEG_MAX_EXTRACTED_BYTES"
+MAX_EXTRACTED_BYTES = 8 << 30  # a ResNet-101 model with its ONNX export is under 1 GiB
+
+
+def max_extracted_bytes() -> int:
+    """How much an archive from a user may unpack to: ``$SEMSEG_MAX_EXTRACTED_BYTES`` or 8 GiB."""
+    raw = os.environ.get(MAX_EXTRACTED_BYTES_ENV, "").strip()
+    try:
+        return int(raw) if raw else MAX_EXTRACTED_BYTES
+    except ValueError:
+        raise UserError(f"{MAX_EXTRACTED_BYTES_ENV} must be a number of bytes, not {raw!r}") from None
+
+
+def check_extracted_size(total: int, source: Path) -> None:
+    """Refuse, before writing anything, an archive whose members add up to more than the cap."""
+    cap = max_extracted_bytes()
+    if total > cap:
+        raise UserError(
+            f"The archive {source} would extract {total / 2**20:.1f} MiB, more than the {cap / 2**20:.1f} MiB "
+            f"allowed; raise {MAX_EXTRACTED_BYTES_ENV} if it really holds that much"
+        )
+
+
+def _safe_members(archive: tarfile.TarFile, source: Path) -> list[tarfile.TarInfo]:
+    members = []
     for member in archive.getmembers():
         name = member.name
         if name.startswith("/") or ".." in Path(name).parts:
@@ -58,16 +96,22 @@ def _safe_members(archive: tarfile.TarFile, source: Path):
         if member.issym() or member.islnk() or member.isdev():
             raise UserError(f"The archive {source} holds the link or device '{name}'; refusing to extract it")
         if member.isfile() or member.isdir():
-            yield member
+            members.append(member)
+    check_extracted_size(sum(member.size for member in members if member.isfile()), source)
+    return members
 
 
 def extract_archive(archive_path: Path, destination: Path) -> None:
     try:
         with tarfile.open(archive_path) as archive:
-            members = list(_safe_members(archive, archive_path))
-            archive.extractall(destination, members=members, filter="data")
+            archive.extractall(destination, members=_safe_members(archive, archive_path), filter="data")
+    except tarfile.ReadError:
+        raise UserError(
+            f"The model archive {archive_path} is not a tar archive (plain or compressed with gzip, bzip2 or xz); "
+            "make it with tar -czf model.tar.gz and the model files"
+        ) from None
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise UserError(f"The model archive {archive_path} could not be read ({exc})") from None
+        raise UserError(f"The model archive {archive_path} could not be read ({one_line(exc)})") from None
 
 
 def unpack_model_dir(directory: Path, scratch: Path) -> Path:
@@ -89,6 +133,8 @@ def read_hyperparameters(model_dir: Path) -> dict:
         raw = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"The model file {path} is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"The model file {path} must hold a JSON object of hyperparameters, not a {type(raw).__name__}")
     return parse(raw)
 
 

@@ -3,7 +3,7 @@
 The export is what a CPU endpoint runs with ONNX Runtime, and what a user takes to any ONNX
 runtime: one float32 input ``image`` of shape (N, 3, S, S), normalised with the ImageNet mean and
 standard deviation, and one output ``probabilities`` (N, C, S, S), the softmax of the main head
-(the aux head is left out). ``S`` is fixed at export time (``export_size``); the predictor maps any
+(the aux head is left out). ``S`` is fixed at export time (``size.inference_size``); the predictor maps any
 image size onto it. The model's metadata says S, C, the normalisation and the algorithm.
 
 Why it is post-processed after ``mx.onnx.export_model``:
@@ -27,9 +27,9 @@ import mxnet as mx
 import numpy as np
 
 from ..data.transforms import MEAN, STD
-from ..hyperparameters import round_up_to_multiple_of_8
 from .artifacts import weights_file, write_atomically
 from .factory import build_network
+from .size import inference_size
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +38,6 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 OPSET = 13  # the newest opset mxnet 1.9.1 has translation rules for
 IR_VERSION = 7  # the IR version of opset 13, so runtimes that read opset 13 read the file
-
-
-def export_size(hp: dict) -> int:
-    """The square side of the export: the predictor's default inference size (``base_size``).
-
-    Training rescales images so their longer side is around ``base_size``; the predictor fits an
-    image's longer side to this size, so objects appear at the scale the network learnt.
-    """
-    return round_up_to_multiple_of_8(hp["base_size"])
 
 
 def _pooling_bins(length: int, bins: int) -> list[tuple[int, int]]:
@@ -120,12 +111,14 @@ def _channel_softmax(graph) -> None:
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    for index, node in enumerate(graph.node):
+    def over_classes(node) -> bool:
         axis = [helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"]
-        if node.op_type == "Softmax" and axis == [1]:
-            break
-    else:
+        return node.op_type == "Softmax" and axis == [1]
+
+    index = next((i for i, node in enumerate(graph.node) if over_classes(node)), None)
+    if index is None:
         return
+    node = graph.node[index]
     x, y, stem = node.input[0], node.output[0], "class_softmax"
     for previous in graph.node:  # mx.onnx divides by the softmax temperature first, here 1
         if previous.output[0] == x and previous.op_type == "Div":
@@ -232,7 +225,7 @@ def model_metadata(hp: dict, size: int) -> dict[str, str]:
 
 def export_onnx_file(hp: dict, params_path: Path, destination: Path, size: int | None = None) -> Path:
     """Write the ONNX export of the weights in ``params_path`` to ``destination``; raises on failure."""
-    size = size or export_size(hp)
+    size = size or inference_size(hp)
     block = export_network(hp, params_path, size)
     return export_block(
         block,
@@ -251,7 +244,7 @@ def export_onnx(hp: dict, model_dir: Path) -> Path | None:
     failure is logged as a warning and the endpoint serves through MXNet instead.
     """
     destination = Path(model_dir) / ONNX_FILE
-    size = export_size(hp)
+    size = inference_size(hp)
     try:
         export_onnx_file(hp, weights_file(Path(model_dir)), destination, size)
     except Exception as exc:  # noqa: BLE001 - any failure here must leave training successful

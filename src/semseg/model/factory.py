@@ -13,6 +13,8 @@ import logging
 
 import mxnet as mx
 
+from ..data.images import set_pillow_limits
+
 log = logging.getLogger(__name__)
 
 GLUONCV_BACKBONE = {"resnet-50": "resnet50", "resnet-101": "resnet101"}
@@ -22,6 +24,7 @@ PRETRAINED_BACKBONE_MODEL = {"resnet-50": "resnet50_v1s", "resnet-101": "resnet1
 def _network_class(algorithm: str):
     from gluoncv.model_zoo import FCN, DeepLabV3, PSPNet
 
+    set_pillow_limits()  # importing GluonCV turned truncated images on
     return {"fcn": FCN, "psp": PSPNet, "deeplab": DeepLabV3}[algorithm]
 
 
@@ -32,15 +35,16 @@ def build_network(
     crop_size: int,
     base_size: int = 520,
     aux: bool = True,
-    norm_layer=None,
-    norm_kwargs=None,
+    **norm,
 ) -> mx.gluon.HybridBlock:
-    """An uninitialised network whose graph is shaped for ``crop_size`` x ``crop_size`` inputs."""
+    """An uninitialised network whose graph is shaped for ``crop_size`` x ``crop_size`` inputs.
+
+    ``norm``: GluonCV's ``norm_layer`` and ``norm_kwargs``, to replace BatchNorm (``syncbn``).
+    """
     kwargs = dict(
         backbone=GLUONCV_BACKBONE[backbone], aux=aux, pretrained_base=False, crop_size=crop_size, base_size=base_size
     )
-    if norm_layer is not None:
-        kwargs.update(norm_layer=norm_layer, norm_kwargs=norm_kwargs or {})
+    kwargs.update(norm)
     with contextlib.redirect_stdout(io.StringIO()):  # PSPNet prints its crop size
         return _network_class(algorithm)(num_classes, **kwargs)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mxnet as mx
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from .factory import PRETRAINED_BACKBONE_MODEL
 
 log = logging.getLogger(__name__)
@@ -44,4 +44,4 @@ def load_backbone(net: mx.gluon.Block, backbone: str, ctx) -> None:
     try:
         net.load_parameters(str(path), ctx=ctx, allow_missing=True, ignore_extra=True)
     except Exception as exc:
-        raise UserError(f"The staged ImageNet weights {path} could not be loaded ({exc})") from None
+        raise UserError(f"The staged ImageNet weights {path} could not be loaded ({one_line(exc)})") from None

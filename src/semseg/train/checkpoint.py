@@ -18,6 +18,9 @@ checkpoint whose files all match its manifest is used: a kill during a write, or
 on its way through S3, makes training fall back to the previous checkpoint, never resume wrongly.
 The newest ``KEEP`` checkpoints of this host are kept; older ones are deleted (deletes reach S3 too).
 
+Resuming is here too (``Saver.resume``): which checkpoint, checked against this run's configuration,
+loaded into the network and optimizer, and where the resumed epoch starts (``TrainingState``).
+
 This module does not import mxnet: multi-host start-up lists checkpoints before mxnet is loaded.
 """
 
@@ -31,10 +34,15 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import paths
-from ..errors import UserError
+from .. import hyperparameters, paths
+from ..errors import UserError, explained_write_failure
+from ..model.artifacts import write_atomically
+
+if TYPE_CHECKING:
+    from .distributed import Cluster
+    from .early_stopping import EarlyStopping
 
 log = logging.getLogger("semseg")
 
@@ -177,14 +185,15 @@ def save(host: str, position: Position, state: dict[str, Any], files: dict[str, 
     try:
         writers = {**files, STATE: lambda p: Path(p).write_text(json.dumps({"format": FORMAT, **state}))}
         manifest = {}
-        for name, write in writers.items():
-            write(str(tmp / name))
-            with open(tmp / name, "rb") as handle:
+        with explained_write_failure(final):
+            for name, write in writers.items():
+                write(str(tmp / name))
+                with open(tmp / name, "rb") as handle:
+                    os.fsync(handle.fileno())
+                manifest[name] = {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+            (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": manifest}, indent=1))
+            with open(tmp / MANIFEST, "rb") as handle:
                 os.fsync(handle.fileno())
-            manifest[name] = {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-        (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": manifest}, indent=1))
-        with open(tmp / MANIFEST, "rb") as handle:
-            os.fsync(handle.fileno())
         _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -210,6 +219,15 @@ def _prune(host: str, root: Path) -> None:
 
 
 @dataclass
+class EpochProgress:
+    """How far an epoch got, so that SIGTERM can checkpoint it and a resumed run continue it."""
+
+    done: int = 0  # iterations trained
+    loss: float = 0.0  # their summed loss over this host's samples
+    samples: int = 0
+
+
+@dataclass
 class TrainingState:
     """Where training is, beyond the weights and the optimizer: what a checkpoint's state.json holds."""
 
@@ -228,17 +246,81 @@ class TrainingState:
     def position(self) -> Position:
         return self.epoch, self.iteration
 
+    def progress_in(self, epoch: int, iterations: int, can_skip: bool) -> EpochProgress:
+        """Where ``epoch`` starts: after this state's iterations if it is the resumed epoch and the
+        data can skip to them (a stream cannot, so only a wholly trained epoch is skipped there)."""
+        if epoch == self.epoch and (can_skip or self.iteration == iterations):
+            return EpochProgress(self.iteration, self.loss, self.samples)
+        return EpochProgress()
 
-def save_training(host: str, state: TrainingState, net, trainer, best_weights: Path | None) -> Path | None:
-    """Checkpoint ``state`` with the network's weights, the optimizer state and the best weights."""
-    if not enabled():
-        return None
-    files = {WEIGHTS: net.save_parameters, OPTIMIZER: trainer.save_states}
-    if best_weights is not None and best_weights.is_file():
-        files[BEST] = lambda tmp: _link_or_copy(best_weights, Path(tmp))
-    path = save(host, state.position, asdict(state), files)
-    log.info("Checkpoint saved to %s (epoch %d, iteration %d)", path, state.epoch, state.iteration)
-    return path
+    def move_to(self, epoch: int, progress: EpochProgress, sampler: dict | None, stopping: EarlyStopping) -> None:
+        """Record a position worth saving: ``progress`` into ``epoch``, the sampler state at its start."""
+        self.epoch, self.iteration, self.loss, self.samples = epoch, progress.done, progress.loss, progress.samples
+        self.sampler = sampler
+        self.early_stopping = {"best": stopping.best, "epochs_without_improvement": stopping.epochs_without_improvement}
+
+    def restore_early_stopping(self, stopping: EarlyStopping) -> None:
+        for key, value in self.early_stopping.items():
+            setattr(stopping, key, value)
+
+
+def training_configuration(hp: dict, iterations: int, hosts: int) -> dict:
+    """What a checkpoint must share with this run to be resumed by it."""
+    keys = hyperparameters.ARCHITECTURE_KEYS + ("mini_batch_size", "_seed")
+    return {
+        **{key: hyperparameters.to_string(hp[key]) for key in keys},
+        "iterations_per_epoch": iterations,
+        "hosts": hosts,
+    }
+
+
+@dataclass
+class Saver:
+    """This host's checkpoints of one run: what they hold besides the ``TrainingState``, and resuming."""
+
+    host: str
+    net: Any
+    trainer: Any
+    best_weights: Path | None  # model_best.params, on the host that writes the model; None elsewhere
+
+    def save(self, state: TrainingState) -> Path | None:
+        """Checkpoint ``state`` with the network's weights, the optimizer state and the best weights."""
+        if not enabled():
+            return None
+        files = {WEIGHTS: self.net.save_parameters, OPTIMIZER: self.trainer.save_states}
+        best = self.best_weights
+        if best is not None and best.is_file():
+            files[BEST] = lambda tmp: _link_or_copy(best, Path(tmp))
+        path = save(self.host, state.position, asdict(state), files)
+        log.info("Checkpoint saved to %s (epoch %d, iteration %d)", path, state.epoch, state.iteration)
+        return path
+
+    def resume(self, configuration: dict, ctx: list, cluster: Cluster | None) -> TrainingState:
+        """The newest complete checkpoint's state, loaded into the network and optimizer; a fresh state without one.
+
+        In a multi-host job every host resumes from the position all hosts agreed on at start-up.
+        """
+        if not enabled():
+            log.info("Checkpoints are off: neither %s nor %s exists", paths.checkpoint_config_file(), directory())
+        if cluster is not None and cluster.resume_position is None:
+            return TrainingState(configuration=configuration)
+        found = load(self.host, cluster.resume_position if cluster else None)
+        if found is None:
+            return TrainingState(configuration=configuration)
+        state = _checked_state(found, configuration)
+        self.net.load_parameters(str(found.path / WEIGHTS), ctx=ctx)
+        self.trainer.load_states(str(found.path / OPTIMIZER))
+        log.info(
+            "Resuming from checkpoint %s: epoch %d, after %d of its %d iterations",
+            found.path,
+            state.epoch,
+            state.iteration,
+            configuration["iterations_per_epoch"],
+        )
+        best = found.file(BEST)
+        if best is not None and self.best_weights is not None:
+            write_atomically(self.best_weights, lambda tmp: shutil.copyfile(best, tmp))
+        return state
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -249,8 +331,8 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def restore_training(found: Checkpoint, configuration: dict, net, trainer, ctx) -> TrainingState:
-    """Load a checkpoint's weights and optimizer state; its TrainingState, checked against ``configuration``."""
+def _checked_state(found: Checkpoint, configuration: dict) -> TrainingState:
+    """A checkpoint's TrainingState, refused when it belongs to another ``configuration``."""
     state = TrainingState(**{k: v for k, v in found.state.items() if k in TrainingState.__dataclass_fields__})
     differences = [
         f"{key} is {value} here but {state.configuration.get(key)} in the checkpoint"
@@ -262,6 +344,4 @@ def restore_training(found: Checkpoint, configuration: dict, net, trainer, ctx) 
             f"The checkpoint {found.path} belongs to another training configuration "
             f"({'; '.join(differences)}); remove it or give this job another checkpoint location"
         )
-    net.load_parameters(str(found.path / WEIGHTS), ctx=ctx)
-    trainer.load_states(str(found.path / OPTIMIZER))
     return state

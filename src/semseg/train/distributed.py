@@ -5,7 +5,7 @@ process) and one parameter server, and the first host of the sorted list also ru
 scheduler, as the AWS MXNet containers do: ``python -c 'import mxnet'`` with ``DMLC_ROLE`` set
 runs a server or scheduler loop. The ``DMLC_*`` variables must be set before the worker imports
 mxnet, which is why ``start`` runs in ``cli.train_main`` before the training loop is imported
-(this module imports mxnet only inside the functions the loop calls).
+(this module never imports mxnet; ``kvstore`` does, inside the loop).
 
 ps-lite has no failure handling: a worker whose peer died waits forever. So the hosts also keep a
 control channel of their own, JSON lines over TCP from every host to ``hosts[0]:_ps_port + 1``:
@@ -21,16 +21,8 @@ control channel of their own, JSON lines over TCP from every host to ``hosts[0]:
 
 The server and scheduler are children that die with their parent (``PR_SET_PDEATHSIG``).
 
-Gradients are summed through the kvstore (``sum_gradients``; the servers run no optimizer), and
-every worker runs the same optimizer on the same sums: the weights stay identical, the
-learning-rate schedule is set locally, and every worker can checkpoint its optimizer state. (A
-``gluon.Trainer`` given the dist kvstore would run the optimizer on the servers, where its state
-cannot be saved; with ``update_on_kvstore=False`` its per-parameter start-up broadcast races with
-the first gradient sums in MXNet 1.9.1 and aborts the servers.)
-
-Data: the sampler draws the same global batches (``mini_batch_size``) on every host and each
-worker loads only its share (``WorkerBatches``), so N hosts of one device each train exactly like
-one host with N devices, and each sample is read by one worker only.
+What travels through the kvstore once training runs (gradients, BatchNorm statistics, the stop
+flag) is in ``kvstore``; which samples each worker loads is ``data.dataset.WorkerBatches``.
 
 Host names are resolved by DNS with retries (SageMaker's names may take a while to appear). For
 runs of several "hosts" on one machine, ``SEMSEG_HOST_ADDRESSES="algo-1=127.0.0.1,algo-2=127.0.0.1"``
@@ -64,8 +56,6 @@ HEARTBEAT_TIMEOUT = 60
 STOP_GRACE = 90  # a stopped peer leaves this host this long to stop too (SageMaker allows 120 s)
 EXIT_FAILED = 1
 EXIT_STOPPED = 143
-
-STOP_KEY = 1_000_000  # kvstore keys 0..n-1 are the network's parameters
 
 
 def host_overrides() -> dict[str, str]:
@@ -325,96 +315,3 @@ def start() -> Cluster | None:
     cluster.rendezvous()
     cluster.launch()
     return cluster
-
-
-# ---- inside the training loop (mxnet is imported by now) -------------------------------------
-def _parameters(net) -> list:
-    return list(net.collect_params().values())  # the same order on every host: kvstore key = position
-
-
-def create_kvstore(net, ctx: list):
-    """The dist kvstore, every worker's weights set to the first host's.
-
-    Keys are parameter positions. Weights travel through numpy copies: after MKLDNN's inference
-    pass a weight may be held in MKLDNN's own layout, which ps-lite cannot send or receive.
-    """
-    import mxnet as mx
-
-    kv = mx.kv.create("dist_device_sync" if ctx[0].device_type == "gpu" else "dist_sync")
-    params = _parameters(net)
-    keys = list(range(len(params)))
-    kv.init(keys, [mx.nd.array(p.data(ctx[0]).asnumpy(), dtype=p.dtype) for p in params])
-    first_host = [mx.nd.zeros(p.shape, dtype=p.dtype) for p in params]
-    kv.pull(keys, out=first_host)
-    mx.nd.waitall()
-    for param, value in zip(params, first_host):
-        param.set_data(value)
-    kv.init(STOP_KEY, mx.nd.zeros((1,)))
-    mx.nd.waitall()
-    kv._barrier()
-    return kv
-
-
-def sum_gradients(kv, net) -> None:
-    """Replace every gradient by its sum over the devices and hosts (then ``Trainer.step`` updates locally)."""
-    for i, param in enumerate(_parameters(net)):
-        if param.grad_req != "null":
-            kv.pushpull(i, param.list_grad(), out=param.list_grad(), priority=-i)
-
-
-def average_running_statistics(net, kv=None, size: int = 1) -> None:
-    """Average BatchNorm's running mean and variance over every device (and host with ``kv``).
-
-    They are not gradients, so nothing averages them during training; doing it at the end of each
-    epoch makes evaluation, checkpoints and the saved model the same on every device and host.
-    """
-    import mxnet as mx
-
-    for i, param in enumerate(_parameters(net)):
-        if param.grad_req != "null":
-            continue
-        copies = param.list_data()
-        mean = mx.nd.add_n(*[c.as_in_context(copies[0].context) for c in copies]) / len(copies)
-        if kv is not None:
-            total = mx.nd.zeros(mean.shape, dtype=mean.dtype)
-            kv.pushpull(i, mx.nd.array(mean.asnumpy(), dtype=mean.dtype), out=total)
-            mean = total / size
-        param.set_data(mean)
-
-
-def any_worker(kv):
-    """``agree(raised) -> bool``: True on every worker when any worker raised its flag (one round trip)."""
-    import mxnet as mx
-
-    def agree(raised: bool) -> bool:
-        flag = mx.nd.array([1.0 if raised else 0.0])
-        kv.pushpull(STOP_KEY, flag, out=flag)
-        return float(flag.asscalar()) > 0
-
-    return agree
-
-
-class WorkerBatches:
-    """This worker's share ``batch[rank::size]`` of each global batch of ``sampler``.
-
-    Every worker iterates the same sampler (same seed). ``resume_at`` skips the batches a resumed
-    epoch already trained on, drawing them all the same, so the sampler's state moves exactly as in
-    an uninterrupted run. The length is always the whole epoch's.
-    """
-
-    def __init__(self, sampler, rank: int = 0, size: int = 1):
-        self.sampler, self.rank, self.size = sampler, rank, size
-        self._pending = None
-
-    def resume_at(self, iteration: int) -> None:
-        batches = iter(self.sampler)
-        for _ in range(iteration):
-            next(batches)
-        self._pending = batches if iteration < len(self.sampler) else None
-
-    def __iter__(self):
-        batches, self._pending = self._pending or iter(self.sampler), None
-        return (batch[self.rank :: self.size] for batch in batches)
-
-    def __len__(self) -> int:
-        return len(self.sampler)

@@ -32,5 +32,16 @@ class StopFlag:
         self.raised = True
 
     def check(self) -> None:
+        """Raise ``Stopped`` once any host got SIGTERM: a collective call once ``agree`` is set."""
         if self.agree(self.raised) if self.agree else self.raised:
+            raise Stopped()
+
+    def check_here(self) -> None:
+        """Raise ``Stopped`` once this host got SIGTERM; never a collective call.
+
+        For checks whose number differs from host to host (while waiting for a batch, over a
+        validation stream of this host's own length): a collective there would pair with another
+        host's gradient exchange and hang both.
+        """
+        if self.raised:
             raise Stopped()
