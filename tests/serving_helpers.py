@@ -8,6 +8,7 @@ import importlib
 import io
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from serving_helpers import decode_probabilities, record_pb2
 
+from semseg.data.recordio import MAGIC, framed
 from semseg.errors import PayloadTooLarge, UnsupportedAccept, UnsupportedContentType
 from semseg.inference import codecs, geometry
 from semseg.inference import recordio_protobuf as rp
@@ -68,7 +69,7 @@ def test_hand_written_protobuf_is_byte_identical_to_the_protobuf_library(record_
     expected = record.SerializeToString(deterministic=True)
     body = body_of(codecs.encode_probabilities(prediction, "application/x-protobuf"))
     magic, lrec = struct.unpack("<II", body[:8])
-    assert (magic, lrec >> 29, lrec & ((1 << 29) - 1)) == (rp.MAGIC, 0, len(expected))
+    assert (magic, lrec >> 29, lrec & ((1 << 29) - 1)) == (MAGIC, 0, len(expected))
     assert body[8 : 8 + len(expected)] == expected
     assert body[8 + len(expected) :] == b"\0" * (-len(expected) % 4)
 
@@ -83,7 +84,7 @@ def test_varint_matches_the_protobuf_library(value, record_module):
 def test_recordio_framing_escapes_aligned_magic_words_as_dmlc_does(tmp_path):
     import mxnet as mx
 
-    magic = struct.pack("<I", rp.MAGIC)
+    magic = struct.pack("<I", MAGIC)
     payloads = [
         b"",
         b"abc",
@@ -95,7 +96,7 @@ def test_recordio_framing_escapes_aligned_magic_words_as_dmlc_does(tmp_path):
     path = tmp_path / "records.rec"
     with open(path, "wb") as handle:
         for payload in payloads:
-            length, chunks = rp.framed(np.frombuffer(payload, dtype=np.uint8))
+            length, chunks = framed(np.frombuffer(payload, dtype=np.uint8))
             data = b"".join(chunks)
             assert len(data) == length and length % 4 == 0
             handle.write(data)

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.recordio import MAX_LENGTH as MAX_RECORD_BYTES
+from ..data.recordio import framed
 from ..errors import PayloadTooLarge, UnsupportedAccept, UnsupportedContentType
 from . import recordio_protobuf as rp
 from .predictor import Prediction, Predictor
@@ -102,7 +103,7 @@ def encode_probabilities(prediction: Prediction, content_type: str) -> Encoded:
     values = payload[len(head) :].view("<f4").reshape(shape[1:])
     for top, left, tile in prediction.tiles():
         values[:, top : top + tile.shape[1], left : left + tile.shape[2]] = tile
-    length, chunks = rp.framed(payload)
+    length, chunks = framed(payload)
     return Encoded(content_type, length, chunks)
 
 

@@ -7,22 +7,14 @@ directly rather than through generated classes: the float values are copied stra
 into the output buffer, which a protobuf message (a Python list of floats) cannot do for the
 tens of millions of values of a large image. The layout is fixed and small (a map entry is a
 nested message ``{1: key, 2: value}``); the tests parse it with the protobuf library.
-
-RecordIO framing as dmlc writes it: ``magic, lrec, payload, zero padding to 4 bytes``; a payload
-word equal to the magic number at a 4-byte-aligned offset splits the record into parts
-(cflag 1, 2, ..., 3) and is dropped, for the reader to put back.
+The record is framed by ``data.recordio.framed``, the one RecordIO framing of the project.
 """
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-
-from ..data.recordio import MAGIC
-
-CHUNK_BYTES = 1 << 20  # the response is handed to the server in pieces of this size
 
 _LENGTH_DELIMITED = 2
 
@@ -77,25 +69,3 @@ def int32_feature(key: str, values: Sequence[int]) -> bytes:
 def probabilities_payload_size(shape: Sequence[int]) -> int:
     count = int(np.prod(shape))
     return len(feature_prefix("target", FLOAT32_TENSOR, 4 * count)) + 4 * count + len(int32_feature("shape", shape))
-
-
-def framed(payload: np.ndarray) -> tuple[int, Iterator[bytes]]:
-    """(total length, chunks) of ``payload`` (uint8) as one RecordIO record, escaped as dmlc does."""
-    size = payload.size
-    words = payload[: size // 4 * 4].view("<u4")
-    splits = (np.flatnonzero(words == MAGIC) * 4).tolist()
-    parts, start = [], 0
-    for index, at in enumerate(splits):
-        parts.append((1 if index == 0 else 2, start, at))
-        start = at + 4
-    parts.append((3 if splits else 0, start, size))
-    total = sum(8 + (end - begin) + (-(end - begin) % 4) for _, begin, end in parts)
-
-    def chunks() -> Iterator[bytes]:
-        for flag, begin, end in parts:
-            yield struct.pack("<II", MAGIC, flag << 29 | (end - begin))
-            for offset in range(begin, end, CHUNK_BYTES):
-                yield payload[offset : min(end, offset + CHUNK_BYTES)].tobytes()
-            yield b"\0" * (-(end - begin) % 4)
-
-    return total, chunks()
