@@ -98,11 +98,7 @@ def throughput_row(root: Path, size: int, workers: int, requests_per_run: int, b
         SAGEMAKER_MODEL_SERVER_WORKERS=str(workers),
     )
     try:
-        assert server.wait_until_up().status_code == 200, server.log()
-        deadline = time.monotonic() + 300
-        while server.log().count("Loaded fcn") < workers:  # every worker has loaded and warmed up
-            assert time.monotonic() < deadline, server.log()
-            time.sleep(0.5)
+        server.wait_until_warm(workers)
 
         def one(_):
             answer = server.invoke(body, timeout=600)

@@ -51,9 +51,7 @@ def main() -> int:
         root = args.model_root or trained_model(scratch / "models", "fcn")
         server = Server(root, scratch / "serve.log", SAGEMAKER_MODEL_SERVER_WORKERS=str(args.workers))
         try:
-            assert server.wait_until_up().status_code == 200, server.log()
-            while server.log().count("Loaded fcn") < args.workers:
-                time.sleep(0.5)
+            server.wait_until_warm(args.workers)
             workers = server.worker_pids()
             print(
                 f"# Serving fuzz: {per_class} cases x {len(CLASSES)} classes, seed {args.seed}, "

@@ -25,7 +25,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -43,11 +42,7 @@ def started(root: Path, log: Path, worker_class: str, workers: int, size: int | 
     if size:
         env["SEMSEG_INFERENCE_SIZE"] = str(size)
     server = Server(root, log, command=STOCK if worker_class == "gthread" else None, **env)
-    assert server.wait_until_up().status_code == 200, server.log()
-    deadline = time.monotonic() + 300
-    while server.log().count("Loaded fcn") < workers:
-        assert time.monotonic() < deadline, server.log()
-        time.sleep(0.5)
+    server.wait_until_warm(workers)
     return server
 
 

@@ -191,14 +191,21 @@ class BufferingWorker(ThreadWorker):
         self.reading[conn] = (RequestFrame(self.max_body_bytes), deadline)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
 
+    @staticmethod
+    def _receive(conn) -> bytes | None:
+        """What the client sent since the last call; None when nothing is there yet, b"" once it is gone."""
+        try:
+            return conn.sock.recv(_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            return b""
+
     def _on_readable(self, conn, client):
         frame, _ = self.reading[conn]
-        try:
-            data = conn.sock.recv(_RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = self._receive(conn)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:  # the client went away before sending a whole request
             self._drop(conn)
             return
@@ -219,12 +226,9 @@ class BufferingWorker(ThreadWorker):
         self.draining[conn] = [0, now, now + self.client_timeout_s]
 
     def _on_drain_readable(self, conn, client):
-        try:
-            data = conn.sock.recv(_RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = self._receive(conn)
+        if data is None:
             return
-        except OSError:
-            data = b""
         state = self.draining[conn]
         state[0] += len(data)
         state[1] = time.monotonic()

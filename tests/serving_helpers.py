@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import re
 import signal
 import socket
 import struct
@@ -72,6 +73,14 @@ class Server:
             except requests.Timeout:
                 pass
         raise AssertionError(f"serve did not answer /ping within {timeout} s: {self.log()}")
+
+    def wait_until_warm(self, workers: int, timeout: float = 300) -> None:
+        """Until /ping answers 200 and ``workers`` workers have loaded and warmed up their model."""
+        assert self.wait_until_up().status_code == 200, self.log()
+        deadline = time.monotonic() + timeout
+        while len(re.findall(r"Loaded (?:fcn|psp|deeplab)/", self.log())) < workers:
+            assert time.monotonic() < deadline, f"{workers} workers did not load within {timeout} s: {self.log()}"
+            time.sleep(0.5)
 
     def invoke(
         self,

@@ -37,11 +37,7 @@ def server(tmp_path_factory):
         SEMSEG_CLIENT_TIMEOUT=str(CLIENT_TIMEOUT_S),
     )
     try:
-        assert running.wait_until_up().status_code == 200, running.log()
-        deadline = time.monotonic() + 120
-        while running.log().count("Loaded fcn") < 2:  # both workers loaded and warmed up
-            assert time.monotonic() < deadline, running.log()
-            time.sleep(0.5)
+        running.wait_until_warm(2)
         yield running
     finally:
         running.stop()

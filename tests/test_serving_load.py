@@ -5,8 +5,6 @@ within 1 s every time (SageMaker's own limit is 2 s; an idle server answers in m
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from serving_helpers import Server, SlowClient, encoded, mask_of, sample_image, trained_model
 from serving_traffic import run_load
@@ -26,11 +24,7 @@ def server(tmp_path_factory):
         SEMSEG_CLIENT_TIMEOUT=str(CLIENT_TIMEOUT_S),
     )
     try:
-        assert running.wait_until_up().status_code == 200, running.log()
-        deadline = time.monotonic() + 120
-        while running.log().count("Loaded fcn") < 2:
-            assert time.monotonic() < deadline, running.log()
-            time.sleep(0.5)
+        running.wait_until_warm(2)
         yield running
     finally:
         running.stop()
