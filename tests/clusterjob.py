@@ -38,5 +38,12 @@ def start_host(root: Path, env: dict | None = None) -> subprocess.Popen:
 
 
 def finish(root: Path, process: subprocess.Popen, timeout: float) -> Job:
-    code = process.wait(timeout=timeout)
+    """The host's job once it exits; a host still running after ``timeout`` is killed, failing the test."""
+    try:
+        code = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        log = (root / "train.log").read_text()[-3000:]
+        raise AssertionError(f"{root.name} did not exit within {timeout} s: {log}") from None
     return Job(root, code, (root / "train.log").read_text())
