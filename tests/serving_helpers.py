@@ -17,6 +17,8 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +232,15 @@ def ping_times(url: str, seconds: float, interval: float = 0.2) -> list[float]:
         times.append(time.monotonic() - started if ok else 30.0)
         time.sleep(interval)
     return times
+
+
+@contextmanager
+def two_warm_workers(tmp_path_factory, name: str, **env: str) -> Iterator[Server]:
+    """The test fcn model served by two loaded, warmed-up workers, stopped afterwards."""
+    root = trained_model(tmp_path_factory.getbasetemp() / "serving-models", "fcn")
+    server = Server(root, tmp_path_factory.mktemp(name) / "serve.log", SAGEMAKER_MODEL_SERVER_WORKERS="2", **env)
+    try:
+        server.wait_until_warm(2)
+        yield server
+    finally:
+        server.stop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from serving_helpers import Server, trained_model
+from serving_helpers import two_warm_workers
 from serving_traffic import fuzz, restarts
 
 pytestmark = pytest.mark.slow
@@ -24,10 +24,7 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def test_a_few_hundred_hostile_requests_get_4xx_sentences_and_no_worker_dies(tmp_path_factory):
-    root = trained_model(tmp_path_factory.getbasetemp() / "serving-models", "fcn")
-    server = Server(root, tmp_path_factory.mktemp("fuzz") / "serve.log", SAGEMAKER_MODEL_SERVER_WORKERS="2")
-    try:
-        server.wait_until_warm(2)
+    with two_warm_workers(tmp_path_factory, "fuzz") as server:
         workers = server.worker_pids()
         result = fuzz(server, random.Random(20261127), PER_CLASS)
         assert result.problems == [], "\n".join(result.problems[:20])
@@ -38,5 +35,3 @@ def test_a_few_hundred_hostile_requests_get_4xx_sentences_and_no_worker_dies(tmp
         assert "Traceback" not in log and "WORKER TIMEOUT" not in log, log[-3000:]
         # Nothing in these cases needs more than a few megapixels decoded at once: 620 MB at rest.
         assert max(peak_rss_mb(pid) for pid in workers) < 1500
-    finally:
-        server.stop()

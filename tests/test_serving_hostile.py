@@ -19,7 +19,15 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-from serving_helpers import Server, SlowClient, encoded, mask_of, ping_times, sample_image, trained_model
+from serving_helpers import (
+    Server,
+    SlowClient,
+    encoded,
+    mask_of,
+    ping_times,
+    sample_image,
+    two_warm_workers,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,18 +37,8 @@ LIMIT = 10 * 2**20
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = trained_model(tmp_path_factory.getbasetemp() / "serving-models", "fcn")
-    running = Server(
-        root,
-        tmp_path_factory.mktemp("hostile") / "serve.log",
-        SAGEMAKER_MODEL_SERVER_WORKERS="2",
-        SEMSEG_CLIENT_TIMEOUT=str(CLIENT_TIMEOUT_S),
-    )
-    try:
-        running.wait_until_warm(2)
+    with two_warm_workers(tmp_path_factory, "hostile", SEMSEG_CLIENT_TIMEOUT=str(CLIENT_TIMEOUT_S)) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def assert_still_serving(server: Server) -> None:

@@ -6,7 +6,7 @@ within 1 s every time (SageMaker's own limit is 2 s; an idle server answers in m
 from __future__ import annotations
 
 import pytest
-from serving_helpers import Server, SlowClient, encoded, mask_of, sample_image, trained_model
+from serving_helpers import SlowClient, encoded, mask_of, sample_image, two_warm_workers
 from serving_traffic import run_load
 
 pytestmark = pytest.mark.slow
@@ -16,18 +16,8 @@ CLIENT_TIMEOUT_S = 6
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = trained_model(tmp_path_factory.getbasetemp() / "serving-models", "fcn")
-    running = Server(
-        root,
-        tmp_path_factory.mktemp("load") / "serve.log",
-        SAGEMAKER_MODEL_SERVER_WORKERS="2",
-        SEMSEG_CLIENT_TIMEOUT=str(CLIENT_TIMEOUT_S),
-    )
-    try:
-        running.wait_until_warm(2)
+    with two_warm_workers(tmp_path_factory, "load", SEMSEG_CLIENT_TIMEOUT=str(CLIENT_TIMEOUT_S)) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_eight_clients_for_twelve_seconds_with_slow_clients_alongside(server):
