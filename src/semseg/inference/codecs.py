@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .. import classes
 from ..data.recordio import MAX_LENGTH as MAX_RECORD_BYTES
 from ..data.recordio import framed
 from ..errors import PayloadTooLarge, UnsupportedAccept, UnsupportedContentType
@@ -37,22 +38,7 @@ def _single(content_type: str, body: bytes) -> Encoded:
     return Encoded(content_type, len(body), [body])
 
 
-def _voc_palette() -> list[int]:
-    """The PASCAL VOC colour map: distinct colours for class ids, so the mask is viewable as is."""
-    palette = []
-    for index in range(256):
-        red = green = blue = 0
-        value = index
-        for bit in range(8):
-            red |= ((value >> 0) & 1) << (7 - bit)
-            green |= ((value >> 1) & 1) << (7 - bit)
-            blue |= ((value >> 2) & 1) << (7 - bit)
-            value >>= 3
-        palette += [red, green, blue]
-    return palette
-
-
-_PALETTE = _voc_palette()
+_PALETTE = classes.default(0).palette()  # VOC colours for every id
 
 
 def encode_png(prediction: Prediction, content_type: str) -> Encoded:

@@ -1,0 +1,115 @@
+"""Class names and colours: what a class id means to a person.
+
+A model directory may hold ``classes.json`` beside the built-in's three files (written when the
+training data named its classes, e.g. a CVAT ``labelmap.txt``). Everything that shows classes to a
+person reads it through ``load``: the serving PNG palette, the JSON answer, the training logs and the
+report. A model without it gets names ``class_0 ..`` and the PASCAL VOC colour map, as the built-in.
+
+Format: ``{"classes": [{"id": 0, "name": "background", "color": [0, 0, 0]}, ...]}``, ids ``0 ..
+num_classes-1`` in order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+FILE_NAME = "classes.json"
+
+
+def voc_colors(count: int = 256) -> list[tuple[int, int, int]]:
+    """The PASCAL VOC colour map: distinct colours for class ids, so a mask is viewable as is."""
+    colors = []
+    for index in range(count):
+        red = green = blue = 0
+        value = index
+        for bit in range(8):
+            red |= ((value >> 0) & 1) << (7 - bit)
+            green |= ((value >> 1) & 1) << (7 - bit)
+            blue |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        colors.append((red, green, blue))
+    return colors
+
+
+@dataclass(frozen=True)
+class ClassTable:
+    """Names and RGB colours of classes ``0 .. len(names)-1``."""
+
+    names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.colors):
+            raise ValueError("a class table needs one colour per name")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def palette(self) -> list[int]:
+        """A 768-entry PNG palette: the table's colours, then VOC colours for the ids above them."""
+        rest = voc_colors()[len(self.colors) :]
+        return [channel for color in (*self.colors, *rest) for channel in color]
+
+    def name(self, class_id: int) -> str:
+        return self.names[class_id] if 0 <= class_id < len(self.names) else f"class_{class_id}"
+
+    def to_json(self) -> dict:
+        return {
+            "classes": [
+                {"id": index, "name": name, "color": list(color)}
+                for index, (name, color) in enumerate(zip(self.names, self.colors, strict=True))
+            ]
+        }
+
+
+def default(num_classes: int) -> ClassTable:
+    """``class_0 ..`` in VOC colours: what a model without ``classes.json`` shows."""
+    return ClassTable(tuple(f"class_{i}" for i in range(num_classes)), tuple(voc_colors()[:num_classes]))
+
+
+def from_json(spec: object, source: str) -> ClassTable:
+    """Parse the ``classes.json`` object; any deviation is one sentence naming ``source``."""
+    entries = spec.get("classes") if isinstance(spec, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{source} must be a JSON object with a non-empty 'classes' list")
+    names, colors = [], []
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, dict) or entry.get("id") != position:
+            raise UserError(f'{source}: entry {position} must be an object with "id": {position}')
+        name, color = entry.get("name"), entry.get("color")
+        if not isinstance(name, str) or not name:
+            raise UserError(f"{source}: class {position} needs a non-empty 'name'")
+        if not (isinstance(color, list) and len(color) == 3 and all(type(c) is int and 0 <= c <= 255 for c in color)):
+            raise UserError(f"{source}: class {position} ({name}) needs a 'color' of three integers 0..255")
+        names.append(name)
+        colors.append(tuple(color))
+    return ClassTable(tuple(names), tuple(colors))
+
+
+def save(table: ClassTable, model_dir: Path) -> Path:
+    """Write ``classes.json`` into ``model_dir`` atomically (the artifacts' own writer)."""
+    from .model.artifacts import write_atomically
+
+    path = Path(model_dir) / FILE_NAME
+    text = json.dumps(table.to_json(), indent=1)
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def load(model_dir: Path, num_classes: int) -> ClassTable:
+    """The model's class table, or ``default(num_classes)`` when it has no ``classes.json``."""
+    path = Path(model_dir) / FILE_NAME
+    if not path.exists():
+        return default(num_classes)
+    try:
+        spec = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc})") from None
+    table = from_json(spec, str(path))
+    if len(table) != num_classes:
+        raise UserError(f"{path} names {len(table)} classes but the model has num_classes={num_classes}")
+    return table
