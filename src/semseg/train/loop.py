@@ -209,6 +209,7 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats, matrix: ConfusionMatrix, 
         "pixel_accuracy": pixel_accuracy,
         "mIOU": miou,
         "learning_rate": training.schedule((epoch + 1) * run.splits.iterations_per_epoch - 1),
+        "per_class_iou": matrix.iou().tolist(),
     }
     state.history.append(entry)
     if run.stopping.update(miou):
@@ -216,7 +217,7 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats, matrix: ConfusionMatrix, 
             artifacts.save_hyperparameters(training.hp, model_dir)
             logs.serializing(model_dir / paths.BEST_PARAMS)
             artifacts.save_parameters(training.net, model_dir / paths.BEST_PARAMS)
-        state.best = {**entry, "per_class_iou": matrix.iou().tolist(), "confusion_matrix": matrix.matrix.tolist()}
+        state.best = {**entry, "confusion_matrix": matrix.matrix.tolist()}
     if training.writes_artifacts:
         write_report(state.history, state.best, run.splits.class_pixels)
     logs.epochs_progress(training.host, epoch + 1, training.hp["epochs"])
