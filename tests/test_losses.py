@@ -144,15 +144,23 @@ def test_non_finite_iterations_are_skipped_then_end_the_job(caplog):
     assert "clip_gradient" in message and "\n" not in message
 
 
-def test_gradients_finite_sees_a_nan_on_any_device():
-    net = mx.gluon.nn.Dense(2, in_units=2)
+def test_a_nan_anywhere_reaches_the_checked_gradient_on_any_device():
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Dense(4, in_units=2), mx.gluon.nn.Dense(3, in_units=4), mx.gluon.nn.Dense(1, in_units=3))
     net.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
-    for context in (mx.cpu(0), mx.cpu(1)):
-        with mx.autograd.record():
-            out = net(mx.nd.ones((1, 2), ctx=context))
-        out.backward()
+
+    def backward(poison_device):
+        for number, context in enumerate((mx.cpu(0), mx.cpu(1))):
+            with mx.autograd.record():
+                hidden = net[1](net[0](mx.nd.ones((1, 2), ctx=context)))
+                if number == poison_device:  # a non-finite value in the middle of the network
+                    hidden = hidden * mx.nd.array([[1, float("inf"), 1]], ctx=context)
+                out = net[2](hidden) * 0
+            out.backward()
+
+    backward(poison_device=None)
     assert guards.gradients_finite(net)
-    net.weight.list_grad()[1][0, 0] = float("nan")
+    backward(poison_device=1)
     assert not guards.gradients_finite(net)
 
 
