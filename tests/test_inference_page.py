@@ -89,3 +89,17 @@ def test_serve_model_accepts_a_model_dir_an_archive_or_a_job_root(tmp_path):
 def test_the_model_dir_setting(tmp_path):
     assert from_environment({}).model_dir is None
     assert from_environment({"SEMSEG_MODEL_DIR": str(tmp_path)}).model_dir == tmp_path
+
+
+def test_serve_refuses_a_missing_model_or_a_bad_port_in_one_sentence(tmp_path, monkeypatch, capsys):
+    from semseg import cli
+
+    monkeypatch.setenv("SEMSEG_MODEL_DIR", "")  # serve_main sets these: restored afterwards
+    monkeypatch.setenv("SAGEMAKER_BIND_TO_PORT", "8080")
+    assert cli.main(["serve", "--model", str(tmp_path / "nowhere")]) == cli.EXIT_USER_ERROR
+    assert capsys.readouterr().err.strip() == (
+        f"semseg serve: There is no model at {tmp_path / 'nowhere'}: "
+        "give a model directory, a model.tar.gz or a job's /opt/ml root"
+    )
+    assert cli.main(["serve", "--port", "0"]) == cli.EXIT_USER_ERROR
+    assert "SAGEMAKER_BIND_TO_PORT is 0; it must be at least 1" in capsys.readouterr().err
