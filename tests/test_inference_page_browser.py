@@ -21,13 +21,12 @@ from PIL import Image
 from serving_helpers import BIN, Server, encoded, sample_image, trained_model
 
 from semseg import classes
-from semseg.sample_data import PALETTE
+from semseg.sample_data import CLASSES as NAMED
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 NAMES = ("background", "disc", "rectangle", "triangle")
-NAMED = classes.ClassTable(NAMES, tuple(tuple(PALETTE[3 * i : 3 * i + 3]) for i in range(len(NAMES))))
 WAIT_S = 120  # a loaded 2-core machine: the first prediction and a download can take a while
 
 
