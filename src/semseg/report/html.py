@@ -65,7 +65,8 @@ def render(history: list[dict], best: dict | None, table: ClassTable, train_pixe
         parts.append('<p class="note">No epoch was validated, so there is no best epoch to report.</p>')
     else:
         parts.append(
-            f"<p>Best epoch: <b>{best['epoch']}</b> of {len(history)}: validation mIoU <b>{best['mIOU']:.4f}</b>, "
+            f"<p>Best epoch: <b>{best['epoch']}</b> (epochs 0 to {history[-1]['epoch']}, numbered as in the log): "
+            f"validation mIoU <b>{best['mIOU']:.4f}</b>, "
             f"pixel accuracy <b>{best['pixel_accuracy']:.4f}</b>. The numbers are also in "
             '<a href="metrics.json">metrics.json</a>.</p>'
         )

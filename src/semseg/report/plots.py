@@ -41,7 +41,10 @@ def curves(history: list[dict], path: Path) -> None:
     quality.legend(loc="lower right")
     for axes in (loss, quality):
         axes.grid(alpha=0.3)
-        axes.xaxis.get_major_locator().set_params(integer=True)
+        if len(epochs) <= 20:
+            axes.set_xticks(epochs)
+        else:
+            axes.xaxis.get_major_locator().set_params(integer=True)
     _save(figure, path)
 
 
