@@ -75,13 +75,30 @@ def train_command() -> None:
     os._exit(train_main())
 
 
-def serve_main() -> int:
+def serve_main(model: str | None = None, port: int | None = None) -> int:
     """Run the installed ``serve`` command, the model server, on ``$SAGEMAKER_BIND_TO_PORT`` or 8080.
 
-    Found through its console-script entry point, so that this library never imports the HTTP layer.
+    ``model``: a model directory, model.tar.gz or job root to serve instead of ``$SAGEMAKER_BASE_DIR/model``;
+    ``port``: the port instead of the environment's. The server is found through its console-script
+    entry point, so that this library never imports the HTTP layer.
     """
     from importlib.metadata import entry_points
+    from pathlib import Path
 
+    from .inference.settings import MODEL_DIR_VARIABLE, from_environment
+    from .model.artifacts import model_to_serve
+
+    try:
+        if model is not None:
+            os.environ[MODEL_DIR_VARIABLE] = str(model_to_serve(Path(model)))
+        if port is not None:
+            os.environ["SAGEMAKER_BIND_TO_PORT"] = str(port)
+        settings = from_environment()
+    except UserError as exc:
+        print(f"semseg serve: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if model is not None:
+        print(f"Serving {settings.model_dir}; its page: http://localhost:{settings.port}/", flush=True)
     (command,) = entry_points(group="console_scripts", name="serve")
     return command.load()()
 
@@ -90,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="semseg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("train", help="train from the /opt/ml tree at $SAGEMAKER_BASE_DIR (default /opt/ml)")
-    commands.add_parser("serve", help="serve the model in $SAGEMAKER_BASE_DIR/model on port 8080")
+    serve = commands.add_parser("serve", help="serve a model, with an inference page at http://localhost:8080/")
+    serve.add_argument(
+        "--model", help="a model directory, a model.tar.gz or a job's /opt/ml root (default: $SAGEMAKER_BASE_DIR/model)"
+    )
+    serve.add_argument("--port", type=int, help="the port to listen on (default: $SAGEMAKER_BIND_TO_PORT or 8080)")
     demo = commands.add_parser("demo", help="make a sample dataset, train on it, serve it and segment an image")
     demo.add_argument("--workdir", default="demo", help="where the sample /opt/ml tree is made (default: ./demo)")
     sample = commands.add_parser("sample-data", help="write a synthetic dataset laid out as an /opt/ml tree")
@@ -101,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         train_command()
     if args.command == "serve":
-        return serve_main()
+        return serve_main(args.model, args.port)
     if args.command == "sample-data":
         from .sample_data import write_opt_ml_tree
 

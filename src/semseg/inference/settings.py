@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import UserError
 
@@ -26,6 +27,8 @@ WORKERS_VARIABLE = "SAGEMAKER_MODEL_SERVER_WORKERS"
 # Set by the HTTP server in each worker process it starts (0 .. workers-1, reused by a replacement
 # worker), never by a user: which GPU the worker takes.
 WORKER_SLOT_VARIABLE = "SEMSEG_WORKER_SLOT"
+# The model to serve, when it is not $SAGEMAKER_BASE_DIR/model (set by ``semseg serve --model DIR``).
+MODEL_DIR_VARIABLE = "SEMSEG_MODEL_DIR"
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class ServingSettings:
     client_timeout_s: int = DEFAULT_CLIENT_TIMEOUT_S
     default_accept: str = DEFAULT_ACCEPT
     worker_slot: int = 0
+    model_dir: Path | None = None  # None: the /opt/ml tree's model directory
 
     @property
     def max_payload_bytes(self) -> int:
@@ -73,4 +77,5 @@ def from_environment(environ: Mapping[str, str] | None = None) -> ServingSetting
         client_timeout_s=_integer(env, "SEMSEG_CLIENT_TIMEOUT", DEFAULT_CLIENT_TIMEOUT_S, 1),
         default_accept=env.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "").strip() or DEFAULT_ACCEPT,
         worker_slot=_integer(env, WORKER_SLOT_VARIABLE, 0, 0),
+        model_dir=Path(env[MODEL_DIR_VARIABLE]) if env.get(MODEL_DIR_VARIABLE, "").strip() else None,
     )

@@ -22,9 +22,10 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from .. import logs, paths, sm_config
+from .. import classes, logs, paths, report, sm_config
 from ..data.loaders import Splits, data_splits
 from ..model import artifacts, export
+from ..report.examples import ValidationExamples
 from . import checkpoint, guards, kvstore, setup
 from .checkpoint import EpochProgress, TrainingState
 from .early_stopping import EarlyStopping
@@ -51,6 +52,8 @@ class Run:
     saver: checkpoint.Saver
     state: TrainingState
     stopping: EarlyStopping
+    class_table: classes.ClassTable  # names for the per-class log lines and the report
+    best_examples: ValidationExamples | None = None  # a few validation samples of the best epoch
 
 
 def derived_seed(seed: int, kind: str, number: int) -> int:
@@ -137,8 +140,11 @@ def train_one_epoch(
     return EpochStats(progress.loss / max(1, progress.samples), samples / elapsed, waiting / elapsed)
 
 
-def evaluate(training: Training, loader, epoch: int) -> tuple[ConfusionMatrix, float]:
-    """Confusion matrix over the whole validation split, and samples/sec."""
+def evaluate(
+    training: Training, loader, epoch: int, examples: ValidationExamples | None = None
+) -> tuple[ConfusionMatrix, float]:
+    """Confusion matrix over the whole validation split, and samples/sec; the first samples go to
+    ``examples`` for the report."""
     matrix, samples, start = ConfusionMatrix(training.hp["num_classes"]), 0, time.time()
     window_start, window_samples = start, 0
     for i, (images, labels) in enumerate(loader):
@@ -147,8 +153,10 @@ def evaluate(training: Training, loader, epoch: int) -> tuple[ConfusionMatrix, f
             gluon.utils.split_and_load(images, training.ctx, even_split=False),
             gluon.utils.split_and_load(labels, training.ctx, even_split=False),
         ):
-            predictions = training.net(x)[0].argmax(axis=1)
-            matrix.update(y.asnumpy(), predictions.asnumpy())
+            truths, predictions = y.asnumpy(), training.net(x)[0].argmax(axis=1).asnumpy()
+            matrix.update(truths, predictions)
+            if examples is not None and examples.room:
+                examples.keep(x[: examples.room].asnumpy(), truths, predictions)
         samples += images.shape[0]
         window_samples += images.shape[0]
         if (i + 1) % training.hp["_logging_frequency"] == 0:
@@ -181,8 +189,9 @@ def train_epochs(run: Run) -> int:
             log.info("Waiting for data took %.1f%% of the epoch", 100 * stats.data_wait)
             if len(training.ctx) > 1 or training.kvstore is not None:
                 kvstore.average_running_statistics(training.net, training.kvstore, training.hosts)
-            matrix, validation_speed = evaluate(training, splits.validation_loader, epoch)
-            guards.warn_if_collapsed(matrix, epoch, setup.class_names(hp))
+            examples = ValidationExamples() if training.writes_artifacts else None
+            matrix, validation_speed = evaluate(training, splits.validation_loader, epoch, examples)
+            guards.warn_if_collapsed(matrix, epoch, list(run.class_table.names))
         except Stopped:
             if (epoch, progress.done) != state.position:
                 state.move_to(epoch, progress, sampler_state, run.stopping)
@@ -191,18 +200,26 @@ def train_epochs(run: Run) -> int:
         epochs_done = epoch + 1
         if training.class_pixels is not None:
             setup.set_counted_weights(training, training.class_pixels)
-        end_epoch(run, epoch, stats, matrix, validation_speed)
+        end_epoch(run, epoch, stats, matrix, validation_speed, examples)
         if state.early_stopped:
             log.info("Early stopping: validation mIOU has not improved for %d epochs", run.stopping.patience)
             break
     return epochs_done
 
 
-def end_epoch(run: Run, epoch: int, stats: EpochStats, matrix: ConfusionMatrix, validation_speed: float) -> None:
-    """Log and record the epoch, keep the best weights, write the report and the checkpoint."""
+def end_epoch(
+    run: Run,
+    epoch: int,
+    stats: EpochStats,
+    matrix: ConfusionMatrix,
+    validation_speed: float,
+    examples: ValidationExamples | None = None,
+) -> None:
+    """Log and record the epoch, keep the best weights (and examples), write metrics.json and the checkpoint."""
     training, state, model_dir = run.training, run.state, paths.model_dir()
     pixel_accuracy, miou = matrix.pixel_accuracy(), matrix.mean_iou()
     logs.validation_end(training.host, epoch, pixel_accuracy, miou, validation_speed)
+    logs.per_class(training.host, epoch, run.class_table.names, matrix.iou().tolist(), matrix.class_accuracy().tolist())
     entry = {
         "epoch": epoch,
         "train_loss": stats.loss,
@@ -218,6 +235,7 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats, matrix: ConfusionMatrix, 
             logs.serializing(model_dir / paths.BEST_PARAMS)
             artifacts.save_parameters(training.net, model_dir / paths.BEST_PARAMS)
         state.best = {**entry, "confusion_matrix": matrix.matrix.tolist()}
+        run.best_examples = examples
     if training.writes_artifacts:
         write_report(state.history, state.best, run.splits.class_pixels)
     logs.epochs_progress(training.host, epoch + 1, training.hp["epochs"])
@@ -264,10 +282,20 @@ def run(stop: StopFlag, cluster=None) -> None:
             training.kvstore = kvstore.create(training.net, training.ctx)
             stop.agree = training.any_host = kvstore.any_worker(training.kvstore)
         setup_seconds = time.time() - start
-        epochs_done = train_epochs(Run(training, splits, saver, state, stopping))
+        class_table = classes.load(paths.model_dir(), hp["num_classes"])
+        job = Run(training, splits, saver, state, stopping, class_table)
+        epochs_done = train_epochs(job)
         stop.check()  # collective in a multi-host job: every host makes it
         if training.writes_artifacts:
             save_model(training)
+            report.write(
+                paths.output_data_dir(),
+                state.history,
+                state.best,
+                class_table,
+                splits.class_pixels.tolist(),
+                job.best_examples,
+            )
         else:
             log.info("Model artifacts are written by the first host, %s", cluster.hosts[0])
         logs.end_of_training_metrics(training.host, epochs_done, start, setup_seconds)

@@ -39,3 +39,7 @@ class ConfusionMatrix:
 
     def mean_iou(self) -> float:
         return float(self.iou().mean())
+
+    def class_accuracy(self) -> np.ndarray:
+        """Per class: the share of its labelled pixels predicted as it (0 for a class with none)."""
+        return np.diag(self.matrix) / np.maximum(1, self.matrix.sum(1))
