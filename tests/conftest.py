@@ -32,3 +32,30 @@ def split_dirs(tmp_path):
     images.mkdir()
     masks.mkdir()
     return images, masks
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """moto's standalone S3-protocol server on 127.0.0.1, one for the session, stopped at its end."""
+    import s3server
+
+    server = s3server.start(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    s3server.stop(server)
+
+
+@pytest.fixture
+def s3(moto_server, tmp_path, monkeypatch):
+    """This test's environment points boto3 (here and in child processes) at the moto server only."""
+    import s3server
+
+    config_dir = tmp_path / "aws"
+    config_dir.mkdir()
+    for name, value in s3server.aws_environment(moto_server.endpoint, config_dir).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    from semseg.jobs import s3 as s3_module
+
+    s3_module.reset_clients()  # a client made for an earlier test's environment is not reused
+    return moto_server
