@@ -232,6 +232,8 @@ def upload_file(path: Path, target: S3Location, manager=None) -> None:
             return upload_file(path, target, own)
     try:
         manager.upload(str(path), target.bucket, target.key).result()
+    except FileNotFoundError:
+        raise  # the file went away (a checkpoint rotated out): the caller decides
     except Exception as exc:
         raise explain(exc, "upload to", target) from None
 
