@@ -59,3 +59,32 @@ def s3(moto_server, tmp_path, monkeypatch):
 
     s3_module.reset_clients()  # a client made for an earlier test's environment is not reused
     return moto_server
+
+
+@pytest.fixture(scope="session")
+def aws_env(moto_server, tmp_path_factory):
+    """For the session's S3 jobs: boto3 here and in child processes reaches the moto server only."""
+    import s3server
+
+    from semseg.jobs.s3 import reset_clients
+
+    config_dir = tmp_path_factory.mktemp("aws")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in s3server.aws_environment(moto_server.endpoint, config_dir).items():
+            patch.setenv(name, value)
+        patch.delenv("AWS_PROFILE", raising=False)
+        reset_clients()
+        yield s3server.env_for(moto_server, config_dir)
+
+
+@pytest.fixture(scope="session")
+def s3_first_job(aws_env, moto_server, tmp_path_factory):
+    """One tiny File-mode job from S3 channels, with checkpoints synced, run once for the session's S3 tests."""
+    import s3jobs
+
+    tmp = tmp_path_factory.mktemp("first-job")
+    bucket = moto_server.new_bucket()
+    s3jobs.upload_dataset(bucket, "data", tmp / "dataset")
+    channels = s3jobs.file_mode_channels(bucket, "data")
+    body = s3jobs.request("first", bucket, channels, checkpoints=f"s3://{bucket}/checkpoints/run")
+    return bucket, body, s3jobs.run_job(body, tmp / "first", aws_env)

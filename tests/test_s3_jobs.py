@@ -12,40 +12,16 @@ import re
 
 import boto3
 import pytest
-import s3jobs
-import s3server
 from s3jobs import file_channel, file_mode_channels, keys, request, run_job, tar_members
 from test_pipe_mode import sample_pairs
 
 from semseg import logs
-from semseg.jobs.s3 import reset_clients
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def aws(moto_server, tmp_path_factory):
-    """The module's environment: boto3 here and in the jobs reaches the moto server only."""
-    config_dir = tmp_path_factory.mktemp("aws")
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in s3server.aws_environment(moto_server.endpoint, config_dir).items():
-            patch.setenv(name, value)
-        patch.delenv("AWS_PROFILE", raising=False)
-        reset_clients()
-        yield s3server.env_for(moto_server, config_dir)
-
-
-@pytest.fixture(scope="module")
-def first_job(aws, moto_server, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("first-job")
-    bucket = moto_server.new_bucket()
-    s3jobs.upload_dataset(bucket, "data", tmp / "dataset")
-    body = request("first", bucket, file_mode_channels(bucket, "data"), checkpoints=f"s3://{bucket}/checkpoints/run")
-    return bucket, body, run_job(body, tmp / "first", aws)
-
-
-def test_a_file_mode_job_leaves_model_and_output_archives_at_sagemakers_keys(first_job):
-    bucket, body, job = first_job
+def test_a_file_mode_job_leaves_model_and_output_archives_at_sagemakers_keys(s3_first_job):
+    bucket, body, job = s3_first_job
     assert job.returncode == 0, job.log[-3000:]
     assert job.description["TrainingJobStatus"] == "Completed"
     assert job.description["ModelArtifacts"]["S3ModelArtifacts"] == f"s3://{bucket}/jobs/first/output/model.tar.gz"
@@ -64,8 +40,8 @@ def test_a_file_mode_job_leaves_model_and_output_archives_at_sagemakers_keys(fir
     ]
 
 
-def test_a_second_job_restores_the_synced_checkpoints_and_reads_the_model_channel(first_job, aws, tmp_path):
-    bucket, body, first = first_job
+def test_a_second_job_restores_the_synced_checkpoints_and_reads_the_model_channel(s3_first_job, aws_env, tmp_path):
+    bucket, body, first = s3_first_job
     assert first.returncode == 0, first.log[-3000:]
     synced = keys(bucket, "checkpoints/run/")
     assert any(key.endswith("/MANIFEST.json") for key in synced), synced
@@ -73,7 +49,7 @@ def test_a_second_job_restores_the_synced_checkpoints_and_reads_the_model_channe
     channels = file_mode_channels(bucket, "data") + [file_channel("model", model_uri)]
     second_body = {**request("second", bucket, channels, checkpoints=f"s3://{bucket}/checkpoints/run", epochs=2)}
 
-    second = run_job(second_body, tmp_path / "second", aws)
+    second = run_job(second_body, tmp_path / "second", aws_env)
 
     assert second.returncode == 0, second.log[-3000:]
     assert "Incremental training: initializing all weights from model_best.params" in second.log
@@ -115,14 +91,14 @@ def pipe_channel(name: str, manifest: str, seed: int | None = None) -> dict:
     return channel
 
 
-def test_a_pipe_mode_job_streams_an_s3_augmented_manifest_over_several_epochs(aws, moto_server, tmp_path):
+def test_a_pipe_mode_job_streams_an_s3_augmented_manifest_over_several_epochs(aws_env, moto_server, tmp_path):
     bucket = moto_server.new_bucket()
     train = _manifest(bucket, "pipe/train", sample_pairs(4, seed=1))
     validation = _manifest(bucket, "pipe/validation", sample_pairs(2, seed=2))
     body = request("piped", bucket, [pipe_channel("train", train, seed=7), pipe_channel("validation", validation)])
     body["AlgorithmSpecification"]["TrainingInputMode"] = "Pipe"
 
-    job = run_job({**body, "HyperParameters": {**body["HyperParameters"], "epochs": "3"}}, tmp_path / "piped", aws)
+    job = run_job({**body, "HyperParameters": {**body["HyperParameters"], "epochs": "3"}}, tmp_path / "piped", aws_env)
 
     assert job.returncode == 0, job.log[-3000:]
     assert len(re.findall(logs.METRIC_REGEXES["validation:mIOU"], job.log)) == 3
@@ -148,10 +124,10 @@ def test_a_pipe_mode_job_streams_an_s3_augmented_manifest_over_several_epochs(aw
         ),
     ],
 )
-def test_a_bad_request_fails_in_one_sentence_before_training(aws, moto_server, tmp_path, change, sentence):
+def test_a_bad_request_fails_in_one_sentence_before_training(aws_env, moto_server, tmp_path, change, sentence):
     bucket = moto_server.new_bucket()
     body = {**request("bad", bucket, []), **change}
-    job = run_job(body, tmp_path / "bad", aws, timeout=120)
+    job = run_job(body, tmp_path / "bad", aws_env, timeout=120)
     assert job.returncode == 1
     assert sentence in job.log
     assert "Number of GPUs" not in job.log  # training never started
