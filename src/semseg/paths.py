@@ -41,8 +41,8 @@ def resource_config_file(base: str | Path | None = None) -> Path:
     return config_dir(base) / "resourceconfig.json"
 
 
-def checkpoint_config_file() -> Path:
-    return config_dir() / "checkpointconfig.json"
+def checkpoint_config_file(base: str | Path | None = None) -> Path:
+    return config_dir(base) / "checkpointconfig.json"
 
 
 def data_dir(base: str | Path | None = None) -> Path:
