@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from . import logs, sm_config
+from . import local_train, logs, sm_config
 from .errors import UserError, one_line
 from .train.stop import StopFlag, Stopped
 
@@ -89,7 +89,11 @@ def serve_main() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="semseg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("train", help="train from the /opt/ml tree at $SAGEMAKER_BASE_DIR (default /opt/ml)")
+    train = commands.add_parser(
+        "train",
+        help="train from the /opt/ml tree at $SAGEMAKER_BASE_DIR (default /opt/ml), or from --dataset into --output",
+    )
+    local_train.add_arguments(train)
     commands.add_parser("serve", help="serve the model in $SAGEMAKER_BASE_DIR/model on port 8080")
     demo = commands.add_parser("demo", help="make a sample dataset, train on it, serve it and segment an image")
     demo.add_argument("--workdir", default="demo", help="where the sample /opt/ml tree is made (default: ./demo)")
@@ -98,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--train", type=int, default=24)
     sample.add_argument("--validation", type=int, default=8)
     args = parser.parse_args(argv)
+    if args.command == "train" and (args.dataset or args.output or local_train.given_hyperparameters(args)):
+        os._exit(local_train.run(args))
     if args.command == "train":
         train_command()
     if args.command == "serve":
