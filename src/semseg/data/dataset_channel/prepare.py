@@ -1,7 +1,8 @@
 """The ``dataset`` channel turned into what File mode trains on, so training has one code path.
 
 ``prepare`` writes each split's images (their bytes, unchanged) and masks (class ids, 255 =
-ignore) into ``paths.prepared_dataset_dir()`` as the four File-mode directories, which
+ignore) into ``paths.prepared_dataset_dir()`` as the four File-mode directories (whole or not at
+all: they are renamed into place once complete), which
 ``data.loaders`` then reads like any channels, with the identity label map. RGB masks become
 palette PNGs whose palette is the label map's colours, so they still look like the CVAT masks
 in a viewer; one-channel masks (palette or grayscale) already hold class ids and are copied as
@@ -131,12 +132,20 @@ def prepare(hp: dict) -> Path | None:
             log.info("%s", note)
         dataset.archive.check_size([member for pair in train + validation for member in (pair.image, pair.mask)])
         root = paths.prepared_dataset_dir()
-        if root.exists():
-            shutil.rmtree(root)
+        partial = root.with_name(root.name + ".partial")
+        for directory in (root, partial):
+            if directory.exists():
+                shutil.rmtree(directory)
         colours = table.colors if table is not None else tuple(classes.voc_colors()[: hp["num_classes"]])
         palette = (table or classes.default(hp["num_classes"])).palette()
-        for split, pairs in zip(SPLITS, (train, validation), strict=True):
-            _write_split(dataset.archive, pairs, root / split, root / f"{split}_annotation", colours, palette, split)
+        try:
+            for split, pairs in zip(SPLITS, (train, validation), strict=True):
+                images, masks = partial / split, partial / f"{split}_annotation"
+                _write_split(dataset.archive, pairs, images, masks, colours, palette, split)
+        except BaseException:  # a member that fails to read half-way leaves nothing behind
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        partial.rename(root)
         if table is not None:
             classes.save(table, paths.model_dir())
             log.info("Class names and colours written to %s", paths.model_dir() / classes.FILE_NAME)
@@ -168,7 +177,7 @@ def _write_split(
             shown,
             " ..." if len(unknown) > 10 else "",
         )
-    log.info("%s: %d image/mask pairs written to %s", split, len(pairs), images.parent)
+    log.info("%s: %d image/mask pairs prepared", split, len(pairs))
 
 
 def _write_mask(archive: Archive, member: str, target: Path, colours, palette: list[int]) -> Counter:
