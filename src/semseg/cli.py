@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from . import logs, sm_config
+from . import local_train, logs, sm_config
 from .errors import UserError, one_line
 from .train.stop import StopFlag, Stopped
 
@@ -116,7 +116,11 @@ def _user_command(run, *args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="semseg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("train", help="train from the /opt/ml tree at $SAGEMAKER_BASE_DIR (default /opt/ml)")
+    train = commands.add_parser(
+        "train",
+        help="train from the /opt/ml tree at $SAGEMAKER_BASE_DIR (default /opt/ml), or from --dataset into --output",
+    )
+    local_train.add_arguments(train)
     serve = commands.add_parser("serve", help="serve a model, with an inference page at http://localhost:8080/")
     serve.add_argument(
         "--model", help="a model directory, a model.tar.gz or a job's /opt/ml root (default: $SAGEMAKER_BASE_DIR/model)"
@@ -150,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         from .jobs.run import main as job_main
 
         return _user_command(job_main, Path(args.request), Path(args.workdir) if args.workdir else None)
+    if args.command == "train" and (args.dataset or args.output or local_train.given_hyperparameters(args)):
+        os._exit(local_train.run(args))
     if args.command == "train":
         train_command()
     if args.command == "serve":
