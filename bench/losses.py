@@ -6,7 +6,7 @@ learning rate 0.002, as a new user would start. Each row is one real ``train`` j
 with the same seed and steps; the per-class IoU is the last epoch's (``metrics.json`` history).
 
     .venv/bin/python bench/losses.py                       # the loss table (8 jobs)
-    .venv/bin/python bench/losses.py --table guards        # clip_gradient / lr_warmup_epochs (4 jobs)
+    .venv/bin/python bench/losses.py --table guards        # clip_gradient / lr_warmup_epochs (3 jobs)
     .venv/bin/python bench/losses.py --epochs 2 --train 16 # a quick look
 """
 
@@ -51,8 +51,7 @@ TABLES = {
         for loss in ("cross_entropy", "focal", "dice", "cross_entropy+dice")
         for weights in ("none", "auto")
     ],
-    "guards": [
-        {},
+    "guards": [  # the defaults' row is the first of the loss table
         {"clip_gradient": "1.0"},
         {"lr_warmup_epochs": "1"},
         {"clip_gradient": "1.0", "lr_warmup_epochs": "1"},

@@ -156,6 +156,11 @@ def create_app(settings: serving_settings.ServingSettings | None = None, predict
         response.headers["Server-Timing"] = f"invoke;dur={(time.perf_counter() - started) * 1000:.1f}"
         return response
 
+    @app.post("/endpoints/<endpoint_name>/invocations")
+    def runtime_invocations(endpoint_name: str):
+        """SageMaker runtime's route: boto3's invoke_endpoint, pointed at this server, is answered as /invocations."""
+        return invocations()
+
     @app.errorhandler(UserError)
     def user_error(exc: UserError):
         return _error(str(exc), exc.http_status)

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from . import logs, sm_config
+from . import local_train, logs, sm_config
 from .errors import UserError, one_line
 from .train.stop import StopFlag, Stopped
 
@@ -103,10 +103,24 @@ def serve_main(model: str | None = None, port: int | None = None) -> int:
     return command.load()()
 
 
+def _user_command(run, *args) -> int:
+    """A command outside the container contract: a ``UserError`` is its one sentence on stderr and exit 1."""
+    logs.setup_logging()
+    try:
+        return run(*args)
+    except UserError as exc:
+        log.error("%s", exc)
+        return EXIT_USER_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="semseg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("train", help="train from the /opt/ml tree at $SAGEMAKER_BASE_DIR (default /opt/ml)")
+    train = commands.add_parser(
+        "train",
+        help="train from the /opt/ml tree at $SAGEMAKER_BASE_DIR (default /opt/ml), or from --dataset into --output",
+    )
+    local_train.add_arguments(train)
     serve = commands.add_parser("serve", help="serve a model, with an inference page at http://localhost:8080/")
     serve.add_argument(
         "--model", help="a model directory, a model.tar.gz or a job's /opt/ml root (default: $SAGEMAKER_BASE_DIR/model)"
@@ -118,7 +132,30 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("root")
     sample.add_argument("--train", type=int, default=24)
     sample.add_argument("--validation", type=int, default=8)
+    job = commands.add_parser("job", help="run a CreateTrainingJob request here, with S3 or file:// channels")
+    job.add_argument("request", help="the request as JSON, as passed to boto3's create_training_job")
+    job.add_argument("--workdir", help="the job's /opt/ml folder (default: ./semseg-jobs/<TrainingJobName>)")
+    predict = commands.add_parser("predict", help="segment every image of a folder or S3 prefix into another")
+    predict.add_argument("--input", required=True, help="folder, s3://bucket/prefix/ or file:// of images")
+    predict.add_argument("--output", required=True, help="folder or s3://bucket/prefix/ for the answers")
+    predict.add_argument("--url", help="a running server, e.g. http://host:8080")
+    predict.add_argument("--endpoint", help="a SageMaker endpoint's name (boto3 sagemaker-runtime)")
+    predict.add_argument("--model", help="a model directory, used in this process")
+    predict.add_argument("--accept", default="image/png", help="answer type (default image/png)")
+    predict.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     args = parser.parse_args(argv)
+    if args.command == "predict":
+        from .jobs.predict import main as predict_main
+
+        return _user_command(predict_main, args)
+    if args.command == "job":
+        from pathlib import Path
+
+        from .jobs.run import main as job_main
+
+        return _user_command(job_main, Path(args.request), Path(args.workdir) if args.workdir else None)
+    if args.command == "train" and (args.dataset or args.output or local_train.given_hyperparameters(args)):
+        os._exit(local_train.run(args))
     if args.command == "train":
         train_command()
     if args.command == "serve":

@@ -100,6 +100,8 @@ TABLE: dict[str, Spec] = {
     # Ours: multi-host training. The parameter-server scheduler listens on hosts[0]:_ps_port (8000, as
     # the AWS MXNet containers use) and the hosts' control channel on hosts[0]:_ps_port + 1.
     "_ps_port": Spec("int", 8000, low=1024, high=65534),
+    # Ours, the 'dataset' channel: the share of a single subset held out for validation (seeded by _seed).
+    "validation_fraction": Spec("float", 0.2, low=0, high=1, low_open=True, high_open=True),
 }
 
 
@@ -241,6 +243,22 @@ def round_up_to_multiple_of_8(value: int) -> int:
     return -(-value // 8) * 8
 
 
+def parse_one(name: str, provided: dict[str, Any]) -> Any:
+    """The typed value of ``name`` in ``provided``, or its default; ``UserError`` when invalid or missing."""
+    spec = TABLE[name]
+    if name in provided and provided[name] is None:
+        default = "" if spec.default is None else f" for its default {to_string(spec.default)}"
+        raise UserError(
+            f"The '{name}' hyperparameter is null; give it a value (SageMaker passes every value as a string) "
+            f"or leave it out{default}"
+        )
+    if name in provided and str(provided[name]).strip() != "":
+        return PARSERS[spec.kind](name, provided[name], spec)
+    if spec.required:
+        raise UserError(f"The '{name}' hyperparameter is required and was not provided")
+    return spec.default
+
+
 def parse(provided: dict[str, Any]) -> dict[str, Any]:
     """Validate ``provided`` (raw hyperparameters.json) against the table; return typed values.
 
@@ -249,20 +267,7 @@ def parse(provided: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(str(k) for k in provided if k not in TABLE)
     if unknown:
         log.info("Ignoring hyperparameters this algorithm does not use: %s", ", ".join(unknown))
-    final: dict[str, Any] = {}
-    for name, spec in TABLE.items():
-        if name in provided and provided[name] is None:
-            default = "" if spec.default is None else f" for its default {to_string(spec.default)}"
-            raise UserError(
-                f"The '{name}' hyperparameter is null; give it a value (SageMaker passes every value as a string) "
-                f"or leave it out{default}"
-            )
-        if name in provided and str(provided[name]).strip() != "":
-            final[name] = PARSERS[spec.kind](name, provided[name], spec)
-        elif spec.required:
-            raise UserError(f"The '{name}' hyperparameter is required and was not provided")
-        else:
-            final[name] = spec.default
+    final = {name: parse_one(name, provided) for name in TABLE}
     final["crop_size"] = round_up_to_multiple_of_8(final["crop_size"])
     if final["lr_scheduler"] == "step" and not final["lr_scheduler_step"]:
         raise UserError(

@@ -20,6 +20,7 @@ import numpy as np
 from mxnet import gluon
 
 from .. import classes, hyperparameters, logs, paths, sm_config
+from ..data import dataset_channel
 from ..errors import UserError
 from ..model.factory import build_from_hyperparameters
 from ..model.weights import initial_weights
@@ -56,10 +57,13 @@ class Training:
 
 
 def configure() -> dict:
-    """Read, merge and validate hyperparameters, logging the three lines the built-in logs."""
+    """Read, merge and validate hyperparameters, logging the three lines the built-in logs.
+
+    A ``dataset`` channel supplies ``num_classes`` and ``num_training_samples`` the user left out.
+    """
     defaults = hyperparameters.defaults_as_strings()
     provided = sm_config.read_hyperparameters()
-    hp = hyperparameters.parse(provided)
+    hp = hyperparameters.parse({**dataset_channel.implied_hyperparameters(provided), **provided})
     final = {k: hyperparameters.to_string(v) for k, v in hp.items() if v is not None}
     logs.configuration(hyperparameters.__file__, defaults, paths.hyperparameters_file(), provided, final)
     return hp
