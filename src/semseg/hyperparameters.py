@@ -24,6 +24,7 @@ ALGORITHMS = ("fcn", "psp", "deeplab")
 BACKBONES = ("resnet-50", "resnet-101")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "nag")
 LR_SCHEDULERS = ("poly", "cosine", "step")
+LOSSES = ("cross_entropy", "focal", "dice", "cross_entropy+dice")
 BACKBONE_ALIASES = {"resnet50": "resnet-50", "resnet101": "resnet-101"}
 
 # Keys that define the network: they must agree between a model and the run that continues it.
@@ -34,7 +35,7 @@ ARCHITECTURE_KEYS = ("backbone", "algorithm", "crop_size", "num_classes")
 class Spec:
     """One hyperparameter: its type, default (None = no default), and what values are valid."""
 
-    kind: str  # "str", "int", "float", "bool", "epochs" (comma-separated list of ints)
+    kind: str  # "str", "int", "float", "bool", "epochs" (comma-separated list of ints), "class_weights"
     default: Any = None
     required: bool = False
     choices: tuple[str, ...] = ()
@@ -69,6 +70,15 @@ TABLE: dict[str, Spec] = {
     "early_stopping_patience": Spec("int", 4, low=1),
     "early_stopping_tolerance": Spec("float", 0.0, low=0, high=1),
     "syncbn": Spec("bool", False),
+    # Ours, beyond the built-in (whose one loss is the default): the loss and its settings.
+    "loss": Spec("str", "cross_entropy", choices=LOSSES),
+    "focal_gamma": Spec("float", 2.0, low=0, high=10),
+    "dice_weight": Spec("float", 1.0, low=0, low_open=True),
+    "class_weights": Spec("class_weights", "none"),
+    # Ours: guards against divergence. clip_gradient bounds each gradient element (MXNet's optimizer
+    # option; 0 = off); lr_warmup_epochs ramps the learning rate up linearly from 0 (0 = off).
+    "clip_gradient": Spec("float", 0.0, low=0),
+    "lr_warmup_epochs": Spec("float", 0.0, low=0),
     # Internal keys of the built-in's default configuration, accepted with the same defaults.
     "_aux_loss": Spec("bool", True),
     "_aux_weight": Spec("float", 0.5, low=0),
@@ -81,6 +91,8 @@ TABLE: dict[str, Spec] = {
     "precision_dtype": Spec("str", "float32", choices=("float32",)),
     # Ours: the seed of every random choice in training, for reproducible runs.
     "_seed": Spec("int", 0, low=0),
+    # Ours: consecutive iterations with a non-finite loss or gradient (each skipped) that end the job.
+    "_max_nonfinite_iterations": Spec("int", 10, low=1),
     # Ours, Pipe mode: seconds to wait for the FIFO <channel>_<epoch> to appear before failing, and how
     # many image/mask pairs the train stream is shuffled through (1 keeps the stream's order).
     "_pipe_wait_seconds": Spec("int", 600, low=1),
@@ -191,12 +203,28 @@ def _parse_epochs(name: str, raw: Any, spec: Spec) -> tuple[int, ...]:
     return tuple(sorted(epochs))
 
 
+def _parse_class_weights(name: str, raw: Any, spec: Spec) -> str | tuple[float, ...]:
+    """``none``, ``auto`` (median-frequency weights from the training masks) or a list of numbers."""
+    value = _unwrap(raw)
+    if isinstance(value, str) and value.strip().lower() in ("none", "auto"):
+        return value.strip().lower()
+    if isinstance(value, str):  # '[0.5, 2]' as JSON, or '0.5, 2' as hyperparams.json writes it back
+        value = [item for item in value.strip().strip("[]").split(",") if item.strip()]
+    numbers = [_number(item) for item in value] if isinstance(value, list) else []
+    if not numbers or any(math.isnan(n) or n < 0 for n in numbers) or not any(n > 0 for n in numbers):
+        raise _invalid(
+            name, raw, "'none', 'auto' or a JSON list of num_classes non-negative numbers, not all 0, e.g. '[0.5, 2]'"
+        )
+    return tuple(numbers)
+
+
 PARSERS: dict[str, Callable[[str, Any, Spec], Any]] = {
     "bool": _parse_bool,
     "int": _parse_int,
     "float": _parse_float,
     "str": _parse_str,
     "epochs": _parse_epochs,
+    "class_weights": _parse_class_weights,
 }
 
 

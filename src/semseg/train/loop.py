@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from .. import classes, logs, paths, report, sm_config
 from ..data.loaders import Splits, data_splits
 from ..model import artifacts, export
 from ..report.examples import ValidationExamples
-from . import checkpoint, kvstore, setup
+from . import checkpoint, guards, kvstore, setup
 from .checkpoint import EpochProgress, TrainingState
 from .early_stopping import EarlyStopping
 from .metrics import ConfusionMatrix
@@ -82,6 +83,22 @@ def forward_backward(training: Training, images, labels) -> list:
         return list(pool.map(one, image_parts, label_parts))
 
 
+def train_step(training: Training, images, labels) -> tuple[float, bool]:
+    """Forward, backward and update: the batch's summed loss, and whether the update was made.
+
+    It is skipped, on every device and host, when the loss or a gradient is not finite on any of them.
+    """
+    losses = forward_backward(training, images, labels)
+    total = sum(float(loss.sum().asscalar()) for loss in losses)
+    finite = math.isfinite(total) and guards.gradients_finite(training.net)
+    if training.any_host(not finite):  # a collective in a multi-host job: every host skips together
+        return total, False
+    if training.kvstore is not None:
+        kvstore.sum_gradients(training.kvstore, training.net)
+    training.trainer.step(training.hp["mini_batch_size"])  # the global batch: summed over devices and hosts
+    return total, True
+
+
 def train_one_epoch(
     training: Training, loader, epoch: int, first_iteration: int, progress: EpochProgress | None = None
 ) -> EpochStats:
@@ -98,16 +115,20 @@ def train_one_epoch(
         if training.any_host(batch is None):  # every host ends a short epoch at the same iteration
             break
         images, labels = batch
+        guards.warn_if_unlabelled(labels, epoch, i)
+        if training.class_pixels is not None:  # ``auto`` class weights in Pipe mode: count this epoch's pixels
+            training.class_pixels += ConfusionMatrix.class_counts(labels.asnumpy(), hp["num_classes"])
         for number, device in enumerate(training.ctx, training.first_device):  # dropout
             mx.random.seed(derived_seed(hp["_seed"], "iteration", first_iteration + i) + number, ctx=device)
         learning_rate = training.schedule(first_iteration + i)
         training.trainer.set_learning_rate(learning_rate)
-        losses = forward_backward(training, images, labels)
-        if training.kvstore is not None:
-            kvstore.sum_gradients(training.kvstore, training.net)
-        training.trainer.step(hp["mini_batch_size"])  # the global batch: gradients are summed over devices and hosts
-        progress.loss += sum(float(loss.sum().asscalar()) for loss in losses)  # also waits for the step
-        progress.samples += images.shape[0]
+        loss, updated = train_step(training, images, labels)
+        if updated:
+            training.guard.finite()
+            progress.loss += loss
+            progress.samples += images.shape[0]
+        else:
+            training.guard.skipped_update(epoch, i, loss)
         progress.done = i + 1
         samples += images.shape[0]
         window_samples += images.shape[0]
@@ -170,12 +191,15 @@ def train_epochs(run: Run) -> int:
                 kvstore.average_running_statistics(training.net, training.kvstore, training.hosts)
             examples = ValidationExamples() if training.writes_artifacts else None
             matrix, validation_speed = evaluate(training, splits.validation_loader, epoch, examples)
+            guards.warn_if_collapsed(matrix, epoch, list(run.class_table.names))
         except Stopped:
             if (epoch, progress.done) != state.position:
                 state.move_to(epoch, progress, sampler_state, run.stopping)
                 run.saver.save(state)
             raise
         epochs_done = epoch + 1
+        if training.class_pixels is not None:
+            setup.set_counted_weights(training, training.class_pixels)
         end_epoch(run, epoch, stats, matrix, validation_speed, examples)
         if state.early_stopped:
             log.info("Early stopping: validation mIOU has not improved for %d epochs", run.stopping.patience)
@@ -202,6 +226,7 @@ def end_epoch(
         "pixel_accuracy": pixel_accuracy,
         "mIOU": miou,
         "learning_rate": training.schedule((epoch + 1) * run.splits.iterations_per_epoch - 1),
+        "per_class_iou": matrix.iou().tolist(),
     }
     state.history.append(entry)
     if run.stopping.update(miou):
@@ -209,7 +234,7 @@ def end_epoch(
             artifacts.save_hyperparameters(training.hp, model_dir)
             logs.serializing(model_dir / paths.BEST_PARAMS)
             artifacts.save_parameters(training.net, model_dir / paths.BEST_PARAMS)
-        state.best = {**entry, "per_class_iou": matrix.iou().tolist(), "confusion_matrix": matrix.matrix.tolist()}
+        state.best = {**entry, "confusion_matrix": matrix.matrix.tolist()}
         run.best_examples = examples
     if training.writes_artifacts:
         write_report(state.history, state.best, run.splits.class_pixels)
@@ -242,7 +267,7 @@ def run(stop: StopFlag, cluster=None) -> None:
     splits = data_splits(hp, sm_config.read_input_data_config(), hp["_seed"], stop.check_here, shard=(rank, hosts))
     try:
         stop.check()
-        training = setup.build(hp, stop, cluster, splits.iterations_per_epoch)
+        training = setup.build(hp, stop, cluster, splits.iterations_per_epoch, splits.class_pixels)
         if training.writes_artifacts:
             artifacts.remove_partial_files(paths.model_dir())
         best_weights = paths.model_dir() / paths.BEST_PARAMS if training.writes_artifacts else None
