@@ -3,9 +3,10 @@
 This module plays SageMaker's part around the unchanged ``train`` command: it lays out a job folder
 as /opt/ml (``paths``) with the configuration files SageMaker writes (``sm_config``), downloads
 File-mode channels, feeds Pipe-mode channels, keeps checkpoints in sync with S3, runs ``train`` as
-a child process under ``MaxRuntimeInSeconds``, then packages ``model.tar.gz`` and ``output.tar.gz``
-and uploads them to ``<S3OutputPath>/<TrainingJobName>/output/``. It ends by printing what
-``describe_training_job`` would report.
+a child process (or in ``TrainingImage`` through Docker, ``training_image``) under
+``MaxRuntimeInSeconds``, then packages ``model.tar.gz`` and ``output.tar.gz`` and uploads them to
+``<S3OutputPath>/<TrainingJobName>/output/``. It ends by printing what ``describe_training_job``
+would report.
 
 Rerunning a job in the same folder resumes its downloads: files already fetched whole are kept.
 Everything else starts afresh as on SageMaker (model/, output/ and checkpoints/ emptied, the
@@ -32,6 +33,7 @@ from ..processes import die_with_parent
 from .checkpoint_sync import CheckpointSync
 from .pipe_source import PipeFeeder
 from .request import JobRequest
+from .training_image import CONTAINER_ML, ContainerTraining, ensure_image
 from .transfer import download, upload_file
 
 log = logging.getLogger("semseg")
@@ -95,7 +97,8 @@ def prepare(request: JobRequest, root: Path) -> None:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     checkpoint = None
     if request.checkpoint_uri:
-        checkpoint = {"LocalPath": str(paths.checkpoints_dir(root)), "S3Uri": request.checkpoint_uri.uri}
+        seen_by_training = CONTAINER_ML if request.training_image else root
+        checkpoint = {"LocalPath": str(paths.checkpoints_dir(seen_by_training)), "S3Uri": request.checkpoint_uri.uri}
     sm_config.write_config_files(
         root,
         request.hyperparameters,
@@ -138,8 +141,19 @@ def _train_env(request: JobRequest, root: Path) -> dict[str, str]:
     }
 
 
+Training = subprocess.Popen | ContainerTraining  # both are polled, stopped and killed alike
+
+
+def start_training(request: JobRequest, root: Path) -> Training:
+    """``train`` in ``TrainingImage`` when the request names one, else this environment's ``train``."""
+    if request.training_image:
+        return ContainerTraining(request.training_image, root, request.name, request.environment, STOP_GRACE_S)
+    train_command = str(Path(sys.executable).parent / "train")
+    return subprocess.Popen([train_command], env=_train_env(request, root), preexec_fn=die_with_parent)
+
+
 def supervise(
-    train: subprocess.Popen, request: JobRequest, outcome: Outcome, feeders: list[PipeFeeder], stop: StopRequest
+    train: Training, request: JobRequest, outcome: Outcome, feeders: list[PipeFeeder], stop: StopRequest
 ) -> None:
     """Wait for ``train``; SIGTERM it (SIGKILL STOP_GRACE_S later) on MaxRuntime, a stop or a failed feed."""
     deadline = outcome.started + request.max_runtime_s if request.max_runtime_s else None
@@ -197,6 +211,8 @@ def upload_results(request: JobRequest, root: Path, workdir: Path, outcome: Outc
 def run_job(request: JobRequest, workdir: Path) -> dict:
     """Run ``request`` in ``workdir`` (its /opt/ml); the describe_training_job-like result."""
     stop = StopRequest().install()
+    if request.training_image:
+        ensure_image(request.training_image)
     outcome = Outcome()
     root = workdir.absolute()
     staging = root / ".staging"
@@ -212,20 +228,19 @@ def run_job(request: JobRequest, workdir: Path) -> dict:
         sync.restore()
     feeders = [PipeFeeder(c, paths.data_dir(root)) for c in request.channels if c.is_pipe]
     outcome.secondary = "Training"
-    train_command = str(Path(sys.executable).parent / "train")
-    train = subprocess.Popen([train_command], env=_train_env(request, root), preexec_fn=die_with_parent)
-    for feeder in feeders:
-        feeder.start()
-    if sync:
-        sync.start()
-    try:
-        supervise(train, request, outcome, feeders, stop)
-    finally:
-        if train.poll() is None:
-            train.kill()
-            train.wait()
+    with start_training(request, root) as train:
         for feeder in feeders:
-            feeder.stop()
+            feeder.start()
+        if sync:
+            sync.start()
+        try:
+            supervise(train, request, outcome, feeders, stop)
+        finally:
+            if train.poll() is None:
+                train.kill()
+                train.wait()
+            for feeder in feeders:
+                feeder.stop()
     outcome.ended = time.time()
     _judge(outcome, root)
     if sync:
