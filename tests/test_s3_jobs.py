@@ -23,7 +23,7 @@ from semseg.sample_data import write_opt_ml_tree
 
 pytestmark = pytest.mark.slow
 
-MAX_RUNTIME_S = 30
+MAX_RUNTIME_S = 15
 STOP_BOUND_S = 100  # start-up, the stop at the next step and packing, on a loaded machine
 
 
