@@ -2,7 +2,8 @@
 
 One tiny File-mode job (crop 32, one epoch of two iterations) runs once for the module; a second
 job continues it through both of SageMaker's ways (model channel, restored checkpoints); a Pipe-mode
-job streams an augmented manifest from S3 over three epochs. Learning quality is not the point here.
+job streams an augmented manifest from S3 over three epochs; a job given too little MaxRuntimeInSeconds
+is stopped. Learning quality is not the point here.
 """
 
 from __future__ import annotations

@@ -5,12 +5,15 @@ the archives go back to S3 from the host."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
 from s3jobs import file_mode_channels, keys, request, run_job, tar_members, upload_dataset
 
 from container.docker_harness import docker
+from semseg.errors import UserError
+from semseg.jobs.training_image import ensure_image
 
 pytestmark = pytest.mark.container
 
@@ -60,3 +63,10 @@ def test_a_file_mode_job_from_s3_trains_in_the_training_image(cpu_image, aws_env
     assert ("start", cpu_image) in actions, actions
     assert ("destroy", cpu_image) in actions, actions
     assert docker("ps", "-a", "-q", "--filter", "name=semseg-job-in-image-").stdout.strip() == ""
+
+
+def test_an_image_the_engine_cannot_pull_is_one_sentence(engine):
+    missing = "127.0.0.1:1/semseg-missing:none"  # a registry on loopback that refuses the connection
+    sentence = f"^TrainingImage {re.escape(missing)} is not in the local Docker engine and could not be pulled: \\S"
+    with pytest.raises(UserError, match=sentence):
+        ensure_image(missing)
