@@ -74,7 +74,9 @@ def aws_env(moto_server, tmp_path_factory):
             patch.setenv(name, value)
         patch.delenv("AWS_PROFILE", raising=False)
         reset_clients()
-        yield s3server.env_for(moto_server, config_dir)
+        # The jobs' archives are stored, not compressed: gzip level 1 would cost ~25 s per tiny job's
+        # 370 MB of random-initialised weights on a loaded machine (test_job_archives covers the default).
+        yield {**s3server.env_for(moto_server, config_dir), "SEMSEG_JOB_GZIP_LEVEL": "0"}
 
 
 @pytest.fixture(scope="session")

@@ -2,22 +2,30 @@
 
 One tiny File-mode job (crop 32, one epoch of two iterations) runs once for the module; a second
 job continues it through both of SageMaker's ways (model channel, restored checkpoints); a Pipe-mode
-job streams an augmented manifest from S3 over three epochs. Learning quality is not the point here.
+job streams an augmented manifest from S3 over three epochs; a job given too little MaxRuntimeInSeconds
+is stopped. Learning quality is not the point here.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
+import uuid
+from pathlib import Path
 
 import boto3
 import pytest
-from s3jobs import file_channel, file_mode_channels, keys, request, run_job, tar_members
+from s3jobs import CHANNELS, file_channel, file_mode_channels, keys, request, run_job, tar_members
 from test_pipe_mode import sample_pairs
 
 from semseg import logs
+from semseg.sample_data import write_opt_ml_tree
 
 pytestmark = pytest.mark.slow
+
+MAX_RUNTIME_S = 15
+STOP_BOUND_S = 100  # start-up, the stop at the next step and packing, on a loaded machine
 
 
 def test_a_file_mode_job_leaves_model_and_output_archives_at_sagemakers_keys(s3_first_job):
@@ -132,3 +140,39 @@ def test_a_bad_request_fails_in_one_sentence_before_training(aws_env, moto_serve
     assert sentence in job.log
     assert "Number of GPUs" not in job.log  # training never started
     assert keys(bucket, "") == []
+
+
+def _processes_with(variable: str) -> list[int]:
+    """Process ids whose environment holds ``variable`` (set on one job only, so they are its processes)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and variable.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    return found
+
+
+def test_a_job_over_max_runtime_is_stopped_promptly_and_leaves_no_process(aws_env, tmp_path):
+    """File channels and output keep this to the stopping itself; epochs=500 cannot end in the time given."""
+    data = write_opt_ml_tree(tmp_path / "dataset", train=4, validation=2) / "input" / "data"
+    channels = [file_channel(name, (data / name).as_uri()) for name in CHANNELS]
+    body = request("too-long", "unused", channels, epochs=500)
+    body["OutputDataConfig"] = {"S3OutputPath": (tmp_path / "out").as_uri()}
+    body["StoppingCondition"] = {"MaxRuntimeInSeconds": MAX_RUNTIME_S}
+    marker = f"SEMSEG_TEST_JOB={uuid.uuid4().hex}"
+    body["Environment"] = dict([marker.split("=")])
+    started = time.monotonic()
+
+    job = run_job(body, tmp_path / "too-long", aws_env)
+
+    seconds = time.monotonic() - started
+    assert job.returncode == 1, job.log[-3000:]
+    assert job.description["TrainingJobStatus"] == "Stopped", job.description
+    assert job.description["SecondaryStatus"] == "MaxRuntimeExceeded"
+    assert "Stopping training: MaxRuntimeInSeconds was reached" in job.log
+    assert "did not exit within" not in job.log  # SIGTERM was enough: no SIGKILL
+    assert seconds < MAX_RUNTIME_S + STOP_BOUND_S, f"{seconds:.0f} s"
+    assert (tmp_path / "out" / "too-long" / "output" / "output.tar.gz").is_file()
+    assert _processes_with(marker) == []

@@ -138,3 +138,19 @@ def test_serve_exits_with_one_sentence_when_the_model_object_is_missing(aws_env,
     assert server.process.wait(120) == 1
     assert f"There are no objects under s3://{bucket}/m.tar.gz" in server.log()
     np.testing.assert_equal(list((tmp_path / "model").glob("*")) if (tmp_path / "model").exists() else [], [])
+
+
+def test_predict_in_process_from_a_model_folder_lists_the_corrupt_image(s3_first_job, aws_env, tmp_path):
+    _, _, job = s3_first_job
+    assert job.returncode == 0, job.log[-3000:]
+    sizes = _images(tmp_path / "in")
+    model = str(job.workdir / "model")
+
+    run = predict("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", model, env=aws_env)
+
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "3 predicted, 0 already there, 1 failed" in run.stdout
+    assert re.search(r"FAILED broken.jpg: \S", run.stdout), run.stdout
+    for name, shape in sizes.items():
+        assert mask_of((tmp_path / "out" / Path(name).with_suffix(".png")).read_bytes()).shape == shape
+    assert not (tmp_path / "out" / "broken.png").exists()

@@ -70,6 +70,7 @@ class JobRequest:
     checkpoint_uri: S3Location | None = None
     max_runtime_s: int | None = None
     environment: dict[str, str] = field(default_factory=dict)
+    training_image: str | None = None  # None: train in this environment
 
     def model_uri(self) -> S3Location:
         return self.output_path.child(self.name, "output", "model.tar.gz")
@@ -150,9 +151,9 @@ def parse(raw: Any) -> JobRequest:
         )
     _ignore("", raw, HANDLED)
     algorithm = _dict(raw.get("AlgorithmSpecification"), "AlgorithmSpecification")
-    if algorithm.get("TrainingImage"):
-        log.info("Running in this environment, not in TrainingImage %s (a local job does not start images)",
-                 algorithm["TrainingImage"])  # fmt: skip
+    image = algorithm.get("TrainingImage") or None
+    if image is not None and not isinstance(image, str):
+        raise UserError(f"AlgorithmSpecification.TrainingImage must be an image name, not {type(image).__name__}")
     _ignore("AlgorithmSpecification.", algorithm, {"TrainingInputMode", "TrainingImage"})
     default_mode = algorithm.get("TrainingInputMode") or "File"
     channels = [_channel(entry, default_mode) for entry in raw.get("InputDataConfig") or []]
@@ -178,6 +179,7 @@ def parse(raw: Any) -> JobRequest:
         checkpoint_uri=parse_uri(checkpoint["S3Uri"], "CheckpointConfig.S3Uri") if checkpoint.get("S3Uri") else None,
         max_runtime_s=int(stopping["MaxRuntimeInSeconds"]) if stopping.get("MaxRuntimeInSeconds") else None,
         environment={str(k): str(v) for k, v in environment.items()},
+        training_image=image,
     )
 
 

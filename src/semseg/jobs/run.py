@@ -3,9 +3,10 @@
 This module plays SageMaker's part around the unchanged ``train`` command: it lays out a job folder
 as /opt/ml (``paths``) with the configuration files SageMaker writes (``sm_config``), downloads
 File-mode channels, feeds Pipe-mode channels, keeps checkpoints in sync with S3, runs ``train`` as
-a child process under ``MaxRuntimeInSeconds``, then packages ``model.tar.gz`` and ``output.tar.gz``
-and uploads them to ``<S3OutputPath>/<TrainingJobName>/output/``. It ends by printing what
-``describe_training_job`` would report.
+a child process (or in ``TrainingImage`` through Docker, ``training_image``) under
+``MaxRuntimeInSeconds``, then packages ``model.tar.gz`` and ``output.tar.gz`` and uploads them to
+``<S3OutputPath>/<TrainingJobName>/output/``. It ends by printing what ``describe_training_job``
+would report.
 
 Rerunning a job in the same folder resumes its downloads: files already fetched whole are kept.
 Everything else starts afresh as on SageMaker (model/, output/ and checkpoints/ emptied, the
@@ -32,13 +33,17 @@ from ..processes import die_with_parent
 from .checkpoint_sync import CheckpointSync
 from .pipe_source import PipeFeeder
 from .request import JobRequest
+from .training_image import CONTAINER_ML, ContainerTraining, ensure_image
 from .transfer import download, upload_file
 
 log = logging.getLogger("semseg")
 
 STOP_GRACE_S = 120  # SageMaker's StopTrainingJob: SIGTERM, then SIGKILL 120 s later
 POLL_S = 0.5
-GZIP_LEVEL = 1  # weights barely compress; a higher level costs seconds per 100 MB for a few percent
+# Weights barely compress: level 1 saves about 7% of a model.tar.gz and costs about 7 s per 100 MB on a
+# loaded 2-core machine; 0 still writes gzip (stored blocks), at disk speed.
+GZIP_LEVEL_VARIABLE = "SEMSEG_JOB_GZIP_LEVEL"
+GZIP_LEVEL_DEFAULT = 1
 RESOURCE_CONFIG = {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "lo"}
 
 
@@ -95,7 +100,8 @@ def prepare(request: JobRequest, root: Path) -> None:
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     checkpoint = None
     if request.checkpoint_uri:
-        checkpoint = {"LocalPath": str(paths.checkpoints_dir(root)), "S3Uri": request.checkpoint_uri.uri}
+        seen_by_training = CONTAINER_ML if request.training_image else root
+        checkpoint = {"LocalPath": str(paths.checkpoints_dir(seen_by_training)), "S3Uri": request.checkpoint_uri.uri}
     sm_config.write_config_files(
         root,
         request.hyperparameters,
@@ -105,9 +111,19 @@ def prepare(request: JobRequest, root: Path) -> None:
     )
 
 
-def package(directory: Path, archive: Path) -> Path:
+def gzip_level() -> int:
+    """The archives' gzip level: ``$SEMSEG_JOB_GZIP_LEVEL``, 0 to 9, else 1."""
+    raw = os.environ.get(GZIP_LEVEL_VARIABLE, "").strip()
+    if not raw:
+        return GZIP_LEVEL_DEFAULT
+    if not raw.isdigit() or int(raw) > 9:
+        raise UserError(f"{GZIP_LEVEL_VARIABLE} is {raw!r}; it must be a gzip level from 0 (store) to 9")
+    return int(raw)
+
+
+def package(directory: Path, archive: Path, level: int = GZIP_LEVEL_DEFAULT) -> Path:
     """``directory``'s files at the root of a gzipped tar, as SageMaker packs model/ and output/data/."""
-    with tarfile.open(archive, "w:gz", compresslevel=GZIP_LEVEL) as tar:
+    with tarfile.open(archive, "w:gz", compresslevel=level) as tar:
         for path in sorted(directory.iterdir()):
             tar.add(path, arcname=path.name)
     return archive
@@ -138,8 +154,19 @@ def _train_env(request: JobRequest, root: Path) -> dict[str, str]:
     }
 
 
+Training = subprocess.Popen | ContainerTraining  # both are polled, stopped and killed alike
+
+
+def start_training(request: JobRequest, root: Path) -> Training:
+    """``train`` in ``TrainingImage`` when the request names one, else this environment's ``train``."""
+    if request.training_image:
+        return ContainerTraining(request.training_image, root, request.name, request.environment, STOP_GRACE_S)
+    train_command = str(Path(sys.executable).parent / "train")
+    return subprocess.Popen([train_command], env=_train_env(request, root), preexec_fn=die_with_parent)
+
+
 def supervise(
-    train: subprocess.Popen, request: JobRequest, outcome: Outcome, feeders: list[PipeFeeder], stop: StopRequest
+    train: Training, request: JobRequest, outcome: Outcome, feeders: list[PipeFeeder], stop: StopRequest
 ) -> None:
     """Wait for ``train``; SIGTERM it (SIGKILL STOP_GRACE_S later) on MaxRuntime, a stop or a failed feed."""
     deadline = outcome.started + request.max_runtime_s if request.max_runtime_s else None
@@ -181,14 +208,14 @@ def _judge(outcome: Outcome, root: Path) -> None:
         outcome.failure = f"AlgorithmError: {reason}, exit code: {outcome.exit_code}"
 
 
-def upload_results(request: JobRequest, root: Path, workdir: Path, outcome: Outcome) -> None:
+def upload_results(request: JobRequest, root: Path, workdir: Path, outcome: Outcome, level: int) -> None:
     """output.tar.gz always (SageMaker uploads it for failed jobs too); model.tar.gz unless training failed."""
     outcome.secondary = "Uploading" if outcome.status == "Completed" else outcome.secondary
     archives = [(paths.output_data_dir(root), workdir / "output.tar.gz", request.output_uri())]
     if outcome.status != "Failed":
         archives.insert(0, (paths.model_dir(root), workdir / "model.tar.gz", request.model_uri()))
     for directory, archive, target in archives:
-        upload_file(package(directory, archive), target)
+        upload_file(package(directory, archive, level), target)
         log.info("Uploaded %s (%.1f MB)", target.uri, archive.stat().st_size / 2**20)
     if outcome.status == "Completed":
         outcome.secondary = "Completed"
@@ -197,6 +224,9 @@ def upload_results(request: JobRequest, root: Path, workdir: Path, outcome: Outc
 def run_job(request: JobRequest, workdir: Path) -> dict:
     """Run ``request`` in ``workdir`` (its /opt/ml); the describe_training_job-like result."""
     stop = StopRequest().install()
+    level = gzip_level()  # a bad value is said before anything is downloaded
+    if request.training_image:
+        ensure_image(request.training_image)
     outcome = Outcome()
     root = workdir.absolute()
     staging = root / ".staging"
@@ -212,25 +242,24 @@ def run_job(request: JobRequest, workdir: Path) -> dict:
         sync.restore()
     feeders = [PipeFeeder(c, paths.data_dir(root)) for c in request.channels if c.is_pipe]
     outcome.secondary = "Training"
-    train_command = str(Path(sys.executable).parent / "train")
-    train = subprocess.Popen([train_command], env=_train_env(request, root), preexec_fn=die_with_parent)
-    for feeder in feeders:
-        feeder.start()
-    if sync:
-        sync.start()
-    try:
-        supervise(train, request, outcome, feeders, stop)
-    finally:
-        if train.poll() is None:
-            train.kill()
-            train.wait()
+    with start_training(request, root) as train:
         for feeder in feeders:
-            feeder.stop()
+            feeder.start()
+        if sync:
+            sync.start()
+        try:
+            supervise(train, request, outcome, feeders, stop)
+        finally:
+            if train.poll() is None:
+                train.kill()
+                train.wait()
+            for feeder in feeders:
+                feeder.stop()
     outcome.ended = time.time()
     _judge(outcome, root)
     if sync:
         sync.stop()
-    upload_results(request, root, workdir, outcome)
+    upload_results(request, root, workdir, outcome, level)
     return describe(request, outcome)
 
 
