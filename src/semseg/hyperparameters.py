@@ -88,7 +88,7 @@ TABLE: dict[str, Spec] = {
     "_kvstore": Spec("str", "device"),
     "_num_kv_servers": Spec("str", "auto"),
     "_augmentation_type": Spec("str", "default", choices=("default",)),
-    "precision_dtype": Spec("str", "float32", choices=("float32",)),
+    "precision_dtype": Spec("str", "float32", choices=("float32", "bfloat16", "auto")),
     # Ours: the seed of every random choice in training, for reproducible runs.
     "_seed": Spec("int", 0, low=0),
     # Ours: consecutive iterations with a non-finite loss or gradient (each skipped) that end the job.

@@ -1,0 +1,156 @@
+"""The precision training computes in: float32, or bfloat16 through MXNet's AMP on CPUs built for it.
+
+``precision_dtype`` is ``float32``, ``bfloat16`` or ``auto`` (bfloat16 where the CPU computes it
+natively: it reports ``avx512_bf16`` or AMX; float32 otherwise, and always on GPUs, whose kernels
+MXNet 1.9.1 has only in float16). ``choose`` decides and says why; the log line names both.
+
+What bfloat16 means here is AMP's: ``amp.init`` wraps MXNet's operator functions so that
+convolutions and fully connected layers take bfloat16 inputs (cast on the fly from the float32
+parameters) while everything listed as needing float32 (the loss, softmax, resizing, dropout,
+sums) is cast back. The parameters, their gradients and the optimizer state stay float32
+("master weights"), so checkpoints, ``model_algo-1``, ``model_best.params`` and the ONNX export
+are float32 as before.
+
+Two choices beyond a plain ``amp.init``:
+- No loss scaling. bfloat16 has float32's exponent range, so gradients neither underflow nor
+  overflow where float32's would not; AMP's scaler (made for float16) would multiply
+  ``SoftmaxOutput``'s gradient by 65536 and needs its own skipping. The loss functions stay
+  unwrapped and the non-finite guard (``guards``) remains the one place that skips an update.
+- ``amp.init`` changes MXNet's operator functions for the whole process and has no undo;
+  ``enable`` records what it replaced so that ``disable`` puts it back. Training enables it
+  before its network first runs (a hybridized graph is traced then, an imperative one runs
+  through the wrappers on every call) and disables it before the ONNX export, which traces a
+  fresh float32 graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+log = logging.getLogger("semseg")
+
+CHOICES = ("float32", "bfloat16", "auto")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # CPU flags of native bfloat16 arithmetic (Cooper Lake, Sapphire
+# Rapids and later Xeons; Zen 4 and later EPYCs)
+ONEDNN_BF16_FLAG = "avx512f"  # below this oneDNN has no bfloat16 kernels at all; with it and no native flag it emulates
+
+
+@dataclass(frozen=True)
+class Precision:
+    dtype: str  # "float32" or "bfloat16"
+    reason: str  # why, in words, for the log
+
+    @property
+    def low(self) -> bool:
+        return self.dtype == "bfloat16"
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The feature flags the CPU reports (Linux); empty where /proc/cpuinfo cannot be read."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def choose(requested: str, gpus: int, syncbn_devices: int = 0, flags: set[str] | None = None) -> Precision:
+    """The precision to train in for ``precision_dtype`` = ``requested`` on this machine, and why.
+
+    ``syncbn_devices``: how many devices SyncBatchNorm synchronizes (0 without it). MXNet documents it
+    without low-precision support, so bfloat16 is not combined with it.
+    Raises ``UserError`` for ``bfloat16`` where it cannot run: on GPUs, with syncbn, on CPUs without AVX-512.
+    """
+    flags = cpu_flags() if flags is None else flags
+    native = sorted(set(NATIVE_BF16_FLAGS) & flags)
+    if requested == "float32":
+        return Precision("float32", "precision_dtype is float32")
+    if requested == "bfloat16":
+        if gpus:
+            raise UserError(
+                "precision_dtype is bfloat16 but this instance trains on GPUs, where MXNet has no bfloat16 kernels; "
+                "use float32 or auto"
+            )
+        if syncbn_devices > 1:
+            raise UserError(
+                "precision_dtype bfloat16 cannot be combined with syncbn over several devices, as MXNet's "
+                "SyncBatchNorm computes in float32 only; set precision_dtype to float32 or syncbn to false"
+            )
+        if ONEDNN_BF16_FLAG not in flags:
+            raise UserError(
+                "precision_dtype is bfloat16 but this CPU has no AVX-512, which bfloat16 training needs; "
+                "use float32 or auto"
+            )
+        if not native:
+            return Precision("bfloat16", "precision_dtype is bfloat16; this CPU emulates it (no avx512_bf16 or AMX)")
+        return Precision("bfloat16", f"precision_dtype is bfloat16; this CPU reports {', '.join(native)}")
+    if gpus:
+        return Precision("float32", "precision_dtype is auto and training runs on GPUs")
+    if syncbn_devices > 1:
+        return Precision("float32", "precision_dtype is auto and syncbn synchronizes BatchNorm in float32")
+    if native:
+        return Precision("bfloat16", f"precision_dtype is auto and this CPU reports {', '.join(native)}")
+    return Precision("float32", "precision_dtype is auto and this CPU reports neither avx512_bf16 nor amx_bf16")
+
+
+def log_choice(precision: Precision) -> None:
+    master = "; parameters, gradients and artifacts stay float32" if precision.low else ""
+    log.info("Training precision: %s (%s)%s", precision.dtype, precision.reason, master)
+
+
+# Concatenations whose inputs can arrive in both precisions (PSPNet's pyramid, DeepLabV3's ASPP: a
+# convolution's bfloat16 beside a float32 resize) and which MXNet then rejects; AMP leaves them as they come.
+FLOAT32_JOINS = ("Concat", "concat")
+
+_replaced: dict[tuple[object, str], object] = {}  # (module, name) -> the function amp.init replaced
+
+
+def _operator_modules() -> list:
+    """Every module whose attributes ``amp.init`` may replace: the ndarray and symbol namespaces with
+    their ``op``, ``_internal`` and prefixed sub-namespaces (``contrib``, ``linalg``, ``random``...)."""
+    import mxnet as mx
+    from mxnet import base
+
+    modules = []
+    for root in (mx.ndarray, mx.symbol):
+        modules += [root, root.op, root._internal]
+        modules += [getattr(root, prefix[1:-1]) for prefix in base._OP_NAME_PREFIX_LIST if hasattr(root, prefix[1:-1])]
+    return modules
+
+
+def enable(precision: Precision) -> None:
+    """Make the operators compute in ``precision`` from now on, until ``disable``; nothing for float32."""
+    if not precision.low or _replaced:
+        return
+    from mxnet.contrib import amp
+    from mxnet.contrib.amp.amp import bfloat16  # the lists below know the dtype by this object, not by name
+
+    modules = _operator_modules()
+    before = [dict(vars(module)) for module in modules]
+    amp.init(target_dtype="bfloat16", fp32_ops=amp.list_fp32_ops(bfloat16) + list(FLOAT32_JOINS))
+    loss_outputs = set(amp.list_loss_output_functions(bfloat16))
+    for module, old in zip(modules, before, strict=True):
+        for name, value in list(vars(module).items()):
+            if name in old and old[name] is not value:
+                _replaced[(module, name)] = old[name]
+                if name in loss_outputs:  # no loss scaling (see the module's docstring)
+                    setattr(module, name, old[name])
+
+
+def disable() -> None:
+    """Put back every operator function ``enable`` replaced: graphs traced from now on are float32."""
+    if not _replaced:
+        return
+    from mxnet.contrib.amp import amp as amp_state
+
+    for (module, name), original in _replaced.items():
+        setattr(module, name, original)
+    _replaced.clear()
+    amp_state._amp_initialized = False  # so that a later ``enable`` initializes again
