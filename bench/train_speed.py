@@ -9,7 +9,7 @@ training step on random tensors of the same batch and crop in their own Python, 
 must not enter the product's environment; create it once with
 
     python3.11 -m venv /work/bench-venv-torch
-    /work/bench-venv-torch/bin/pip install torch==2.13.0 torchvision==0.28.0
+    /work/bench-venv-torch/bin/pip install torch==2.13.0 torchvision==0.28.0  # or a CPU-only torch 2.13.0
 
 Every worker first runs one unmeasured epoch (graph building, oneDNN primitive creation), then
 the workers take turns, one measured epoch of ``--steps`` iterations each per round (A B C A B C),
@@ -40,8 +40,12 @@ CONFIGURATIONS = {  # name -> the hyperparameters that make it
 BASELINE = "hybrid float32"  # what the loop did before ``_hybrid`` was honoured: it always hybridized
 TORCHVISION_MODELS = {"fcn": "fcn_resnet50", "deeplab": "deeplabv3_resnet50"}
 
+# With a CPU-only torch, PyPI's torchvision cannot load its compiled detection operators (it links
+# CUDA torch) and fails on import registering their shapes; segmentation never uses them, so the
+# script skips that registration module.
 TORCH_SCRIPT = r"""
-import sys, time
+import sys, time, types
+sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
 import torch, torchvision
 name, batch, crop, classes, threads = sys.argv[1], *map(int, sys.argv[2:6])
 torch.set_num_threads(threads)

@@ -169,13 +169,13 @@ def build(hp: dict, stop: StopFlag, cluster, iterations: int, class_pixels: np.n
     ctx = contexts()
     check_batch_size(hp, len(ctx), hosts)
     chosen = choose_precision(hp, ctx)
+    precision.enable(chosen)  # before the network is built and first runs: a hybridized graph is traced then
     net = build_from_hyperparameters(hp, **batch_norm_layer(hp, ctx))
     initial_weights(net, hp, ctx)
     stop.check()
     if hp["_hybrid"]:
         net.hybridize(static_alloc=True, static_shape=True)  # shapes are fixed: every batch is crop_size square
     log.info("Network: %s", "hybridized graph (_hybrid true)" if hp["_hybrid"] else "imperative (_hybrid false)")
-    precision.enable(chosen)  # before the network first runs: a hybridized graph is traced then
     if len(ctx) > 1 or cluster:
         finish_deferred_init(net, hp, ctx)
     criterion, waiting_for_counts = make_criterion(hp, class_pixels)
