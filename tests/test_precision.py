@@ -187,3 +187,26 @@ def test_bfloat16_training_gives_the_same_losses_within_its_precision(initial_we
         assert losses[-1] < 0.8 * losses[0]  # it learns as float32 does
     np.testing.assert_allclose(hybridized[0], imperative[0], rtol=BF16_FIRST_TOLERANCE)
     assert hybridized != reference  # it did compute in bfloat16
+
+
+def test_a_bfloat16_job_says_so_and_writes_float32_artifacts(tmp_path):
+    """A real ``train`` run with precision_dtype bfloat16, hybridized: the log names the precision and
+    why, oneDNN ran bfloat16 kernels (on AMX where the log says so), and what it wrote is float32."""
+    import onnx
+    from trainjob import make_tree, run_train
+
+    root = make_tree(tmp_path, precision_dtype="bfloat16", _hybrid="true")
+    job = run_train(root, env={"DNNL_VERBOSE": "1"})
+    assert job.returncode == 0, job.log[-3000:]
+    (line,) = job.lines(r"Training precision: .*")
+    assert line.startswith("Training precision: bfloat16 (precision_dtype is bfloat16; this CPU computes it with")
+    assert "Network: hybridized graph (_hybrid true)" in job.log
+    kernels = [row for row in job.lines(r"dnnl_verbose,exec,cpu,convolution,[^\n]*") if "forward_training" in row]
+    assert any("bf16" in row for row in kernels)
+    assert any("amx" in row for row in kernels) == ("with AMX" in line)
+    saved = mx.nd.load(str(job.model_dir / "model_algo-1"))
+    assert {array.dtype for array in saved.values()} == {np.float32}
+    model = onnx.load(str(job.model_dir / "model.onnx"))
+    assert {tensor.data_type for tensor in model.graph.initializer} == {onnx.TensorProto.FLOAT}
+    casts = [node for node in model.graph.node if node.op_type == "Cast"]
+    assert all(attribute.i != onnx.TensorProto.BFLOAT16 for node in casts for attribute in node.attribute)
