@@ -130,8 +130,10 @@ def main() -> None:
         print("RESULT " + json.dumps(mxnet_profile(args.configuration)), flush=True)
         return
     threads = str(len(os.sched_getaffinity(0)))
-    ours_run = subprocess.run(
+    unbulked = {**os.environ, "MXNET_EXEC_BULK_EXEC_TRAIN": "0", "MXNET_EXEC_BULK_EXEC_INFERENCE": "0"}
+    ours_run = subprocess.run(  # without bulking, so the profiler times each operator, not runs of them
         [sys.executable, __file__, "--worker", "--configuration", args.configuration],
+        env=unbulked,
         capture_output=True,
         text=True,
         check=True,
