@@ -88,8 +88,9 @@ TABLE: dict[str, Spec] = {
     "_kvstore": Spec("str", "device"),
     "_num_kv_servers": Spec("str", "auto"),
     "_augmentation_type": Spec("str", "default", choices=("default",)),
-    # Ours: auto (the built-in's float32) trains in bfloat16 where AMX makes it faster; see train/precision.py.
-    "precision_dtype": Spec("str", "auto", choices=("float32", "bfloat16", "auto")),
+    # Ours: bfloat16 and auto (bfloat16 where AMX makes it faster) beside the built-in's float32, which stays the
+    # default: the learning test fell just short of its bar in bfloat16 (README, Performance).
+    "precision_dtype": Spec("str", "float32", choices=("float32", "bfloat16", "auto")),
     # Ours: the seed of every random choice in training, for reproducible runs.
     "_seed": Spec("int", 0, low=0),
     # Ours: consecutive iterations with a non-finite loss or gradient (each skipped) that end the job.

@@ -1,8 +1,8 @@
 """The precision training computes in: float32, or bfloat16 through MXNet's AMP on CPUs built for it.
 
-``precision_dtype`` is ``float32``, ``bfloat16`` or ``auto`` (bfloat16 where the CPU computes it
-natively: it reports ``avx512_bf16`` or AMX; float32 otherwise, and always on GPUs, whose kernels
-MXNet 1.9.1 has only in float16). ``choose`` decides and says why; the log line names both.
+``precision_dtype`` is ``float32`` (the default), ``bfloat16`` or ``auto`` (bfloat16 where the CPU
+has AMX and Linux grants it, float32 otherwise, and always on GPUs, whose kernels MXNet 1.9.1 has
+only in float16). ``choose`` decides and says why; the log line names both.
 
 What bfloat16 means here is AMP's: ``amp.init`` wraps MXNet's operator functions so that
 convolutions and fully connected layers take bfloat16 inputs (cast on the fly from the float32
