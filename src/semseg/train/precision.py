@@ -90,11 +90,11 @@ def choose(
     (without AMX) took twice float32's time, while AMX took half of it (README, Performance).
     Raises ``UserError`` for ``bfloat16`` where it cannot run: on GPUs, with syncbn, on CPUs without AVX-512.
     """
+    if requested == "float32":
+        return Precision("float32", "precision_dtype is float32")
     flags = cpu_flags() if flags is None else flags
     if amx is None:
         amx = AMX_FLAG in flags and request_amx()
-    if requested == "float32":
-        return Precision("float32", "precision_dtype is float32")
     if requested == "bfloat16":
         if gpus:
             raise UserError(
