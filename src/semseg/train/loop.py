@@ -26,7 +26,7 @@ from .. import classes, logs, paths, report, sm_config
 from ..data.loaders import Splits, data_splits
 from ..model import artifacts, export
 from ..report.examples import ValidationExamples
-from . import checkpoint, guards, kvstore, setup
+from . import checkpoint, guards, kvstore, precision, setup
 from .checkpoint import EpochProgress, TrainingState
 from .early_stopping import EarlyStopping
 from .metrics import ConfusionMatrix
@@ -252,6 +252,7 @@ def save_model(training: Training) -> None:
     artifacts.save_hyperparameters(training.hp, model_dir)
     logs.serializing(final)
     artifacts.save_parameters(training.net, final)
+    precision.disable()  # the export traces a fresh network: in float32
     export.export_onnx(training.hp, model_dir)
 
 

@@ -24,10 +24,11 @@ from ..data import dataset_channel
 from ..errors import UserError
 from ..model.factory import build_from_hyperparameters
 from ..model.weights import initial_weights
-from . import losses
+from . import losses, precision
 from .early_stopping import EarlyStopping
 from .guards import NonFiniteGuard
 from .optim import lr_schedule, optimizer_settings
+from .precision import Precision
 from .stop import StopFlag
 
 log = logging.getLogger("semseg")
@@ -54,6 +55,7 @@ class Training:
     any_host: Callable[[bool], bool] = bool  # True on every host when any host says True (a collective)
     class_pixels: np.ndarray | None = None  # counted over the first epoch for ``auto`` weights in Pipe mode
     guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)  # skips non-finite updates, ends a diverged job
+    precision: Precision = Precision("float32", "precision_dtype is float32")  # what the network computes in
 
 
 def configure() -> dict:
@@ -166,10 +168,14 @@ def build(hp: dict, stop: StopFlag, cluster, iterations: int, class_pixels: np.n
     rank, hosts = (cluster.rank, cluster.size) if cluster else (0, 1)
     ctx = contexts()
     check_batch_size(hp, len(ctx), hosts)
+    chosen = choose_precision(hp, ctx)
+    precision.enable(chosen)  # before the network is built and first runs: a hybridized graph is traced then
     net = build_from_hyperparameters(hp, **batch_norm_layer(hp, ctx))
     initial_weights(net, hp, ctx)
     stop.check()
-    net.hybridize(static_alloc=True, static_shape=True)
+    if hp["_hybrid"]:
+        net.hybridize(static_alloc=True, static_shape=True)  # shapes are fixed: every batch is crop_size square
+    log.info("Network: %s", "hybridized graph (_hybrid true)" if hp["_hybrid"] else "imperative (_hybrid false)")
     if len(ctx) > 1 or cluster:
         finish_deferred_init(net, hp, ctx)
     criterion, waiting_for_counts = make_criterion(hp, class_pixels)
@@ -194,4 +200,13 @@ def build(hp: dict, stop: StopFlag, cluster, iterations: int, class_pixels: np.n
         cluster is None or cluster.is_master,
         class_pixels=np.zeros(hp["num_classes"], dtype=np.int64) if waiting_for_counts else None,
         guard=NonFiniteGuard(hp["_max_nonfinite_iterations"], hp["learning_rate"], hp["clip_gradient"]),
+        precision=chosen,
     )
+
+
+def choose_precision(hp: dict, ctx: list) -> Precision:
+    """``precision_dtype`` resolved for these devices (``auto``: by the CPU's flags), logged with its reason."""
+    gpus = sum(1 for device in ctx if device.device_type == "gpu")
+    chosen = precision.choose(hp["precision_dtype"], gpus, len(ctx) if hp["syncbn"] else 0)
+    precision.log_choice(chosen)
+    return chosen
