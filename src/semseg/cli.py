@@ -86,6 +86,21 @@ def serve_main() -> int:
     return command.load()()
 
 
+def _quantize(args) -> int:
+    """``semseg quantize``: a user error is one sentence on stderr and exit code 1."""
+    from . import paths
+    from .model import quantize
+
+    logs.setup_logging()
+    try:
+        return quantize.quantize_command(
+            args.model_dir, args.data or paths.data_dir(), args.max_images or quantize.MAX_GATE_IMAGES
+        )
+    except UserError as exc:
+        log.error("%s", exc)
+        return EXIT_USER_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="semseg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -97,11 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("root")
     sample.add_argument("--train", type=int, default=24)
     sample.add_argument("--validation", type=int, default=8)
+    quantize = commands.add_parser("quantize", help="write the int8 copy of a model's ONNX export, kept if accurate")
+    quantize.add_argument("model_dir", help="a model directory (hyperparams.json, model_best.params, model.onnx)")
+    quantize.add_argument(
+        "--data",
+        help="File-mode data: train, validation and their _annotation directories "
+        "(default: $SAGEMAKER_BASE_DIR/input/data)",
+    )
+    quantize.add_argument("--max-images", type=int, default=None, help="validation images the accuracy gate uses")
     args = parser.parse_args(argv)
     if args.command == "train":
         train_command()
     if args.command == "serve":
         return serve_main()
+    if args.command == "quantize":
+        return _quantize(args)
     if args.command == "sample-data":
         from .sample_data import write_opt_ml_tree
 

@@ -81,6 +81,8 @@ TABLE: dict[str, Spec] = {
     "precision_dtype": Spec("str", "float32", choices=("float32",)),
     # Ours: the seed of every random choice in training, for reproducible runs.
     "_seed": Spec("int", 0, low=0),
+    # Ours: write the int8 copy of the ONNX export at the end of training (semseg.model.quantize).
+    "_int8": Spec("bool", True),
     # Ours, Pipe mode: seconds to wait for the FIFO <channel>_<epoch> to appear before failing, and how
     # many image/mask pairs the train stream is shuffled through (1 keeps the stream's order).
     "_pipe_wait_seconds": Spec("int", 600, low=1),

@@ -34,8 +34,9 @@ def load_engine(model_dir: Path, hp: dict, input_size: int, settings: ServingSet
 
     ONNX Runtime on the CPU when training wrote an ONNX export for this input size: its int8 copy
     (``model.int8.onnx``, written only when it passed its accuracy gate) unless
-    ``SEMSEG_FORCE_FP32`` asks for float32, else ``model.onnx``; MXNet on the GPU when one is visible (the worker in slot ``i`` takes GPU ``i mod n``), and for every model
-    without a usable export (older model directories, another ``SEMSEG_INFERENCE_SIZE``).
+    ``SEMSEG_FORCE_FP32`` asks for float32, else ``model.onnx``; MXNet on the GPU when one is visible
+    (the worker in slot ``i`` takes GPU ``i mod n``), and for every model without a usable export
+    (older model directories, another ``SEMSEG_INFERENCE_SIZE``).
     """
     from ..model.export import ONNX_FILE
     from ..model.quantize import INT8_FILE

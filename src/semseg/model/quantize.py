@@ -34,6 +34,7 @@ from ..data import file_mode, label_map
 from ..data.dataset import prepare_pair
 from ..data.file_mode import Sample
 from ..data.transforms import validation_transform
+from ..errors import UserError
 from ..train.metrics import ConfusionMatrix
 from .artifacts import write_atomically
 from .export import ONNX_FILE
@@ -216,11 +217,12 @@ def _export_size(path: Path) -> int:
     return int(_props(model)["input_size"])
 
 
-def file_mode_split(split: str, hp: dict) -> tuple[list[Sample], np.ndarray]:
-    """A File-mode split's pairs and label table under the /opt/ml tree (``semseg.paths``)."""
-    label_map_dir = paths.channel_dir("label_map") if paths.channel_dir("label_map").is_dir() else None
+def file_mode_split(data_dir: Path, split: str, hp: dict) -> tuple[list[Sample], np.ndarray]:
+    """A split's pairs and label table from ``data_dir`` in the File-mode layout (``<split>``,
+    ``<split>_annotation`` and optionally ``label_map`` directories, as under /opt/ml/input/data)."""
+    label_map_dir = data_dir / "label_map" if (data_dir / "label_map").is_dir() else None
     spec = label_map.load(label_map_dir, split)
-    pairs = file_mode.find_pairs(paths.channel_dir(split), paths.channel_dir(f"{split}_annotation"))
+    pairs = file_mode.find_pairs(data_dir / split, data_dir / f"{split}_annotation")
     return pairs, label_map.lookup_table(spec, hp["num_classes"], f"{split} label map")
 
 
@@ -231,6 +233,9 @@ def quantize_after_training(hp: dict, model_dir: Path) -> GateResult | None:
     """
     model_dir = Path(model_dir)
     (model_dir / INT8_FILE).unlink(missing_ok=True)
+    if not hp.get("_int8", True):
+        log.info("No int8 model: the hyperparameter _int8 is False")
+        return None
     if not (model_dir / ONNX_FILE).is_file():
         log.info("No int8 model: there is no %s to quantize", ONNX_FILE)
         return None
@@ -241,11 +246,39 @@ def quantize_after_training(hp: dict, model_dir: Path) -> GateResult | None:
         )
         return None
     try:
-        calibration, _ = file_mode_split("train", hp)
-        validation, table = file_mode_split("validation", hp)
+        calibration, _ = file_mode_split(paths.data_dir(), "train", hp)
+        validation, table = file_mode_split(paths.data_dir(), "validation", hp)
         return quantize_model(model_dir, hp, calibration, validation, table)
     except Exception as exc:  # noqa: BLE001 - the float32 model is the result; this only speeds it up
         (model_dir / INT8_FILE).unlink(missing_ok=True)
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         log.warning("The int8 model was not written (%s: %s); the float32 export serves", type(exc).__name__, first)
         return None
+
+
+def quantize_command(model_dir: Path, data_dir: Path, max_gate_images: int = MAX_GATE_IMAGES) -> int:
+    """``semseg quantize``: the int8 copy of an existing model; exit code 0 when it was kept, else 1.
+
+    A model directory without ``model.onnx`` (from before exports) gets its export first.
+    """
+    from .artifacts import read_hyperparameters, weights_file
+    from .export import export_onnx_file
+
+    model_dir, data_dir = Path(model_dir), Path(data_dir)
+    if not (model_dir / paths.HYPERPARAMS_FILE).is_file():
+        raise UserError(f"{model_dir} is not a model directory: it has no {paths.HYPERPARAMS_FILE}")
+    hp = read_hyperparameters(model_dir)
+    for split in ("train", "validation"):
+        for name in (split, f"{split}_annotation"):
+            if not (data_dir / name).is_dir():
+                raise UserError(
+                    f"{data_dir} has no '{name}' directory; --data must hold train, train_annotation, "
+                    "validation and validation_annotation directories (the File-mode layout)"
+                )
+    if not (model_dir / ONNX_FILE).is_file():
+        log.info("%s has no %s: exporting it first", model_dir, ONNX_FILE)
+        export_onnx_file(hp, weights_file(model_dir), model_dir / ONNX_FILE)
+    calibration, _ = file_mode_split(data_dir, "train", hp)
+    validation, table = file_mode_split(data_dir, "validation", hp)
+    result = quantize_model(model_dir, hp, calibration, validation, table, max_gate_images=max_gate_images)
+    return 0 if result.kept else 1

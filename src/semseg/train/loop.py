@@ -23,7 +23,7 @@ from mxnet import autograd, gluon
 
 from .. import logs, paths, sm_config
 from ..data.loaders import Splits, data_splits
-from ..model import artifacts, export
+from ..model import artifacts, export, quantize
 from . import checkpoint, kvstore, setup
 from .checkpoint import EpochProgress, TrainingState
 from .early_stopping import EarlyStopping
@@ -203,13 +203,15 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats, matrix: ConfusionMatrix, 
 
 
 def save_model(training: Training) -> None:
-    """The final weights, their hyperparameters, and the ONNX export (a failure of which only warns)."""
+    """The final weights, their hyperparameters, the ONNX export and its int8 copy (failures of the last
+    two only warn)."""
     model_dir = paths.model_dir()
     final = model_dir / paths.host_model_file(training.host)
     artifacts.save_hyperparameters(training.hp, model_dir)
     logs.serializing(final)
     artifacts.save_parameters(training.net, final)
     export.export_onnx(training.hp, model_dir)
+    quantize.quantize_after_training(training.hp, model_dir)
 
 
 def run(stop: StopFlag, cluster=None) -> None:
