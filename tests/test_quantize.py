@@ -1,0 +1,163 @@
+"""The int8 copy of the ONNX export: written at the end of training and by ``semseg quantize``, kept
+only when its validation mIoU is within 0.01 of float32's, preferred by serving unless
+``SEMSEG_FORCE_FP32``; PSP's pooling and DeepLab's ASPP quantized with the rest."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+from serving_helpers import trained_model
+
+from semseg.cli import main as semseg_main
+from semseg.data.file_mode import Sample
+from semseg.errors import UserError
+from semseg.inference.engine import load_engine
+from semseg.inference.onnx_engine import OnnxEngine
+from semseg.inference.predictor import Predictor
+from semseg.inference.settings import ServingSettings, from_environment
+from semseg.model import artifacts, quantize
+from semseg.model.export import ONNX_FILE
+from semseg.model.size import inference_size
+
+pytestmark = pytest.mark.slow
+
+MODEL_FILES = ("hyperparams.json", "model_best.params", ONNX_FILE)
+
+
+def model_copy(source: Path, destination: Path) -> Path:
+    destination.mkdir(parents=True)
+    for name in MODEL_FILES:
+        shutil.copy(source / name, destination / name)
+    return destination
+
+
+def data_of(root: Path, hp: dict):
+    data = root / "input" / "data"
+    calibration, _ = quantize.file_mode_split(data, "train", hp)
+    validation, table = quantize.file_mode_split(data, "validation", hp)
+    return calibration, validation, table
+
+
+def served_class_ids(predictor: Predictor, paths: list[Path]) -> np.ndarray:
+    return np.concatenate([predictor.predict(p.read_bytes()).class_ids().ravel() for p in paths])
+
+
+def test_training_writes_an_int8_copy_that_serving_prefers_and_that_agrees_with_float32(learnt_model, caplog):
+    job = learnt_model
+    assert job.returncode == 0, job.log[-3000:]
+    written = re.search(r"Wrote the int8 model .*validation mIoU ([0-9.]+) int8 vs ([0-9.]+) float32", job.log)
+    assert written, [line for line in job.log.splitlines() if "int8" in line]
+    int8_miou, fp32_miou = map(float, written.groups())
+    assert fp32_miou - int8_miou <= quantize.MAX_MIOU_DROP
+    assert "stay float32" in job.log  # the classifier and the softmax, with the reason
+    hp = artifacts.read_hyperparameters(job.model_dir)
+    size = inference_size(hp)
+    with caplog.at_level(logging.INFO, logger="semseg"):
+        int8 = load_engine(job.model_dir, hp, size)
+        fp32 = load_engine(job.model_dir, hp, size, from_environment({"SEMSEG_FORCE_FP32": "true"}))
+    assert isinstance(int8, OnnxEngine) and int8.precision == "int8" and "int8" in int8.name
+    assert isinstance(fp32, OnnxEngine) and fp32.precision == "float32"
+    assert "Not serving model.int8.onnx: SEMSEG_FORCE_FP32 asks for float32" in caplog.text
+    # as served: each validation image at its own size, through the predictor
+    images = sorted((job.root / "input" / "data" / "validation").glob("*.jpg"))
+    assert len(images) == 16
+    ours, reference = (served_class_ids(Predictor(engine, 10**8), images) for engine in (int8, fp32))
+    assert (ours == reference).mean() >= 0.98
+
+
+def constant_images(directory: Path, count: int = 4) -> list[Sample]:
+    """Calibration that sees none of the real images' range: flat mid-grey pictures."""
+    directory.mkdir()
+    samples = []
+    for i in range(count):
+        image, mask = directory / f"grey{i}.jpg", directory / f"grey{i}.png"
+        Image.new("RGB", (96, 96), (128, 128, 128)).save(image)
+        Image.new("L", (96, 96), 0).save(mask)
+        samples.append(Sample(image, mask))
+    return samples
+
+
+def test_the_gate_refuses_a_copy_calibrated_on_constant_images(learnt_model, tmp_path, caplog):
+    job = learnt_model
+    model_dir = model_copy(job.model_dir, tmp_path / "model")
+    (model_dir / quantize.INT8_FILE).write_bytes(b"an int8 copy of other weights")
+    hp = artifacts.read_hyperparameters(model_dir)
+    _, validation, table = data_of(job.root, hp)
+    with caplog.at_level(logging.INFO, logger="semseg"):
+        result = quantize.quantize_model(model_dir, hp, constant_images(tmp_path / "grey"), validation, table)
+    assert not result.kept and result.drop > quantize.MAX_MIOU_DROP
+    assert not (model_dir / quantize.INT8_FILE).exists()
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(MODEL_FILES)
+    refused = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(refused) == 1 and "The int8 model was not kept, because it loses too much accuracy" in refused[0]
+    assert f"{result.int8_miou:.4f} int8 vs {result.fp32_miou:.4f} float32" in refused[0]
+    assert isinstance(load_engine(model_dir, hp, inference_size(hp)), OnnxEngine)  # float32 serves
+
+
+def test_semseg_quantize_writes_the_copy_for_an_existing_model(learnt_model, tmp_path, caplog):
+    job = learnt_model
+    model_dir = model_copy(job.model_dir, tmp_path / "model")
+    data = job.root / "input" / "data"
+    with caplog.at_level(logging.INFO, logger="semseg"):
+        assert semseg_main(["quantize", str(model_dir), "--data", str(data), "--max-images", "8"]) == 0
+    assert (model_dir / quantize.INT8_FILE).is_file()
+    assert "8 of 16 validation images" in caplog.text
+    with caplog.at_level(logging.ERROR, logger="semseg"):
+        assert semseg_main(["quantize", str(model_dir), "--data", str(tmp_path / "nowhere")]) == 1
+    assert f"{tmp_path / 'nowhere'} has no 'train' directory; --data must hold" in caplog.text
+
+
+def producers(model) -> dict[str, str]:
+    return {output: node.op_type for node in model.graph.node for output in node.output}
+
+
+@pytest.mark.parametrize("algorithm, pooling", [("psp", "AveragePool"), ("deeplab", "GlobalAveragePool")])
+def test_psp_pooling_and_deeplab_aspp_run_in_int8(tmp_path_factory, tmp_path, algorithm, pooling):
+    root = trained_model(tmp_path_factory.getbasetemp() / "serving-models", algorithm)
+    hp = artifacts.read_hyperparameters(root / "model")
+    calibration, validation, table = data_of(root, hp)
+    size = inference_size(hp)
+    int8_path = tmp_path / quantize.INT8_FILE
+    quantize.quantize_file(
+        root / "model" / ONNX_FILE, int8_path, (image for image, _ in quantize.prepared(calibration, size, table))
+    )
+    model = onnx.load(str(int8_path))
+    made_by = producers(model)
+    pools = [node for node in model.graph.node if node.op_type == pooling]
+    assert pools, f"no {pooling} in the {algorithm} graph"
+    for node in pools:  # int8 in, int8 out: ONNX Runtime runs the pooling on the quantized tensor
+        assert made_by[node.input[0]] == "DequantizeLinear"
+        assert any(node.output[0] in n.input and n.op_type == "QuantizeLinear" for n in model.graph.node)
+    convolutions = [node for node in model.graph.node if node.op_type == "Conv"]
+    float32 = [node.name for node in convolutions if made_by.get(node.input[0]) != "DequantizeLinear"]
+    assert len(float32) == 1  # the classifier only
+    result = quantize.compare_on_validation(
+        root / "model" / ONNX_FILE, int8_path, validation, size, table, hp["num_classes"], threads=2
+    )
+    # a one-iteration model whose classes are close calls; measured 0.97 (fcn) on this data
+    assert result.agreement >= 0.9, result
+    probabilities = OnnxEngine(int8_path, threads=2).probabilities(np.zeros((1, 3, size, size), np.float32))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_no_int8_copy_without_file_mode_data_or_when_turned_off(tmp_path, caplog):
+    hp = {"_int8": False, "num_classes": 4}
+    (tmp_path / quantize.INT8_FILE).write_bytes(b"stale")
+    with caplog.at_level(logging.INFO, logger="semseg"):
+        assert quantize.quantize_after_training(hp, tmp_path) is None
+    assert not (tmp_path / quantize.INT8_FILE).exists()
+    assert "No int8 model: the hyperparameter _int8 is False" in caplog.text
+
+
+def test_force_fp32_is_a_boolean_setting():
+    assert from_environment({"SEMSEG_FORCE_FP32": "1"}).force_fp32
+    assert not ServingSettings().force_fp32
+    with pytest.raises(UserError, match="SEMSEG_FORCE_FP32 is 'maybe'; it must be true or false"):
+        from_environment({"SEMSEG_FORCE_FP32": "maybe"})
