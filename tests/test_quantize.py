@@ -136,8 +136,8 @@ def test_psp_pooling_and_deeplab_aspp_run_in_int8(tmp_path_factory, tmp_path, al
         assert made_by[node.input[0]] == "DequantizeLinear"
         assert any(node.output[0] in n.input and n.op_type == "QuantizeLinear" for n in model.graph.node)
     convolutions = [node for node in model.graph.node if node.op_type == "Conv"]
-    float32 = [node.name for node in convolutions if made_by.get(node.input[0]) != "DequantizeLinear"]
-    assert len(float32) == 1  # the classifier only
+    float32 = [node.name for node in convolutions if made_by.get(node.input[1]) != "DequantizeLinear"]
+    assert len(float32) == 1 and len(convolutions) > 50  # float32 weights: the classifier only
     result = quantize.compare_on_validation(
         root / "model" / ONNX_FILE, int8_path, validation, size, table, hp["num_classes"], threads=2
     )
