@@ -1,15 +1,15 @@
 """Model server benchmark: what HTTP adds to a prediction, throughput by worker count, memory.
 
-Method: train a tiny FCN/ResNet-50 with ``base_size`` at the inference size (one iteration: weights
-do not change the cost), so training exports ``model.onnx`` at that size (default 520, the
-base_size of a default model), and add its int8 copy, which the server then runs. For 512x512
-and 1024x768 JPEGs it times the in-process path (``codecs.invoke``: decode, resize, forward, upsample, PNG) against a POST to ``serve`` on
-127.0.0.1 with one worker (medians of ``--repeats`` alternated runs). Other load on a shared
-machine moves both by more than HTTP costs, so it also reports the overhead measured on the same
-requests: client time minus the server's own ``Server-Timing`` (predict and encode). Then it
-measures requests/s at concurrency 4 and 8 with 1, 2 and 4 workers (ONNX Runtime threads: the
-cores shared among the workers), and each worker's peak RSS (VmHWM).
-Ratios, not absolute times, carry over between machines.
+Method: train a tiny FCN/ResNet-50 with ``base_size`` at the inference size (one iteration:
+weights do not change the cost), so training exports ``model.onnx`` at that size (default 520,
+the base_size of a default model), and add its int8 copy, which the server then runs. For 512x512
+and 1024x768 JPEGs it times the in-process path (``codecs.invoke``: decode, resize, forward,
+upsample, PNG) against a POST to ``serve`` on 127.0.0.1 with one worker (medians of
+``--repeats`` alternated runs). Other load on a shared machine moves both by more than HTTP
+costs, so it also reports the overhead measured on the same requests: client time minus the
+server's own ``Server-Timing`` (predict and encode). Then it measures requests/s at concurrency
+4 and 8 with 1, 2 and 4 workers (ONNX Runtime threads: the cores shared among the workers), and
+each worker's peak RSS (VmHWM). Ratios, not absolute times, carry over between machines.
 
     .venv/bin/python bench/serving.py [--model-root DIR] [--inference-size 520] [--repeats 5]
         [--concurrency 4,8] [--workers 1,2,4] [--requests 12] [--skip-latency]
