@@ -47,6 +47,7 @@ from semseg.inference.settings import DEFAULT_SLIDING_WINDOW_FACTOR, ServingSett
 from semseg.model import artifacts, export, quantize
 from semseg.model.factory import build_network
 from semseg.model.size import inference_size
+from semseg.train import int8_gate
 from semseg.train.metrics import ConfusionMatrix
 
 HELD_OUT_SIZES = ((96, 96), (160, 112), (240, 180), (320, 240), (500, 375), (75, 50), (64, 192), (300, 100))
@@ -124,9 +125,9 @@ def main() -> None:
         fp32 = OnnxEngine(model_dir / export.ONNX_FILE, threads)
         int8_path = model_dir / quantize.INT8_FILE
         if not int8_path.exists():
-            calibration, _ = quantize.file_mode_split(root / "input" / "data", "train", hp)
-            validation, table = quantize.file_mode_split(root / "input" / "data", "validation", hp)
-            gate = quantize.quantize_model(model_dir, hp, calibration, validation, table)
+            calibration, _ = int8_gate.file_mode_split(root / "input" / "data", "train", hp)
+            validation, table = int8_gate.file_mode_split(root / "input" / "data", "validation", hp)
+            gate = int8_gate.quantize_model(model_dir, hp, calibration, validation, table)
             print(
                 f"# int8 gate on the validation set: mIoU {gate.int8_miou:.4f} int8 vs {gate.fp32_miou:.4f} float32 "
                 f"(drop {gate.drop:+.4f}), kept: {gate.kept}"

@@ -39,6 +39,7 @@ from semseg.inference.settings import ServingSettings  # noqa: E402
 from semseg.model import artifacts, quantize  # noqa: E402
 from semseg.model.export import ONNX_FILE  # noqa: E402
 from semseg.sample_data import write_opt_ml_tree  # noqa: E402
+from semseg.train import int8_gate  # noqa: E402
 
 SIZES = [(512, 512), (1024, 768)]
 
@@ -115,7 +116,7 @@ def int8_model(scratch: Path, size: int) -> Path:
     job = run_train(root, timeout=1200)
     assert job.returncode == 0, job.log[-2000:]
     hp = artifacts.read_hyperparameters(job.model_dir)
-    calibration, table = quantize.file_mode_split(root / "input" / "data", "train", hp)
+    calibration, table = int8_gate.file_mode_split(root / "input" / "data", "train", hp)
     images = (image for image, _ in quantize.prepared(calibration, size, table))
     quantize.quantize_file(job.model_dir / ONNX_FILE, job.model_dir / quantize.INT8_FILE, images)
     return root

@@ -25,6 +25,7 @@ from semseg.inference.settings import ServingSettings, from_environment
 from semseg.model import artifacts, quantize
 from semseg.model.export import ONNX_FILE
 from semseg.model.size import inference_size
+from semseg.train import int8_gate
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +41,8 @@ def model_copy(source: Path, destination: Path) -> Path:
 
 def data_of(root: Path, hp: dict):
     data = root / "input" / "data"
-    calibration, _ = quantize.file_mode_split(data, "train", hp)
-    validation, table = quantize.file_mode_split(data, "validation", hp)
+    calibration, _ = int8_gate.file_mode_split(data, "train", hp)
+    validation, table = int8_gate.file_mode_split(data, "validation", hp)
     return calibration, validation, table
 
 
@@ -55,7 +56,7 @@ def test_training_writes_an_int8_copy_that_serving_prefers_and_that_agrees_with_
     written = re.search(r"Wrote the int8 model .*validation mIoU ([0-9.]+) int8 vs ([0-9.]+) float32", job.log)
     assert written, [line for line in job.log.splitlines() if "int8" in line]
     int8_miou, fp32_miou = map(float, written.groups())
-    assert fp32_miou - int8_miou <= quantize.MAX_MIOU_DROP
+    assert fp32_miou - int8_miou <= int8_gate.MAX_MIOU_DROP
     assert "stay float32" in job.log  # the classifier and the softmax, with the reason
     hp = artifacts.read_hyperparameters(job.model_dir)
     size = inference_size(hp)
@@ -91,8 +92,8 @@ def test_the_gate_refuses_a_copy_calibrated_on_constant_images(learnt_model, tmp
     hp = artifacts.read_hyperparameters(model_dir)
     _, validation, table = data_of(job.root, hp)
     with caplog.at_level(logging.INFO, logger="semseg"):
-        result = quantize.quantize_model(model_dir, hp, constant_images(tmp_path / "grey"), validation, table)
-    assert not result.kept and result.drop > quantize.MAX_MIOU_DROP
+        result = int8_gate.quantize_model(model_dir, hp, constant_images(tmp_path / "grey"), validation, table)
+    assert not result.kept and result.drop > int8_gate.MAX_MIOU_DROP
     assert not (model_dir / quantize.INT8_FILE).exists()
     assert sorted(p.name for p in model_dir.iterdir()) == sorted(MODEL_FILES)
     refused = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -138,7 +139,7 @@ def test_psp_pooling_and_deeplab_aspp_run_in_int8(tmp_path_factory, tmp_path, al
     convolutions = [node for node in model.graph.node if node.op_type == "Conv"]
     float32 = [node.name for node in convolutions if made_by.get(node.input[1]) != "DequantizeLinear"]
     assert len(float32) == 1 and len(convolutions) > 50  # float32 weights: the classifier only
-    result = quantize.compare_on_validation(
+    result = int8_gate.compare_on_validation(
         root / "model" / ONNX_FILE, int8_path, validation, size, table, hp["num_classes"], threads=2
     )
     # a one-iteration model whose classes are close calls; measured 0.97 (fcn) on this data
@@ -151,7 +152,7 @@ def test_no_int8_copy_without_file_mode_data_or_when_turned_off(tmp_path, caplog
     hp = {"_int8": False, "num_classes": 4}
     (tmp_path / quantize.INT8_FILE).write_bytes(b"stale")
     with caplog.at_level(logging.INFO, logger="semseg"):
-        assert quantize.quantize_after_training(hp, tmp_path) is None
+        assert int8_gate.quantize_after_training(hp, tmp_path) is None
     assert not (tmp_path / quantize.INT8_FILE).exists()
     assert "No int8 model: the hyperparameter _int8 is False" in caplog.text
 

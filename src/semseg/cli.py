@@ -89,12 +89,12 @@ def serve_main() -> int:
 def _quantize(args) -> int:
     """``semseg quantize``: a user error is one sentence on stderr and exit code 1."""
     from . import paths
-    from .model import quantize
+    from .train import int8_gate
 
     logs.setup_logging()
     try:
-        return quantize.quantize_command(
-            args.model_dir, args.data or paths.data_dir(), args.max_images or quantize.MAX_GATE_IMAGES
+        return int8_gate.quantize_command(
+            args.model_dir, args.data or paths.data_dir(), args.max_images or int8_gate.MAX_GATE_IMAGES
         )
     except UserError as exc:
         log.error("%s", exc)

@@ -23,8 +23,8 @@ from mxnet import autograd, gluon
 
 from .. import logs, paths, sm_config
 from ..data.loaders import Splits, data_splits
-from ..model import artifacts, export, quantize
-from . import checkpoint, kvstore, setup
+from ..model import artifacts, export
+from . import checkpoint, int8_gate, kvstore, setup
 from .checkpoint import EpochProgress, TrainingState
 from .early_stopping import EarlyStopping
 from .metrics import ConfusionMatrix
@@ -211,7 +211,7 @@ def save_model(training: Training) -> None:
     logs.serializing(final)
     artifacts.save_parameters(training.net, final)
     export.export_onnx(training.hp, model_dir)
-    quantize.quantize_after_training(training.hp, model_dir)
+    int8_gate.quantize_after_training(training.hp, model_dir)
 
 
 def run(stop: StopFlag, cluster=None) -> None:
