@@ -16,7 +16,6 @@ from PIL import Image
 from serving_helpers import trained_model
 
 from semseg.cli import main as semseg_main
-from semseg.data.file_mode import Sample
 from semseg.errors import UserError
 from semseg.inference.engine import load_engine
 from semseg.inference.onnx_engine import OnnxEngine
@@ -73,43 +72,35 @@ def test_training_writes_an_int8_copy_that_serving_prefers_and_that_agrees_with_
     assert (ours == reference).mean() >= 0.98
 
 
-def constant_images(directory: Path, count: int = 4) -> list[Sample]:
-    """Calibration that sees none of the real images' range: flat mid-grey pictures."""
-    directory.mkdir()
-    samples = []
-    for i in range(count):
-        image, mask = directory / f"grey{i}.jpg", directory / f"grey{i}.png"
-        Image.new("RGB", (96, 96), (128, 128, 128)).save(image)
-        Image.new("L", (96, 96), 0).save(mask)
-        samples.append(Sample(image, mask))
-    return samples
+def constant_calibration(data: Path, destination: Path) -> Path:
+    """A File-mode data directory whose training images (the calibration set) are flat mid-grey
+    pictures, whose activations span none of the real images' range; validation is the real one."""
+    for split in ("train", "train_annotation"):
+        (destination / split).mkdir(parents=True)
+    for i in range(4):
+        Image.new("RGB", (96, 96), (128, 128, 128)).save(destination / "train" / f"grey{i}.jpg")
+        Image.new("L", (96, 96), 0).save(destination / "train_annotation" / f"grey{i}.png")
+    for split in ("validation", "validation_annotation"):
+        shutil.copytree(data / split, destination / split)
+    return destination
 
 
-def test_the_gate_refuses_a_copy_calibrated_on_constant_images(learnt_model, tmp_path, caplog):
+def test_semseg_quantize_refuses_a_copy_calibrated_on_constant_images(learnt_model, tmp_path, caplog):
     job = learnt_model
     model_dir = model_copy(job.model_dir, tmp_path / "model")
     (model_dir / quantize.INT8_FILE).write_bytes(b"an int8 copy of other weights")
-    hp = artifacts.read_hyperparameters(model_dir)
-    _, validation, table = data_of(job.root, hp)
+    data = constant_calibration(job.root / "input" / "data", tmp_path / "data")
     with caplog.at_level(logging.INFO, logger="semseg"):
-        result = int8_gate.quantize_model(model_dir, hp, constant_images(tmp_path / "grey"), validation, table)
-    assert not result.kept and result.drop > int8_gate.MAX_MIOU_DROP
-    assert not (model_dir / quantize.INT8_FILE).exists()
-    assert sorted(p.name for p in model_dir.iterdir()) == sorted(MODEL_FILES)
-    refused = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert semseg_main(["quantize", str(model_dir), "--data", str(data), "--max-images", "8"]) == 1
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted(MODEL_FILES)  # the stale copy is gone too
+    refused = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "int8" in r.getMessage()]
     assert len(refused) == 1 and "The int8 model was not kept, because it loses too much accuracy" in refused[0]
-    assert f"{result.int8_miou:.4f} int8 vs {result.fp32_miou:.4f} float32" in refused[0]
+    figures = re.search(r"validation mIoU ([0-9.]+) int8 vs ([0-9.]+) float32", refused[0])
+    int8_miou, fp32_miou = map(float, figures.groups())
+    assert fp32_miou - int8_miou > int8_gate.MAX_MIOU_DROP
+    assert "8 of 16 validation images" in refused[0]
+    hp = artifacts.read_hyperparameters(model_dir)
     assert isinstance(load_engine(model_dir, hp, inference_size(hp)), OnnxEngine)  # float32 serves
-
-
-def test_semseg_quantize_writes_the_copy_for_an_existing_model(learnt_model, tmp_path, caplog):
-    job = learnt_model
-    model_dir = model_copy(job.model_dir, tmp_path / "model")
-    data = job.root / "input" / "data"
-    with caplog.at_level(logging.INFO, logger="semseg"):
-        assert semseg_main(["quantize", str(model_dir), "--data", str(data), "--max-images", "8"]) == 0
-    assert (model_dir / quantize.INT8_FILE).is_file()
-    assert "8 of 16 validation images" in caplog.text
     with caplog.at_level(logging.ERROR, logger="semseg"):
         assert semseg_main(["quantize", str(model_dir), "--data", str(tmp_path / "nowhere")]) == 1
     assert f"{tmp_path / 'nowhere'} has no 'train' directory; --data must hold" in caplog.text

@@ -163,8 +163,8 @@ def quantize_command(model_dir: Path, data_dir: Path, max_gate_images: int = MAX
 
     A model directory without ``model.onnx`` (from before exports) gets its export first.
     """
-    from .artifacts import read_hyperparameters, weights_file
-    from .export import export_onnx_file
+    from ..model.artifacts import read_hyperparameters, weights_file
+    from ..model.export import export_onnx_file
 
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     if not (model_dir / paths.HYPERPARAMS_FILE).is_file():
