@@ -148,7 +148,7 @@ def test_the_sliding_window_settings_come_from_the_environment():
     )
     assert (settings.sliding_window_factor, settings.max_windows, settings.flip) == (2.5, 8, True)
     defaults = from_environment({})
-    assert (defaults.sliding_window_factor, defaults.max_windows, defaults.flip) == (1.5, 24, False)
+    assert (defaults.sliding_window_factor, defaults.max_windows, defaults.flip) == (1.75, 24, False)
     with pytest.raises(UserError, match="SEMSEG_FLIP is 'sometimes'; it must be true or false"):
         from_environment({"SEMSEG_FLIP": "sometimes"})
     with pytest.raises(UserError, match="SEMSEG_SLIDING_WINDOW_FACTOR is 'big'; it must be a number"):
