@@ -98,6 +98,25 @@ def latency_table(root: Path, size: int, repeats: int, bodies: dict, logs: Path)
         server.stop()
 
 
+def large_image_rows(root: Path, size: int, logs: Path) -> list[str]:
+    """A 24-megapixel JPEG (6000x4000) through HTTP: sliding windows (capped at 24), without and with flip."""
+    body = encoded(sample_image(6000, 4000), quality=90)
+    rows = []
+    for flip in ("false", "true"):
+        server = Server(root, logs / f"large-{flip}.log", SEMSEG_INFERENCE_SIZE=str(size), SEMSEG_FLIP=flip)
+        try:
+            server.wait_until_warm(1)
+            started = time.perf_counter()
+            answer = server.invoke(body, timeout=600)
+            elapsed = time.perf_counter() - started
+            assert answer.status_code == 200, answer.text
+            megabytes, inside = len(body) / 1e6, server_ms(answer) / 1000
+            rows.append(f"| 6000x4000, {megabytes:.1f} MB JPEG | {flip} | {elapsed:.1f} | {inside:.1f} |")
+        finally:
+            server.stop()
+    return rows
+
+
 def int8_model(scratch: Path, size: int) -> Path:
     """An /opt/ml root whose model has model.onnx and model.int8.onnx at ``size`` (one training
     iteration: weights do not change the cost). The int8 copy is made without the accuracy gate,
@@ -183,6 +202,9 @@ def main() -> int:
                 "|---|---|---|---|---|---|"
             )
             for row in latency_table(root, args.inference_size, args.repeats, bodies, scratch):
+                print(row, flush=True)
+            print("\n| image | flip | HTTP s | server s |\n|---|---|---|---|")
+            for row in large_image_rows(root, args.inference_size, scratch):
                 print(row, flush=True)
         print(f"\nThroughput ({args.requests} requests per run, 512x512 JPEG, PNG answers)\n")
         print(
