@@ -117,7 +117,7 @@ def large_image_rows(root: Path, size: int, logs: Path) -> list[str]:
     return rows
 
 
-def int8_model(scratch: Path, size: int) -> Path:
+def int8_model(scratch: Path, size: int, algorithm: str = "fcn") -> Path:
     """An /opt/ml root whose model has model.onnx and model.int8.onnx at ``size`` (one training
     iteration: weights do not change the cost). The int8 copy is made without the accuracy gate,
     which an untrained model may fail: this bench measures speed only."""
@@ -130,8 +130,9 @@ def int8_model(scratch: Path, size: int) -> Path:
         "num_training_samples": "2",
         "_workers": "0",
         "_int8": "False",
+        "algorithm": algorithm,
     }
-    root = write_opt_ml_tree(scratch / f"int8-{size}", train=2, validation=2, hyperparameters=settings)
+    root = write_opt_ml_tree(scratch / f"{algorithm}-int8-{size}", train=2, validation=2, hyperparameters=settings)
     job = run_train(root, timeout=1200)
     assert job.returncode == 0, job.log[-2000:]
     hp = artifacts.read_hyperparameters(job.model_dir)
