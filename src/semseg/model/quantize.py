@@ -113,8 +113,6 @@ def quantize_file(source: Path, destination: Path, calibration_images: Iterator[
         )
         result = onnx.load(str(quantized))
         original = onnx.load(str(source), load_external_data=False)
-        result.ClearField("metadata_props")
-        result.metadata_props.extend(original.metadata_props)
         onnx.helper.set_model_props(result, {**_props(original), "precision": "int8"})
         write_atomically(destination, lambda tmp: onnx.save(result, tmp))
     return destination
