@@ -50,7 +50,7 @@ def measure(algorithm: str, steps: int, crop: int, batch: int, workers: int) -> 
     net.hybridize(static_alloc=True, static_shape=True)
     name, settings = optimizer_settings(hp)
     trainer = gluon.Trainer(net.collect_params(), name, settings)
-    training = Training(hp, net, make_criterion(hp), trainer, ctx, lr_schedule(hp, steps), StopFlag(), "algo-1")
+    training = Training(hp, net, make_criterion(hp)[0], trainer, ctx, lr_schedule(hp, steps), StopFlag(), "algo-1")
     with closing(splits):
         loop.train_one_epoch(training, splits.train_loader, 0, 0)
         stats = loop.train_one_epoch(training, splits.train_loader, 1, steps)

@@ -5,6 +5,10 @@ worker accepts its first connection, so ``/ping`` answers 200 only from a worker
 predict. A model that cannot be loaded leaves the server up with ``/ping`` answering 503 and the
 reason in the log and in the body, which is where an operator looks first. Tests pass their own
 ``settings`` and ``predictor`` to build the app without gunicorn or a model directory.
+
+Beyond SageMaker's routes (which routes only ``/ping`` and ``/invocations`` to a container), ``GET /``
+is an inference page for local and ``docker run`` use and ``GET /classes`` the model's class names
+and colours, which the page's legend shows.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -27,9 +32,16 @@ from . import responses
 log = logging.getLogger("semseg.serve")
 
 _HTTP_SENTENCES = {
-    404: "There is no such path; this server answers GET /ping, POST /invocations and GET /execution-parameters",
-    405: "That method is not allowed on this path; use GET for /ping and /execution-parameters, POST for /invocations",
+    404: "There is no such path; this server answers GET /ping, POST /invocations, GET /execution-parameters, "
+    "GET /classes and GET / (the inference page)",
+    405: "That method is not allowed on this path; use POST for /invocations and GET for the others",
 }
+PAGE = (Path(__file__).parent / "page.html").read_bytes()
+# The page has its script and style inline and may reach nothing but this server: it works offline.
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src blob: data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 _READ_BYTES = 1 << 20
 
 
@@ -42,7 +54,7 @@ def _error(message: str, status: int) -> Response:
 def _load(settings) -> tuple[Predictor | None, str | None]:
     log.info("Worker process %d takes slot %d", os.getpid(), settings.worker_slot)
     try:
-        return Predictor.from_model_dir(paths.model_dir(), settings), None
+        return Predictor.from_model_dir(settings.model_dir or paths.model_dir(), settings), None
     except UserError as exc:
         log.error("The model could not be loaded: %s", exc)
         return None, f"The model could not be loaded: {exc}"
@@ -114,6 +126,18 @@ def create_app(settings: serving_settings.ServingSettings | None = None, predict
             MaxPayloadInMB=settings.max_payload_mb,
         )
 
+    @app.get("/")
+    def page():
+        response = Response(PAGE, content_type="text/html; charset=utf-8")
+        response.headers["Content-Security-Policy"] = PAGE_POLICY
+        return response
+
+    @app.get("/classes")
+    def class_table():
+        if predictor is None:
+            return _error(load_error, 503)
+        return jsonify(predictor.classes.to_json())
+
     @app.post("/invocations")
     def invocations():
         if predictor is None:
@@ -131,6 +155,11 @@ def create_app(settings: serving_settings.ServingSettings | None = None, predict
         # The time spent predicting and encoding, so a client can tell it from network and queueing time.
         response.headers["Server-Timing"] = f"invoke;dur={(time.perf_counter() - started) * 1000:.1f}"
         return response
+
+    @app.post("/endpoints/<endpoint_name>/invocations")
+    def runtime_invocations(endpoint_name: str):
+        """SageMaker runtime's route: boto3's invoke_endpoint, pointed at this server, is answered as /invocations."""
+        return invocations()
 
     @app.errorhandler(UserError)
     def user_error(exc: UserError):

@@ -41,6 +41,21 @@ def gunicorn_argv() -> list[str]:
     return [sys.executable, "-m", "gunicorn", "--config", "python:serve.gunicorn_conf"]
 
 
+def fetch_model(port: int) -> bool:
+    """Outside SageMaker, the model named by SEMSEG_MODEL_URI into an empty model directory (jobs.model_fetch)."""
+    from semseg import paths
+    from semseg.jobs import model_fetch
+
+    uri = model_fetch.wanted(paths.model_dir())
+    if uri:
+        try:
+            model_fetch.fetch_while_answering_503(uri, paths.model_dir(), port)
+        except UserError as exc:
+            log.error("%s", exc)
+            return False
+    return True
+
+
 def main() -> int:
     """Exec gunicorn with the settings of the environment; returns only on a configuration error."""
     logs.setup_logging()
@@ -48,6 +63,8 @@ def main() -> int:
         settings = from_environment()
     except UserError as exc:
         log.error("%s", exc)
+        return 1
+    if not fetch_model(settings.port):
         return 1
     gpus = count_gpus()
     cpus = os.cpu_count() or 1

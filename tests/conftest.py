@@ -48,3 +48,61 @@ def split_dirs(tmp_path):
     images.mkdir()
     masks.mkdir()
     return images, masks
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """moto's standalone S3-protocol server on 127.0.0.1, one for the session, stopped at its end."""
+    import s3server
+
+    server = s3server.start(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    s3server.stop(server)
+
+
+@pytest.fixture
+def s3(moto_server, tmp_path, monkeypatch):
+    """This test's environment points boto3 (here and in child processes) at the moto server only."""
+    import s3server
+
+    config_dir = tmp_path / "aws"
+    config_dir.mkdir()
+    for name, value in s3server.aws_environment(moto_server.endpoint, config_dir).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    from semseg.jobs import s3 as s3_module
+
+    s3_module.reset_clients()  # a client made for an earlier test's environment is not reused
+    return moto_server
+
+
+@pytest.fixture(scope="session")
+def aws_env(moto_server, tmp_path_factory):
+    """For the session's S3 jobs: boto3 here and in child processes reaches the moto server only."""
+    import s3server
+
+    from semseg.jobs.s3 import reset_clients
+
+    config_dir = tmp_path_factory.mktemp("aws")
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in s3server.aws_environment(moto_server.endpoint, config_dir).items():
+            patch.setenv(name, value)
+        patch.delenv("AWS_PROFILE", raising=False)
+        reset_clients()
+        # The jobs' archives are stored, not compressed: gzip level 1 would cost ~25 s per tiny job's
+        # 370 MB of random-initialised weights on a loaded machine (test_job_archives covers the default).
+        yield {**s3server.env_for(moto_server, config_dir), "SEMSEG_JOB_GZIP_LEVEL": "0"}
+
+
+@pytest.fixture(scope="session")
+def s3_first_job(aws_env, moto_server, tmp_path_factory):
+    """One tiny File-mode job from S3 channels, with checkpoints synced, run once for the session's S3 tests."""
+    import s3jobs
+
+    tmp = tmp_path_factory.mktemp("first-job")
+    bucket = moto_server.new_bucket()
+    s3jobs.upload_dataset(bucket, "data", tmp / "dataset")
+    channels = s3jobs.file_mode_channels(bucket, "data")
+    body = s3jobs.request("first", bucket, channels, checkpoints=f"s3://{bucket}/checkpoints/run")
+    return bucket, body, s3jobs.run_job(body, tmp / "first", aws_env)

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from serving_helpers import decode_probabilities, record_pb2
 
+from semseg import classes
 from semseg.data.recordio import MAGIC, framed
 from semseg.errors import PayloadTooLarge, UnsupportedAccept, UnsupportedContentType
 from semseg.inference import codecs, geometry
@@ -125,6 +126,31 @@ def test_json_holds_the_mask_and_its_shape():
     prediction = random_prediction(4, 3, 5)
     answer = json.loads(body_of(codecs.encode_json(prediction, "application/json")))
     assert answer["shape"] == [3, 5]
+    np.testing.assert_array_equal(np.array(answer["mask"]), prediction.class_ids())
+
+
+NAMED = classes.ClassTable(("road", "car", "sky", "tree"), ((128, 64, 128), (250, 50, 83), (70, 130, 180), (0, 90, 0)))
+
+
+def test_the_png_palette_is_the_models_class_colours_while_pixels_stay_class_ids():
+    prediction = random_prediction(4, 9, 11)
+    named = Prediction(prediction.height, prediction.width, prediction.probabilities, NAMED)
+    image = Image.open(io.BytesIO(body_of(codecs.encode_png(named, "image/png"))))
+    np.testing.assert_array_equal(np.array(image), prediction.class_ids())
+    assert image.getpalette()[:12] == [channel for color in NAMED.colors for channel in color]
+    shown = np.array(image.convert("RGB"))  # what a viewer shows: the label map's colours
+    np.testing.assert_array_equal(shown, np.array(NAMED.colors, dtype=np.uint8)[prediction.class_ids()])
+    unnamed = Image.open(io.BytesIO(body_of(codecs.encode_png(prediction, "image/png"))))
+    assert unnamed.getpalette()[:12] == [c for color in classes.voc_colors()[:4] for c in color]
+
+
+def test_json_names_the_classes():
+    prediction = random_prediction(4, 3, 5)
+    unnamed = json.loads(body_of(codecs.encode_json(prediction, "application/json")))
+    assert unnamed["classes"] == ["class_0", "class_1", "class_2", "class_3"]
+    named = Prediction(3, 5, prediction.probabilities, NAMED)
+    answer = json.loads(body_of(codecs.encode_json(named, "application/json")))
+    assert answer["classes"] == list(NAMED.names) and answer["shape"] == [3, 5]
     np.testing.assert_array_equal(np.array(answer["mask"]), prediction.class_ids())
 
 

@@ -547,7 +547,7 @@ def test_pipe_mode_trains_like_file_mode(file_and_pipe_runs):
 
 
 @pytest.mark.slow
-def test_pipe_train_with_file_validation_label_map_incremental_training_and_early_stopping(
+def test_pipe_train_with_file_validation_label_map_incremental_training_early_stopping_and_auto_weights(
     file_and_pipe_runs, tmp_path
 ):
     """Every File-mode feature around a Pipe-mode train channel: the features are the loop's, not the mode's."""
@@ -564,6 +564,8 @@ def test_pipe_train_with_file_validation_label_map_incremental_training_and_earl
             "early_stopping_min_epochs": "1",
             "early_stopping_patience": "1",
             "early_stopping_tolerance": "1",
+            "loss": "focal",  # an incremental job may change the loss
+            "class_weights": "auto",  # in Pipe mode: counted over the first epoch's stream
         },
     )
     streams = to_pipe_mode(root, {"train": "application/x-recordio"})
@@ -587,6 +589,9 @@ def test_pipe_train_with_file_validation_label_map_incremental_training_and_earl
     assert "#label_map train :{'scale': 10}" in log, log[-3000:]
     assert "Incremental training: initializing all weights from model_best.params" in log
     assert "Early stopping: validation mIOU has not improved for 1 epochs" in log
+    assert "Loss: focal, focal_gamma=2, class_weights=auto" in log
+    assert "Class weights (auto): 1 for the first epoch, then set from the pixel counts of its stream" in log
+    assert len(re.findall(r"Class weights \(auto, from \d+ streamed pixels\): class_0=[0-9.e+-]+, class_1=", log)) == 1
     assert iterations_per_epoch(log) == {0: 2, 1: 2}  # two epochs read from train_0 and train_1, then stopped
     assert re.findall(r"The train stream of epoch (\d)", log) == ["0", "1"]
     losses = [float(v) for v in re.findall(r"epoch: \d+, train loss: ([0-9.e+-]+) \.", log)]

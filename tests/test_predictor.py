@@ -10,9 +10,11 @@ import pytest
 from PIL import Image
 from serving_helpers import encoded, png_declaring, sample_image, trained_model
 
+from semseg import classes
 from semseg.errors import PayloadTooLarge, UserError
 from semseg.inference.predictor import Predictor
 from semseg.inference.settings import ServingSettings
+from semseg.sample_data import CLASSES
 
 pytestmark = pytest.mark.slow
 
@@ -108,11 +110,15 @@ def test_a_model_tarball_is_extracted_and_missing_files_are_explained(tmp_path, 
     root = trained_model(tmp_path_factory.getbasetemp() / "serving-models", "fcn")
     packed = tmp_path / "packed"
     packed.mkdir()
+    named = classes.save(CLASSES, tmp_path / "names")
     with tarfile.open(packed / "model.tar.gz", "w:gz") as archive:
         for name in ("hyperparams.json", "model_algo-1"):  # no model_best.params: the fallback is used
             archive.add(root / "model" / name, arcname=name)
+        archive.add(named, arcname=named.name)
     from_archive = Predictor.from_model_dir(packed, ServingSettings())
     assert from_archive.predict(encoded(sample_image(9, 5))).class_ids().shape == (5, 9)
+    assert from_archive.classes == CLASSES  # the names travel inside model.tar.gz
+    assert Predictor.from_model_dir(packed / "model.tar.gz", ServingSettings()).classes == CLASSES  # the file itself
     with pytest.raises(UserError, match="has no hyperparams.json"):
         Predictor.from_model_dir(tmp_path, ServingSettings())
     with pytest.raises(UserError, match="does not exist"):

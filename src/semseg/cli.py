@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from . import logs, sm_config
+from . import local_train, logs, sm_config
 from .errors import UserError, one_line
 from .train.stop import StopFlag, Stopped
 
@@ -75,27 +75,39 @@ def train_command() -> None:
     os._exit(train_main())
 
 
-def serve_main() -> int:
+def serve_main(model: str | None = None, port: int | None = None) -> int:
     """Run the installed ``serve`` command, the model server, on ``$SAGEMAKER_BIND_TO_PORT`` or 8080.
 
-    Found through its console-script entry point, so that this library never imports the HTTP layer.
+    ``model``: a model directory, model.tar.gz or job root to serve instead of ``$SAGEMAKER_BASE_DIR/model``;
+    ``port``: the port instead of the environment's. The server is found through its console-script
+    entry point, so that this library never imports the HTTP layer.
     """
     from importlib.metadata import entry_points
+    from pathlib import Path
 
+    from .inference.settings import MODEL_DIR_VARIABLE, from_environment
+    from .model.artifacts import model_to_serve
+
+    try:
+        if model is not None:
+            os.environ[MODEL_DIR_VARIABLE] = str(model_to_serve(Path(model)))
+        if port is not None:
+            os.environ["SAGEMAKER_BIND_TO_PORT"] = str(port)
+        settings = from_environment()
+    except UserError as exc:
+        print(f"semseg serve: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if model is not None:
+        print(f"Serving {settings.model_dir}; its page: http://localhost:{settings.port}/", flush=True)
     (command,) = entry_points(group="console_scripts", name="serve")
     return command.load()()
 
 
-def _quantize(args) -> int:
-    """``semseg quantize``: a user error is one sentence on stderr and exit code 1."""
-    from . import paths
-    from .train import int8_gate
-
+def _user_command(run, *args) -> int:
+    """A command outside the container contract: a ``UserError`` is its one sentence on stderr and exit 1."""
     logs.setup_logging()
     try:
-        return int8_gate.quantize_command(
-            args.model_dir, args.data or paths.data_dir(), args.max_images or int8_gate.MAX_GATE_IMAGES
-        )
+        return run(*args)
     except UserError as exc:
         log.error("%s", exc)
         return EXIT_USER_ERROR
@@ -104,14 +116,33 @@ def _quantize(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="semseg", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("train", help="train from the /opt/ml tree at $SAGEMAKER_BASE_DIR (default /opt/ml)")
-    commands.add_parser("serve", help="serve the model in $SAGEMAKER_BASE_DIR/model on port 8080")
+    train = commands.add_parser(
+        "train",
+        help="train from the /opt/ml tree at $SAGEMAKER_BASE_DIR (default /opt/ml), or from --dataset into --output",
+    )
+    local_train.add_arguments(train)
+    serve = commands.add_parser("serve", help="serve a model, with an inference page at http://localhost:8080/")
+    serve.add_argument(
+        "--model", help="a model directory, a model.tar.gz or a job's /opt/ml root (default: $SAGEMAKER_BASE_DIR/model)"
+    )
+    serve.add_argument("--port", type=int, help="the port to listen on (default: $SAGEMAKER_BIND_TO_PORT or 8080)")
     demo = commands.add_parser("demo", help="make a sample dataset, train on it, serve it and segment an image")
     demo.add_argument("--workdir", default="demo", help="where the sample /opt/ml tree is made (default: ./demo)")
     sample = commands.add_parser("sample-data", help="write a synthetic dataset laid out as an /opt/ml tree")
     sample.add_argument("root")
     sample.add_argument("--train", type=int, default=24)
     sample.add_argument("--validation", type=int, default=8)
+    job = commands.add_parser("job", help="run a CreateTrainingJob request here, with S3 or file:// channels")
+    job.add_argument("request", help="the request as JSON, as passed to boto3's create_training_job")
+    job.add_argument("--workdir", help="the job's /opt/ml folder (default: ./semseg-jobs/<TrainingJobName>)")
+    predict = commands.add_parser("predict", help="segment every image of a folder or S3 prefix into another")
+    predict.add_argument("--input", required=True, help="folder, s3://bucket/prefix/ or file:// of images")
+    predict.add_argument("--output", required=True, help="folder or s3://bucket/prefix/ for the answers")
+    predict.add_argument("--url", help="a running server, e.g. http://host:8080")
+    predict.add_argument("--endpoint", help="a SageMaker endpoint's name (boto3 sagemaker-runtime)")
+    predict.add_argument("--model", help="a model directory, used in this process")
+    predict.add_argument("--accept", default="image/png", help="answer type (default image/png)")
+    predict.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     quantize = commands.add_parser("quantize", help="write the int8 copy of a model's ONNX export, kept if accurate")
     quantize.add_argument("model_dir", help="a model directory (hyperparams.json, model_best.params, model.onnx)")
     quantize.add_argument(
@@ -121,12 +152,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     quantize.add_argument("--max-images", type=int, default=None, help="validation images the accuracy gate uses")
     args = parser.parse_args(argv)
+    if args.command == "predict":
+        from .jobs.predict import main as predict_main
+
+        return _user_command(predict_main, args)
+    if args.command == "job":
+        from pathlib import Path
+
+        from .jobs.run import main as job_main
+
+        return _user_command(job_main, Path(args.request), Path(args.workdir) if args.workdir else None)
+    if args.command == "train" and (args.dataset or args.output or local_train.given_hyperparameters(args)):
+        os._exit(local_train.run(args))
     if args.command == "train":
         train_command()
     if args.command == "serve":
-        return serve_main()
+        return serve_main(args.model, args.port)
     if args.command == "quantize":
-        return _quantize(args)
+        from pathlib import Path
+
+        from . import paths
+        from .train import int8_gate
+
+        data = Path(args.data) if args.data else paths.data_dir()
+        return _user_command(
+            int8_gate.quantize_command, args.model_dir, data, args.max_images or int8_gate.MAX_GATE_IMAGES
+        )
     if args.command == "sample-data":
         from .sample_data import write_opt_ml_tree
 

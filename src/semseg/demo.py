@@ -2,7 +2,9 @@
 
 Makes a synthetic dataset laid out as a SageMaker training job's /opt/ml tree, runs the real
 ``train`` command on it, starts the real ``serve`` command on 127.0.0.1, segments a held-out
-image through ``POST /invocations`` and writes the returned mask beside it.
+image through ``POST /invocations`` and writes the returned mask beside it. The sample's class names
+go into the model directory first (``classes.json``), so the report and the page show them. It ends
+by saying where the training report is and how to open the inference page.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .sample_data import PALETTE, make_pair, write_opt_ml_tree
+from . import classes, paths
+from .sample_data import CLASSES, make_pair, write_opt_ml_tree
 
 # Settings a CPU learns the sample task with in a few minutes (see tests/test_learning.py).
 DEMO_HYPERPARAMETERS = {
@@ -67,6 +70,7 @@ def run_demo(workdir: str) -> int:
     root = Path(workdir).resolve() / "opt_ml"
     print(f"1/3 Writing a sample dataset and training job under {root}", flush=True)
     write_opt_ml_tree(root, train=32, validation=16, hyperparameters=DEMO_HYPERPARAMETERS)
+    classes.save(CLASSES, paths.model_dir(root))
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(root)}
     print("2/3 Training (the log lines are those of SageMaker's built-in algorithm)", flush=True)
     if subprocess.call([_script("train")], env=env) != 0:
@@ -96,12 +100,13 @@ def run_demo(workdir: str) -> int:
 
     out = Path(workdir).resolve()
     image.save(out / "image.jpg")
-    mask.putpalette(PALETTE)
-    mask.save(out / "mask.png")
+    mask.save(out / "mask.png")  # its palette is the model's class colours
     agreement = float((np.asarray(mask) == np.asarray(truth)).mean())
     print(
         f"Wrote {out / 'image.jpg'} and its predicted mask {out / 'mask.png'} "
         f"({mask.size[0]}x{mask.size[1]}); {100 * agreement:.1f}% of pixels agree with the true mask",
         flush=True,
     )
+    print(f"Training report: {paths.output_data_dir(root) / 'report.html'}", flush=True)
+    print(f"Inference page: run `{_script('semseg')} serve --model {root}` and open http://localhost:8080/", flush=True)
     return 0

@@ -24,6 +24,7 @@ ALGORITHMS = ("fcn", "psp", "deeplab")
 BACKBONES = ("resnet-50", "resnet-101")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "nag")
 LR_SCHEDULERS = ("poly", "cosine", "step")
+LOSSES = ("cross_entropy", "focal", "dice", "cross_entropy+dice")
 BACKBONE_ALIASES = {"resnet50": "resnet-50", "resnet101": "resnet-101"}
 
 # Keys that define the network: they must agree between a model and the run that continues it.
@@ -34,7 +35,7 @@ ARCHITECTURE_KEYS = ("backbone", "algorithm", "crop_size", "num_classes")
 class Spec:
     """One hyperparameter: its type, default (None = no default), and what values are valid."""
 
-    kind: str  # "str", "int", "float", "bool", "epochs" (comma-separated list of ints)
+    kind: str  # "str", "int", "float", "bool", "epochs" (comma-separated list of ints), "class_weights"
     default: Any = None
     required: bool = False
     choices: tuple[str, ...] = ()
@@ -69,6 +70,15 @@ TABLE: dict[str, Spec] = {
     "early_stopping_patience": Spec("int", 4, low=1),
     "early_stopping_tolerance": Spec("float", 0.0, low=0, high=1),
     "syncbn": Spec("bool", False),
+    # Ours, beyond the built-in (whose one loss is the default): the loss and its settings.
+    "loss": Spec("str", "cross_entropy", choices=LOSSES),
+    "focal_gamma": Spec("float", 2.0, low=0, high=10),
+    "dice_weight": Spec("float", 1.0, low=0, low_open=True),
+    "class_weights": Spec("class_weights", "none"),
+    # Ours: guards against divergence. clip_gradient bounds each gradient element (MXNet's optimizer
+    # option; 0 = off); lr_warmup_epochs ramps the learning rate up linearly from 0 (0 = off).
+    "clip_gradient": Spec("float", 0.0, low=0),
+    "lr_warmup_epochs": Spec("float", 0.0, low=0),
     # Internal keys of the built-in's default configuration, accepted with the same defaults.
     "_aux_loss": Spec("bool", True),
     "_aux_weight": Spec("float", 0.5, low=0),
@@ -83,6 +93,8 @@ TABLE: dict[str, Spec] = {
     "_seed": Spec("int", 0, low=0),
     # Ours: write the int8 copy of the ONNX export at the end of training (semseg.model.quantize).
     "_int8": Spec("bool", True),
+    # Ours: consecutive iterations with a non-finite loss or gradient (each skipped) that end the job.
+    "_max_nonfinite_iterations": Spec("int", 10, low=1),
     # Ours, Pipe mode: seconds to wait for the FIFO <channel>_<epoch> to appear before failing, and how
     # many image/mask pairs the train stream is shuffled through (1 keeps the stream's order).
     "_pipe_wait_seconds": Spec("int", 600, low=1),
@@ -90,6 +102,8 @@ TABLE: dict[str, Spec] = {
     # Ours: multi-host training. The parameter-server scheduler listens on hosts[0]:_ps_port (8000, as
     # the AWS MXNet containers use) and the hosts' control channel on hosts[0]:_ps_port + 1.
     "_ps_port": Spec("int", 8000, low=1024, high=65534),
+    # Ours, the 'dataset' channel: the share of a single subset held out for validation (seeded by _seed).
+    "validation_fraction": Spec("float", 0.2, low=0, high=1, low_open=True, high_open=True),
 }
 
 
@@ -191,12 +205,28 @@ def _parse_epochs(name: str, raw: Any, spec: Spec) -> tuple[int, ...]:
     return tuple(sorted(epochs))
 
 
+def _parse_class_weights(name: str, raw: Any, spec: Spec) -> str | tuple[float, ...]:
+    """``none``, ``auto`` (median-frequency weights from the training masks) or a list of numbers."""
+    value = _unwrap(raw)
+    if isinstance(value, str) and value.strip().lower() in ("none", "auto"):
+        return value.strip().lower()
+    if isinstance(value, str):  # '[0.5, 2]' as JSON, or '0.5, 2' as hyperparams.json writes it back
+        value = [item for item in value.strip().strip("[]").split(",") if item.strip()]
+    numbers = [_number(item) for item in value] if isinstance(value, list) else []
+    if not numbers or any(math.isnan(n) or n < 0 for n in numbers) or not any(n > 0 for n in numbers):
+        raise _invalid(
+            name, raw, "'none', 'auto' or a JSON list of num_classes non-negative numbers, not all 0, e.g. '[0.5, 2]'"
+        )
+    return tuple(numbers)
+
+
 PARSERS: dict[str, Callable[[str, Any, Spec], Any]] = {
     "bool": _parse_bool,
     "int": _parse_int,
     "float": _parse_float,
     "str": _parse_str,
     "epochs": _parse_epochs,
+    "class_weights": _parse_class_weights,
 }
 
 
@@ -215,6 +245,22 @@ def round_up_to_multiple_of_8(value: int) -> int:
     return -(-value // 8) * 8
 
 
+def parse_one(name: str, provided: dict[str, Any]) -> Any:
+    """The typed value of ``name`` in ``provided``, or its default; ``UserError`` when invalid or missing."""
+    spec = TABLE[name]
+    if name in provided and provided[name] is None:
+        default = "" if spec.default is None else f" for its default {to_string(spec.default)}"
+        raise UserError(
+            f"The '{name}' hyperparameter is null; give it a value (SageMaker passes every value as a string) "
+            f"or leave it out{default}"
+        )
+    if name in provided and str(provided[name]).strip() != "":
+        return PARSERS[spec.kind](name, provided[name], spec)
+    if spec.required:
+        raise UserError(f"The '{name}' hyperparameter is required and was not provided")
+    return spec.default
+
+
 def parse(provided: dict[str, Any]) -> dict[str, Any]:
     """Validate ``provided`` (raw hyperparameters.json) against the table; return typed values.
 
@@ -223,20 +269,7 @@ def parse(provided: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(str(k) for k in provided if k not in TABLE)
     if unknown:
         log.info("Ignoring hyperparameters this algorithm does not use: %s", ", ".join(unknown))
-    final: dict[str, Any] = {}
-    for name, spec in TABLE.items():
-        if name in provided and provided[name] is None:
-            default = "" if spec.default is None else f" for its default {to_string(spec.default)}"
-            raise UserError(
-                f"The '{name}' hyperparameter is null; give it a value (SageMaker passes every value as a string) "
-                f"or leave it out{default}"
-            )
-        if name in provided and str(provided[name]).strip() != "":
-            final[name] = PARSERS[spec.kind](name, provided[name], spec)
-        elif spec.required:
-            raise UserError(f"The '{name}' hyperparameter is required and was not provided")
-        else:
-            final[name] = spec.default
+    final = {name: parse_one(name, provided) for name in TABLE}
     final["crop_size"] = round_up_to_multiple_of_8(final["crop_size"])
     if final["lr_scheduler"] == "step" and not final["lr_scheduler_step"]:
         raise UserError(

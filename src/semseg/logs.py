@@ -22,6 +22,9 @@ METRIC_REGEXES = {
     "train:loss": r"#quality_metric\. host: \S+, epoch: \d+, train loss: " + _NUMBER,
 }
 
+# Beyond the built-in: each class's IoU at each epoch, with its id and name (groups: epoch, id, name, IoU).
+CLASS_IOU_REGEX = r"#class_metric\. host: \S+, epoch: (\d+), class (\d+) \((.*)\): validation IoU: " + _NUMBER
+
 log = logging.getLogger("semseg")
 
 
@@ -84,6 +87,20 @@ def validation_end(host: str, epoch: int, pixel_accuracy: float, miou: float, th
     log.info("#quality_metric. host: %s, epoch: %d, validation pixel_accuracy: %s .", host, epoch, pixel_accuracy)
     log.info("#quality_metric. host: %s, epoch: %d, validation mIOU: %s .", host, epoch, miou)
     log.info("#throughput_metric. host: %s, epoch: %d, validation throughput: %s samples/sec.", host, epoch, throughput)
+
+
+def per_class(host: str, epoch: int, names: list[str], ious: list[float], accuracies: list[float]) -> None:
+    """Beyond the built-in: one line per class, named as the model's class table names it."""
+    for class_id, (name, iou, accuracy) in enumerate(zip(names, ious, accuracies)):
+        log.info(
+            "#class_metric. host: %s, epoch: %d, class %d (%s): validation IoU: %s, pixel accuracy: %s .",
+            host,
+            epoch,
+            class_id,
+            name,
+            iou,
+            accuracy,
+        )
 
 
 def epochs_progress(host: str, done: int, total: int) -> None:

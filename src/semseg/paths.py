@@ -15,6 +15,7 @@ DEFAULT_BASE_DIR = "/opt/ml"
 HOST_MODEL_PREFIX = "model_"  # final weights are named model_<current_host>, e.g. model_algo-1
 BEST_PARAMS = "model_best.params"
 HYPERPARAMS_FILE = "hyperparams.json"
+DATASET_CHANNEL = "dataset"  # one dataset zip (CVAT or platform layout) instead of the four File-mode channels
 
 
 def base_dir() -> Path:
@@ -41,8 +42,8 @@ def resource_config_file(base: str | Path | None = None) -> Path:
     return config_dir(base) / "resourceconfig.json"
 
 
-def checkpoint_config_file() -> Path:
-    return config_dir() / "checkpointconfig.json"
+def checkpoint_config_file(base: str | Path | None = None) -> Path:
+    return config_dir(base) / "checkpointconfig.json"
 
 
 def data_dir(base: str | Path | None = None) -> Path:
@@ -51,6 +52,13 @@ def data_dir(base: str | Path | None = None) -> Path:
 
 def channel_dir(channel: str, base: str | Path | None = None) -> Path:
     return data_dir(base) / channel
+
+
+def prepared_dataset_dir(base: str | Path | None = None) -> Path:
+    """Where the ``dataset`` channel is turned into the four File-mode directories (``<split>``,
+    ``<split>_annotation``): inside the job's own tree, on the volume that holds its input, and not
+    under ``input/data``, where a directory would read as one more channel."""
+    return _root(base) / "input" / "prepared"
 
 
 def pipe_name(channel: str, epoch: int | str) -> str:

@@ -17,11 +17,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import paths
+from . import classes, paths
 
 NUM_CLASSES = 4
 CLASS_COLOURS = {1: (200, 60, 50), 2: (60, 180, 70), 3: (60, 80, 200)}
 PALETTE = [0, 0, 0, 220, 20, 60, 30, 160, 50, 40, 60, 220] + [128] * (256 * 3 - 12)
+# What a label map would name them: the demo gives its model these names (classes.json).
+CLASSES = classes.ClassTable(
+    ("background", "disc", "rectangle", "triangle"),
+    tuple(tuple(PALETTE[3 * i : 3 * i + 3]) for i in range(NUM_CLASSES)),
+)
 DEFAULT_SIZES = ((96, 96), (128, 96), (96, 120), (160, 112))
 
 

@@ -89,6 +89,28 @@ def read_resource_config() -> ResourceConfig:
     )
 
 
+def write_config_files(
+    base: Path,
+    hyperparameters: dict[str, str],
+    input_data_config: dict[str, dict],
+    resource_config: dict[str, Any],
+    checkpoint_config: dict[str, str] | None = None,
+) -> None:
+    """Write the configuration files SageMaker gives a job under ``base`` (``semseg job`` plays the platform)."""
+    files = {
+        paths.hyperparameters_file(base): hyperparameters,
+        paths.input_data_config_file(base): input_data_config,
+        paths.resource_config_file(base): resource_config,
+    }
+    if checkpoint_config is not None:
+        files[paths.checkpoint_config_file(base)] = checkpoint_config
+    else:
+        paths.checkpoint_config_file(base).unlink(missing_ok=True)
+    for path, content in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content, indent=2) + "\n")
+
+
 def write_failure(message: str) -> None:
     """Write ``message`` on one line where SageMaker reads FailureReason; the most useful text goes first.
 

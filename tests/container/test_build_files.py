@@ -101,3 +101,16 @@ def test_stager_names_files_as_the_runtime_looks_for_them(stager):
     from semseg.model.pretrained import STAGED_FILE
 
     assert {name: f"{name}-{sha1[:8]}.params" for name, sha1 in stager.SHA1.items()} == STAGED_FILE
+
+
+def test_every_package_of_the_tree_goes_into_the_wheel():
+    """The image installs the wheel, not this tree: a subpackage left out of pyproject's list is missing there."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(top.parent).parts)
+        for top in (ROOT / "src" / "semseg", ROOT / "serve")
+        for init in top.rglob("__init__.py")
+    }
+    assert found <= listed, sorted(found - listed)

@@ -1,5 +1,8 @@
 """The loaders of both splits, from directories (File mode) or per-epoch FIFOs (Pipe mode).
 
+A ``dataset`` channel (a CVAT export) is first written out as the four File-mode directories
+(``dataset_channel.prepare``) and is then read like them.
+
 The training loop sees the same thing either way: two ``BatchLoader`` objects, the iterations of
 an epoch, and, in File mode, the sampler it can move to a resumed position. The loaders own
 processes, so whoever builds ``Splits`` must ``close()`` it on every way out (``train.loop.run``).
@@ -16,7 +19,7 @@ import numpy as np
 
 from .. import paths
 from ..errors import UserError
-from . import file_mode, label_map, pipe_mode
+from . import dataset_channel, file_mode, label_map, pipe_mode
 from .batch_loader import BatchLoader, no_stop
 from .dataset import EpochSampler, PairDataset, ValidationSampler, WorkerBatches
 from .transforms import train_transform, validation_transform
@@ -76,7 +79,10 @@ def data_splits(
     in Pipe mode read from its own stream (SageMaker shards it with ShardedByS3Key).
     """
     streamed = pipe_mode.check_channels(channels)
-    _check_file_channels(channels, streamed)
+    prepared = dataset_channel.prepare(hp)  # the 'dataset' channel as the four directories, or None
+    if prepared is None:
+        _check_file_channels(channels, streamed)
+    channel_dir = paths.channel_dir if prepared is None else prepared.joinpath
     label_map_dir = paths.channel_dir("label_map") if paths.channel_dir("label_map").is_dir() else None
     workers = loader_workers(hp)
     loaders, sizes, class_pixels, train_batches = {}, {}, np.zeros(0, dtype=np.int64), None
@@ -88,7 +94,7 @@ def data_splits(
             loaders[split] = pipe_mode.pipe_loader(split, hp, pairs, seed, workers, stop_check, shard)
             sizes[split] = hp["num_training_samples"] if split == "train" else 0
             continue
-        pairs = file_mode.find_pairs(paths.channel_dir(split), paths.channel_dir(f"{split}_annotation"))
+        pairs = file_mode.find_pairs(channel_dir(split), channel_dir(f"{split}_annotation"))
         spec = label_map.load(label_map_dir, split)
         table = _lookup_table(hp, spec, split)
         counts = file_mode.check_pairs(pairs, spec, hp["num_classes"], split)

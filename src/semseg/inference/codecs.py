@@ -4,22 +4,24 @@ Every request type is an encoded image, decoded by sniffing its bytes (``Predict
 a mislabelled JPEG sent as ``image/png`` still works. Responses:
 
 - ``image/png`` (the default): an 8-bit palette PNG whose pixel values are class ids, exactly the
-  input's height x width, as the built-in algorithm answers;
+  input's height x width, as the built-in algorithm answers; its palette holds the model's class
+  colours (``classes.json``, else the VOC colours), so it shows as the label map's mask in a viewer;
 - ``application/x-protobuf`` and ``application/x-recordio-protobuf``: the built-in's probability
   record (``recordio_protobuf``), identical bodies under both names;
-- ``application/json``: ``{"shape": [H, W], "mask": [[class id, ...], ...]}``.
+- ``application/json``: ``{"shape": [H, W], "classes": [name, ...], "mask": [[class id, ...], ...]}``,
+  ``classes[i]`` naming class id ``i``.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from .. import classes
 from ..data.recordio import MAX_LENGTH as MAX_RECORD_BYTES
 from ..data.recordio import framed
 from ..errors import PayloadTooLarge, UnsupportedAccept, UnsupportedContentType
@@ -38,12 +40,9 @@ def _single(content_type: str, body: bytes) -> Encoded:
     return Encoded(content_type, len(body), [body])
 
 
-_PALETTE = classes.default(0).palette()  # VOC colours for every id
-
-
 def encode_png(prediction: Prediction, content_type: str) -> Encoded:
     image = Image.fromarray(prediction.class_ids())
-    image.putpalette(_PALETTE)  # mode L -> P, pixel values unchanged
+    image.putpalette(prediction.classes.palette())  # mode L -> P, pixel values unchanged
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=3)
     return _single(content_type, buffer.getvalue())
@@ -53,9 +52,13 @@ _JSON_PIECE = 1 << 16  # class ids turned into text at a time: a 64-megapixel ro
 
 
 def encode_json(prediction: Prediction, content_type: str) -> Encoded:
-    """``{"shape": [H, W], "mask": [[id, ...], ...]}``, written in pieces of about a megabyte."""
+    """``{"shape": [H, W], "classes": [name, ...], "mask": [[id, ...], ...]}``, in pieces of about a megabyte."""
     ids = prediction.class_ids()
-    chunks, pending = [], [f'{{"shape": [{prediction.height}, {prediction.width}], "mask": ['.encode()]
+    names = json.dumps(list(prediction.classes.names))
+    chunks, pending = (
+        [],
+        [f'{{"shape": [{prediction.height}, {prediction.width}], "classes": {names}, "mask": ['.encode()],
+    )
     pending_bytes = 0
     for index, row in enumerate(ids):
         pending.append(b",[" if index else b"[")

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .. import classes
 from ..data.images import ImageTooLarge, open_image, to_rgb_array, upright_size
 from ..data.transforms import MEAN, STD, normalize
 from ..errors import PayloadTooLarge, UserError
@@ -61,6 +62,12 @@ class Prediction:
     height: int
     width: int
     probabilities: np.ndarray  # float32 (C, h, w): the valid (unpadded) region of the engine's output
+    class_table: classes.ClassTable | None = None  # None: the model has no names (class_0 .., VOC colours)
+
+    @property
+    def classes(self) -> classes.ClassTable:
+        """The names and colours the answer shows: the model's ``classes.json`` or the defaults."""
+        return self.class_table or classes.default(self.num_classes)
 
     @property
     def num_classes(self) -> int:
@@ -127,11 +134,13 @@ class Predictor:
         self,
         engine: Engine,
         max_image_pixels: int,
+        class_table: classes.ClassTable | None = None,
         sliding_window_factor: float = DEFAULT_SLIDING_WINDOW_FACTOR,
         max_windows: int = DEFAULT_MAX_WINDOWS,
         flip: bool = False,
     ):
         self.engine = engine
+        self.classes = class_table or classes.default(engine.num_classes)
         self.max_image_pixels = max_image_pixels
         self.sliding_window_factor = sliding_window_factor  # 0: never slide
         self.max_windows = max_windows
@@ -144,15 +153,21 @@ class Predictor:
     def from_model_dir(cls, model_dir: Path, settings: ServingSettings) -> Predictor:
         """Load the model in ``model_dir`` (its files, or a model.tar.gz there) and warm it up."""
         started = time.monotonic()
-        if not model_dir.is_dir():
+        if not model_dir.exists():
             raise UserError(f"The model directory {model_dir} does not exist")
         with tempfile.TemporaryDirectory(prefix="semseg-model-") as scratch:
             files = unpack_model_dir(model_dir, Path(scratch))
             hp = read_hyperparameters(files)
             size = inference_size(hp, settings.inference_size)
+            class_table = classes.load(files, hp["num_classes"])
             engine = load_engine(files, hp, size, settings)
         predictor = cls(
-            engine, settings.max_image_pixels, settings.sliding_window_factor, settings.max_windows, settings.flip
+            engine,
+            settings.max_image_pixels,
+            class_table,
+            settings.sliding_window_factor,
+            settings.max_windows,
+            settings.flip,
         )
         predictor.warm_up()
         log.info(
@@ -195,9 +210,9 @@ class Predictor:
         rgb, height, width = self.decode(body)
         side = self.engine.input_size
         if rgb.width > side or rgb.height > side:
-            return Prediction(height, width, self.slide(rgb))
+            return Prediction(height, width, self.slide(rgb), self.classes)
         batch, valid_height, valid_width = self.preprocess(rgb)
-        return Prediction(height, width, self.forward(batch, valid_height, valid_width))
+        return Prediction(height, width, self.forward(batch, valid_height, valid_width), self.classes)
 
     def decode(self, body: bytes) -> tuple[Image.Image, int, int]:
         """The image, reduced early where the format allows, and its upright (height, width)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import UserError
 
@@ -33,6 +34,8 @@ WORKERS_VARIABLE = "SAGEMAKER_MODEL_SERVER_WORKERS"
 # Set by the HTTP server in each worker process it starts (0 .. workers-1, reused by a replacement
 # worker), never by a user: which GPU the worker takes.
 WORKER_SLOT_VARIABLE = "SEMSEG_WORKER_SLOT"
+# The model to serve, when it is not $SAGEMAKER_BASE_DIR/model (set by ``semseg serve --model DIR``).
+MODEL_DIR_VARIABLE = "SEMSEG_MODEL_DIR"
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class ServingSettings:
     sliding_window_factor: float = DEFAULT_SLIDING_WINDOW_FACTOR
     max_windows: int = DEFAULT_MAX_WINDOWS
     flip: bool = False  # also run each image mirrored left-right and average the two
+    model_dir: Path | None = None  # None: the /opt/ml tree's model directory
 
     @property
     def max_payload_bytes(self) -> int:
@@ -113,4 +117,5 @@ def from_environment(environ: Mapping[str, str] | None = None) -> ServingSetting
         sliding_window_factor=_number(env, "SEMSEG_SLIDING_WINDOW_FACTOR", DEFAULT_SLIDING_WINDOW_FACTOR, 0),
         max_windows=_integer(env, "SEMSEG_MAX_WINDOWS", DEFAULT_MAX_WINDOWS, 1),
         flip=_boolean(env, "SEMSEG_FLIP", False),
+        model_dir=Path(env[MODEL_DIR_VARIABLE]) if env.get(MODEL_DIR_VARIABLE, "").strip() else None,
     )

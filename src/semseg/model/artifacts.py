@@ -115,7 +115,11 @@ def extract_archive(archive_path: Path, destination: Path) -> None:
 
 
 def unpack_model_dir(directory: Path, scratch: Path) -> Path:
-    """The directory holding the model files: ``directory`` itself, or where its tar.gz unpacks."""
+    """The directory holding the model files: ``directory`` itself, or where its tar.gz unpacks
+    (``directory`` may also be the archive itself)."""
+    if directory.is_file():
+        extract_archive(directory, scratch)
+        return scratch
     if (directory / paths.HYPERPARAMS_FILE).exists():
         return directory
     archives = sorted(directory.glob("*.tar.gz")) + sorted(directory.glob("*.tgz"))
@@ -123,6 +127,20 @@ def unpack_model_dir(directory: Path, scratch: Path) -> Path:
         return directory
     extract_archive(archives[0], scratch)
     return scratch
+
+
+def model_to_serve(path: Path) -> Path:
+    """What ``semseg serve --model PATH`` serves: a model directory (its files or a model.tar.gz in
+    it), a model.tar.gz itself, or a training job's /opt/ml root, whose ``model/`` it then is."""
+    if not path.exists():
+        raise UserError(f"There is no model at {path}: give a model directory, a model.tar.gz or a job's /opt/ml root")
+    if path.is_file() or (path / paths.HYPERPARAMS_FILE).exists() or any(path.glob("*.tar.gz")):
+        return path.resolve()
+    if (paths.model_dir(path) / paths.HYPERPARAMS_FILE).exists():
+        return paths.model_dir(path).resolve()
+    raise UserError(
+        f"{path} holds no model: neither {paths.HYPERPARAMS_FILE} nor a model.tar.gz, in it or in its model/ folder"
+    )
 
 
 def read_hyperparameters(model_dir: Path) -> dict:

@@ -119,11 +119,14 @@ def quantize_model(
     return result
 
 
-def file_mode_split(data_dir: Path, split: str, hp: dict) -> tuple[list[Sample], np.ndarray]:
-    """A split's pairs and label table from ``data_dir`` in the File-mode layout (``<split>``,
-    ``<split>_annotation`` and optionally ``label_map`` directories, as under /opt/ml/input/data)."""
-    label_map_dir = data_dir / "label_map" if (data_dir / "label_map").is_dir() else None
-    spec = label_map.load(label_map_dir, split)
+def file_mode_split(
+    data_dir: Path, split: str, hp: dict, label_map_dir: Path | None = None
+) -> tuple[list[Sample], np.ndarray]:
+    """A split's pairs and label table from ``data_dir`` in the File-mode layout (``<split>`` and
+    ``<split>_annotation`` directories, as under /opt/ml/input/data), with the label maps of
+    ``label_map_dir`` (default: ``data_dir/label_map``; the built-in's default map where there is none)."""
+    label_map_dir = label_map_dir or data_dir / "label_map"
+    spec = label_map.load(label_map_dir if label_map_dir.is_dir() else None, split)
     pairs = file_mode.find_pairs(data_dir / split, data_dir / f"{split}_annotation")
     return pairs, label_map.lookup_table(spec, hp["num_classes"], f"{split} label map")
 
@@ -141,15 +144,17 @@ def quantize_after_training(hp: dict, model_dir: Path) -> GateResult | None:
     if not (model_dir / ONNX_FILE).is_file():
         log.info("No int8 model: there is no %s to quantize", ONNX_FILE)
         return None
-    if not (paths.channel_dir("train").is_dir() and paths.channel_dir("validation").is_dir()):
+    # the File-mode channels, or the 'dataset' channel as training wrote it out in that layout
+    data = paths.prepared_dataset_dir() if paths.prepared_dataset_dir().is_dir() else paths.data_dir()
+    if not ((data / "train").is_dir() and (data / "validation").is_dir()):
         log.info(
             "No int8 model: the training and validation data are not in File mode here; "
             "run 'semseg quantize MODEL_DIR --data DIR' with the data in File-mode layout"
         )
         return None
     try:
-        calibration, _ = file_mode_split(paths.data_dir(), "train", hp)
-        validation, table = file_mode_split(paths.data_dir(), "validation", hp)
+        calibration, _ = file_mode_split(data, "train", hp, paths.channel_dir("label_map"))
+        validation, table = file_mode_split(data, "validation", hp, paths.channel_dir("label_map"))
         return quantize_model(model_dir, hp, calibration, validation, table)
     except Exception as exc:  # noqa: BLE001 - the float32 model is the result; this only speeds it up
         (model_dir / INT8_FILE).unlink(missing_ok=True)

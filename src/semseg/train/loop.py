@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,10 +22,11 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from .. import logs, paths, sm_config
+from .. import classes, logs, paths, report, sm_config
 from ..data.loaders import Splits, data_splits
 from ..model import artifacts, export
-from . import checkpoint, int8_gate, kvstore, setup
+from ..report.examples import ValidationExamples
+from . import checkpoint, guards, int8_gate, kvstore, setup
 from .checkpoint import EpochProgress, TrainingState
 from .early_stopping import EarlyStopping
 from .metrics import ConfusionMatrix
@@ -50,6 +52,8 @@ class Run:
     saver: checkpoint.Saver
     state: TrainingState
     stopping: EarlyStopping
+    class_table: classes.ClassTable  # names for the per-class log lines and the report
+    best_examples: ValidationExamples | None = None  # a few validation samples of the best epoch
 
 
 def derived_seed(seed: int, kind: str, number: int) -> int:
@@ -79,6 +83,22 @@ def forward_backward(training: Training, images, labels) -> list:
         return list(pool.map(one, image_parts, label_parts))
 
 
+def train_step(training: Training, images, labels) -> tuple[float, bool]:
+    """Forward, backward and update: the batch's summed loss, and whether the update was made.
+
+    It is skipped, on every device and host, when the loss or a gradient is not finite on any of them.
+    """
+    losses = forward_backward(training, images, labels)
+    total = sum(float(loss.sum().asscalar()) for loss in losses)
+    finite = math.isfinite(total) and guards.gradients_finite(training.net)
+    if training.any_host(not finite):  # a collective in a multi-host job: every host skips together
+        return total, False
+    if training.kvstore is not None:
+        kvstore.sum_gradients(training.kvstore, training.net)
+    training.trainer.step(training.hp["mini_batch_size"])  # the global batch: summed over devices and hosts
+    return total, True
+
+
 def train_one_epoch(
     training: Training, loader, epoch: int, first_iteration: int, progress: EpochProgress | None = None
 ) -> EpochStats:
@@ -95,16 +115,20 @@ def train_one_epoch(
         if training.any_host(batch is None):  # every host ends a short epoch at the same iteration
             break
         images, labels = batch
+        guards.warn_if_unlabelled(labels, epoch, i)
+        if training.class_pixels is not None:  # ``auto`` class weights in Pipe mode: count this epoch's pixels
+            training.class_pixels += ConfusionMatrix.class_counts(labels.asnumpy(), hp["num_classes"])
         for number, device in enumerate(training.ctx, training.first_device):  # dropout
             mx.random.seed(derived_seed(hp["_seed"], "iteration", first_iteration + i) + number, ctx=device)
         learning_rate = training.schedule(first_iteration + i)
         training.trainer.set_learning_rate(learning_rate)
-        losses = forward_backward(training, images, labels)
-        if training.kvstore is not None:
-            kvstore.sum_gradients(training.kvstore, training.net)
-        training.trainer.step(hp["mini_batch_size"])  # the global batch: gradients are summed over devices and hosts
-        progress.loss += sum(float(loss.sum().asscalar()) for loss in losses)  # also waits for the step
-        progress.samples += images.shape[0]
+        loss, updated = train_step(training, images, labels)
+        if updated:
+            training.guard.finite()
+            progress.loss += loss
+            progress.samples += images.shape[0]
+        else:
+            training.guard.skipped_update(epoch, i, loss)
         progress.done = i + 1
         samples += images.shape[0]
         window_samples += images.shape[0]
@@ -116,8 +140,11 @@ def train_one_epoch(
     return EpochStats(progress.loss / max(1, progress.samples), samples / elapsed, waiting / elapsed)
 
 
-def evaluate(training: Training, loader, epoch: int) -> tuple[ConfusionMatrix, float]:
-    """Confusion matrix over the whole validation split, and samples/sec."""
+def evaluate(
+    training: Training, loader, epoch: int, examples: ValidationExamples | None = None
+) -> tuple[ConfusionMatrix, float]:
+    """Confusion matrix over the whole validation split, and samples/sec; the first samples go to
+    ``examples`` for the report."""
     matrix, samples, start = ConfusionMatrix(training.hp["num_classes"]), 0, time.time()
     window_start, window_samples = start, 0
     for i, (images, labels) in enumerate(loader):
@@ -126,8 +153,10 @@ def evaluate(training: Training, loader, epoch: int) -> tuple[ConfusionMatrix, f
             gluon.utils.split_and_load(images, training.ctx, even_split=False),
             gluon.utils.split_and_load(labels, training.ctx, even_split=False),
         ):
-            predictions = training.net(x)[0].argmax(axis=1)
-            matrix.update(y.asnumpy(), predictions.asnumpy())
+            truths, predictions = y.asnumpy(), training.net(x)[0].argmax(axis=1).asnumpy()
+            matrix.update(truths, predictions)
+            if examples is not None and examples.room:
+                examples.keep(x[: examples.room].asnumpy(), truths, predictions)
         samples += images.shape[0]
         window_samples += images.shape[0]
         if (i + 1) % training.hp["_logging_frequency"] == 0:
@@ -160,31 +189,44 @@ def train_epochs(run: Run) -> int:
             log.info("Waiting for data took %.1f%% of the epoch", 100 * stats.data_wait)
             if len(training.ctx) > 1 or training.kvstore is not None:
                 kvstore.average_running_statistics(training.net, training.kvstore, training.hosts)
-            matrix, validation_speed = evaluate(training, splits.validation_loader, epoch)
+            examples = ValidationExamples() if training.writes_artifacts else None
+            matrix, validation_speed = evaluate(training, splits.validation_loader, epoch, examples)
+            guards.warn_if_collapsed(matrix, epoch, list(run.class_table.names))
         except Stopped:
             if (epoch, progress.done) != state.position:
                 state.move_to(epoch, progress, sampler_state, run.stopping)
                 run.saver.save(state)
             raise
         epochs_done = epoch + 1
-        end_epoch(run, epoch, stats, matrix, validation_speed)
+        if training.class_pixels is not None:
+            setup.set_counted_weights(training, training.class_pixels)
+        end_epoch(run, epoch, stats, matrix, validation_speed, examples)
         if state.early_stopped:
             log.info("Early stopping: validation mIOU has not improved for %d epochs", run.stopping.patience)
             break
     return epochs_done
 
 
-def end_epoch(run: Run, epoch: int, stats: EpochStats, matrix: ConfusionMatrix, validation_speed: float) -> None:
-    """Log and record the epoch, keep the best weights, write the report and the checkpoint."""
+def end_epoch(
+    run: Run,
+    epoch: int,
+    stats: EpochStats,
+    matrix: ConfusionMatrix,
+    validation_speed: float,
+    examples: ValidationExamples | None = None,
+) -> None:
+    """Log and record the epoch, keep the best weights (and examples), write metrics.json and the checkpoint."""
     training, state, model_dir = run.training, run.state, paths.model_dir()
     pixel_accuracy, miou = matrix.pixel_accuracy(), matrix.mean_iou()
     logs.validation_end(training.host, epoch, pixel_accuracy, miou, validation_speed)
+    logs.per_class(training.host, epoch, run.class_table.names, matrix.iou().tolist(), matrix.class_accuracy().tolist())
     entry = {
         "epoch": epoch,
         "train_loss": stats.loss,
         "pixel_accuracy": pixel_accuracy,
         "mIOU": miou,
         "learning_rate": training.schedule((epoch + 1) * run.splits.iterations_per_epoch - 1),
+        "per_class_iou": matrix.iou().tolist(),
     }
     state.history.append(entry)
     if run.stopping.update(miou):
@@ -192,7 +234,8 @@ def end_epoch(run: Run, epoch: int, stats: EpochStats, matrix: ConfusionMatrix, 
             artifacts.save_hyperparameters(training.hp, model_dir)
             logs.serializing(model_dir / paths.BEST_PARAMS)
             artifacts.save_parameters(training.net, model_dir / paths.BEST_PARAMS)
-        state.best = {**entry, "per_class_iou": matrix.iou().tolist(), "confusion_matrix": matrix.matrix.tolist()}
+        state.best = {**entry, "confusion_matrix": matrix.matrix.tolist()}
+        run.best_examples = examples
     if training.writes_artifacts:
         write_report(state.history, state.best, run.splits.class_pixels)
     logs.epochs_progress(training.host, epoch + 1, training.hp["epochs"])
@@ -226,7 +269,7 @@ def run(stop: StopFlag, cluster=None) -> None:
     splits = data_splits(hp, sm_config.read_input_data_config(), hp["_seed"], stop.check_here, shard=(rank, hosts))
     try:
         stop.check()
-        training = setup.build(hp, stop, cluster, splits.iterations_per_epoch)
+        training = setup.build(hp, stop, cluster, splits.iterations_per_epoch, splits.class_pixels)
         if training.writes_artifacts:
             artifacts.remove_partial_files(paths.model_dir())
         best_weights = paths.model_dir() / paths.BEST_PARAMS if training.writes_artifacts else None
@@ -241,10 +284,20 @@ def run(stop: StopFlag, cluster=None) -> None:
             training.kvstore = kvstore.create(training.net, training.ctx)
             stop.agree = training.any_host = kvstore.any_worker(training.kvstore)
         setup_seconds = time.time() - start
-        epochs_done = train_epochs(Run(training, splits, saver, state, stopping))
+        class_table = classes.load(paths.model_dir(), hp["num_classes"])
+        job = Run(training, splits, saver, state, stopping, class_table)
+        epochs_done = train_epochs(job)
         stop.check()  # collective in a multi-host job: every host makes it
         if training.writes_artifacts:
             save_model(training)
+            report.write(
+                paths.output_data_dir(),
+                state.history,
+                state.best,
+                class_table,
+                splits.class_pixels.tolist(),
+                job.best_examples,
+            )
         else:
             log.info("Model artifacts are written by the first host, %s", cluster.hosts[0])
         logs.end_of_training_metrics(training.host, epochs_done, start, setup_seconds)

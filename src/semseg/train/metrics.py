@@ -23,6 +23,12 @@ class ConfusionMatrix:
         index = labels[keep] * self.num_classes + predictions[keep]
         self.matrix += np.bincount(index, minlength=self.num_classes**2).reshape(self.num_classes, -1)
 
+    @staticmethod
+    def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+        """Labelled pixels per class (ignored and out-of-range labels count nowhere)."""
+        labels = labels.astype(np.int64).ravel()
+        return np.bincount(labels[(labels >= 0) & (labels < num_classes)], minlength=num_classes)
+
     def pixel_accuracy(self) -> float:
         return float(np.trace(self.matrix) / max(1, self.matrix.sum()))
 
@@ -33,3 +39,7 @@ class ConfusionMatrix:
 
     def mean_iou(self) -> float:
         return float(self.iou().mean())
+
+    def class_accuracy(self) -> np.ndarray:
+        """Per class: the share of its labelled pixels predicted as it (0 for a class with none)."""
+        return np.diag(self.matrix) / np.maximum(1, self.matrix.sum(1))

@@ -12,19 +12,21 @@ import logging
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
-from .. import hyperparameters, logs, paths, sm_config
-from ..data import label_map
+from .. import classes, hyperparameters, logs, paths, sm_config
+from ..data import dataset_channel
 from ..errors import UserError
 from ..model.factory import build_from_hyperparameters
 from ..model.weights import initial_weights
+from . import losses
 from .early_stopping import EarlyStopping
+from .guards import NonFiniteGuard
 from .optim import lr_schedule, optimizer_settings
 from .stop import StopFlag
 
@@ -50,13 +52,18 @@ class Training:
     writes_artifacts: bool = True  # only the first host writes model/ (SageMaker merges every host's)
     kvstore: Any = None  # a dist kvstore summing gradients over hosts
     any_host: Callable[[bool], bool] = bool  # True on every host when any host says True (a collective)
+    class_pixels: np.ndarray | None = None  # counted over the first epoch for ``auto`` weights in Pipe mode
+    guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)  # skips non-finite updates, ends a diverged job
 
 
 def configure() -> dict:
-    """Read, merge and validate hyperparameters, logging the three lines the built-in logs."""
+    """Read, merge and validate hyperparameters, logging the three lines the built-in logs.
+
+    A ``dataset`` channel supplies ``num_classes`` and ``num_training_samples`` the user left out.
+    """
     defaults = hyperparameters.defaults_as_strings()
     provided = sm_config.read_hyperparameters()
-    hp = hyperparameters.parse(provided)
+    hp = hyperparameters.parse({**dataset_channel.implied_hyperparameters(provided), **provided})
     final = {k: hyperparameters.to_string(v) for k, v in hp.items() if v is not None}
     logs.configuration(hyperparameters.__file__, defaults, paths.hyperparameters_file(), provided, final)
     return hp
@@ -107,12 +114,38 @@ def finish_deferred_init(net, hp: dict, ctx: list) -> None:
     mx.nd.waitall()
 
 
-def make_criterion(hp: dict):
-    from gluoncv.loss import MixSoftmaxCrossEntropyLoss
+def class_names(hp: dict) -> list[str]:
+    """The names of the classes, for the log lines: the model's ``classes.json`` or ``class_0 ..``."""
+    return list(classes.load(paths.model_dir(), hp["num_classes"]).names)
 
-    return MixSoftmaxCrossEntropyLoss(
-        aux=hp["_aux_loss"], aux_weight=hp["_aux_weight"], ignore_label=label_map.IGNORE_LABEL
-    )
+
+def make_criterion(hp: dict, class_pixels: np.ndarray | None = None):
+    """The loss ``hp`` asks for, and whether ``auto`` class weights still wait for pixel counts.
+
+    ``class_pixels``: the training masks' pixel count per class (File mode); empty in Pipe mode, where
+    ``auto`` weights start uniform and are set from the first epoch's stream (``set_counted_weights``).
+    """
+    weights = losses.explicit_weights(hp)
+    waiting = False
+    if weights is not None:
+        losses.log_weights(weights, class_names(hp), "given")
+    elif hp["class_weights"] == "auto":
+        if class_pixels is not None and class_pixels.size:
+            weights = losses.median_frequency(class_pixels)
+            losses.log_weights(weights, class_names(hp), f"auto, from {int(class_pixels.sum())} training pixels")
+        else:
+            weights, waiting = np.ones(hp["num_classes"], dtype=np.float32), True
+            log.info("Class weights (auto): 1 for the first epoch, then set from the pixel counts of its stream")
+    log.info("Loss: %s", losses.describe(hp))
+    return losses.make(hp, weights), waiting
+
+
+def set_counted_weights(training: Training, class_pixels: np.ndarray) -> None:
+    """``auto`` class weights in Pipe mode, from the pixels counted over this run's first epoch."""
+    weights = losses.median_frequency(class_pixels)
+    training.criterion.set_class_weights(weights)
+    losses.log_weights(weights, class_names(training.hp), f"auto, from {int(class_pixels.sum())} streamed pixels")
+    training.class_pixels = None
 
 
 def early_stopping(hp: dict) -> EarlyStopping:
@@ -124,7 +157,7 @@ def early_stopping(hp: dict) -> EarlyStopping:
     )
 
 
-def build(hp: dict, stop: StopFlag, cluster, iterations: int) -> Training:
+def build(hp: dict, stop: StopFlag, cluster, iterations: int, class_pixels: np.ndarray | None = None) -> Training:
     """The network with its first weights, loss, optimizer and LR schedule, on this host's devices.
 
     ``cluster``: this host's place in a multi-host job (``distributed.Cluster``), None on one host.
@@ -139,7 +172,7 @@ def build(hp: dict, stop: StopFlag, cluster, iterations: int) -> Training:
     net.hybridize(static_alloc=True, static_shape=True)
     if len(ctx) > 1 or cluster:
         finish_deferred_init(net, hp, ctx)
-    criterion = make_criterion(hp)
+    criterion, waiting_for_counts = make_criterion(hp, class_pixels)
     name, settings = optimizer_settings(hp)
     local = "device" if len(ctx) > 1 and not cluster else None  # sums over this host's devices
     trainer = gluon.Trainer(
@@ -159,4 +192,6 @@ def build(hp: dict, stop: StopFlag, cluster, iterations: int) -> Training:
         hosts,
         rank * len(ctx),
         cluster is None or cluster.is_master,
+        class_pixels=np.zeros(hp["num_classes"], dtype=np.int64) if waiting_for_counts else None,
+        guard=NonFiniteGuard(hp["_max_nonfinite_iterations"], hp["learning_rate"], hp["clip_gradient"]),
     )

@@ -1,0 +1,280 @@
+"""``semseg job REQUEST.json``: the training job a CreateTrainingJob request describes, run here.
+
+This module plays SageMaker's part around the unchanged ``train`` command: it lays out a job folder
+as /opt/ml (``paths``) with the configuration files SageMaker writes (``sm_config``), downloads
+File-mode channels, feeds Pipe-mode channels, keeps checkpoints in sync with S3, runs ``train`` as
+a child process (or in ``TrainingImage`` through Docker, ``training_image``) under
+``MaxRuntimeInSeconds``, then packages ``model.tar.gz`` and ``output.tar.gz`` and uploads them to
+``<S3OutputPath>/<TrainingJobName>/output/``. It ends by printing what ``describe_training_job``
+would report.
+
+Rerunning a job in the same folder resumes its downloads: files already fetched whole are kept.
+Everything else starts afresh as on SageMaker (model/, output/ and checkpoints/ emptied, the
+checkpoints restored from ``CheckpointConfig.S3Uri``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import paths, sm_config
+from ..errors import UserError
+from ..processes import die_with_parent
+from .checkpoint_sync import CheckpointSync
+from .pipe_source import PipeFeeder
+from .request import JobRequest
+from .training_image import CONTAINER_ML, ContainerTraining, ensure_image
+from .transfer import download, upload_file
+
+log = logging.getLogger("semseg")
+
+STOP_GRACE_S = 120  # SageMaker's StopTrainingJob: SIGTERM, then SIGKILL 120 s later
+POLL_S = 0.5
+# Weights barely compress: level 1 saves about 7% of a model.tar.gz and costs about 7 s per 100 MB on a
+# loaded 2-core machine; 0 still writes gzip (stored blocks), at disk speed.
+GZIP_LEVEL_VARIABLE = "SEMSEG_JOB_GZIP_LEVEL"
+GZIP_LEVEL_DEFAULT = 1
+RESOURCE_CONFIG = {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "lo"}
+
+
+@dataclass
+class Outcome:
+    status: str = "InProgress"
+    secondary: str = "Starting"
+    failure: str | None = None
+    exit_code: int | None = None
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+
+
+def _iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat()
+
+
+def describe(request: JobRequest, outcome: Outcome) -> dict:
+    """The fields of ``describe_training_job``'s answer that a local job has."""
+    description = {
+        "TrainingJobName": request.name,
+        "TrainingJobStatus": outcome.status,
+        "SecondaryStatus": outcome.secondary,
+        "OutputDataConfig": {"S3OutputPath": request.output_path.uri},
+        "TrainingStartTime": _iso(outcome.started),
+    }
+    if outcome.status in ("Completed", "Stopped"):
+        description["ModelArtifacts"] = {"S3ModelArtifacts": request.model_uri().uri}
+    if outcome.failure:
+        description["FailureReason"] = outcome.failure
+    if request.checkpoint_uri:
+        description["CheckpointConfig"] = {"S3Uri": request.checkpoint_uri.uri}
+    if outcome.ended is not None:
+        description["TrainingEndTime"] = _iso(outcome.ended)
+        description["TrainingTimeInSeconds"] = int(round(outcome.ended - outcome.started))
+    return description
+
+
+def _fresh(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+
+
+def prepare(request: JobRequest, root: Path) -> None:
+    """The job folder as SageMaker leaves /opt/ml before ``train`` starts, less the data itself."""
+    for directory in (paths.model_dir(root), paths.output_dir(root), paths.output_data_dir(root)):
+        _fresh(directory)
+    shutil.rmtree(paths.checkpoints_dir(root), ignore_errors=True)
+    data = paths.data_dir(root)
+    data.mkdir(parents=True, exist_ok=True)
+    kept = {c.name for c in request.channels if not c.is_pipe}
+    for entry in data.iterdir():  # channels of an earlier request, FIFOs of an earlier run
+        if entry.name not in kept:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    checkpoint = None
+    if request.checkpoint_uri:
+        seen_by_training = CONTAINER_ML if request.training_image else root
+        checkpoint = {"LocalPath": str(paths.checkpoints_dir(seen_by_training)), "S3Uri": request.checkpoint_uri.uri}
+    sm_config.write_config_files(
+        root,
+        request.hyperparameters,
+        {c.name: c.input_data_config() for c in request.channels},
+        RESOURCE_CONFIG,
+        checkpoint,
+    )
+
+
+def gzip_level() -> int:
+    """The archives' gzip level: ``$SEMSEG_JOB_GZIP_LEVEL``, 0 to 9, else 1."""
+    raw = os.environ.get(GZIP_LEVEL_VARIABLE, "").strip()
+    if not raw:
+        return GZIP_LEVEL_DEFAULT
+    if not raw.isdigit() or int(raw) > 9:
+        raise UserError(f"{GZIP_LEVEL_VARIABLE} is {raw!r}; it must be a gzip level from 0 (store) to 9")
+    return int(raw)
+
+
+def package(directory: Path, archive: Path, level: int = GZIP_LEVEL_DEFAULT) -> Path:
+    """``directory``'s files at the root of a gzipped tar, as SageMaker packs model/ and output/data/."""
+    with tarfile.open(archive, "w:gz", compresslevel=level) as tar:
+        for path in sorted(directory.iterdir()):
+            tar.add(path, arcname=path.name)
+    return archive
+
+
+class StopRequest:
+    """SIGTERM or SIGINT to ``semseg job``: stop training as StopTrainingJob would."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self) -> StopRequest:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+
+def _train_env(request: JobRequest, root: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        **request.environment,
+        "SAGEMAKER_BASE_DIR": str(root),
+        "TRAINING_JOB_NAME": request.name,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+Training = subprocess.Popen | ContainerTraining  # both are polled, stopped and killed alike
+
+
+def start_training(request: JobRequest, root: Path) -> Training:
+    """``train`` in ``TrainingImage`` when the request names one, else this environment's ``train``."""
+    if request.training_image:
+        return ContainerTraining(request.training_image, root, request.name, request.environment, STOP_GRACE_S)
+    train_command = str(Path(sys.executable).parent / "train")
+    return subprocess.Popen([train_command], env=_train_env(request, root), preexec_fn=die_with_parent)
+
+
+def supervise(
+    train: Training, request: JobRequest, outcome: Outcome, feeders: list[PipeFeeder], stop: StopRequest
+) -> None:
+    """Wait for ``train``; SIGTERM it (SIGKILL STOP_GRACE_S later) on MaxRuntime, a stop or a failed feed."""
+    deadline = outcome.started + request.max_runtime_s if request.max_runtime_s else None
+    terminated_at = None
+    while train.poll() is None:
+        reason = None
+        if deadline is not None and time.time() > deadline:
+            reason, outcome.secondary = "MaxRuntimeInSeconds was reached", "MaxRuntimeExceeded"
+        elif stop.requested:
+            reason, outcome.secondary = "the job was asked to stop", "Stopped"
+        else:
+            failed = next((f for f in feeders if f.error is not None), None)
+            if failed is not None:
+                reason = f"feeding the '{failed.channel.name}' channel failed"
+                outcome.failure = f"ClientError: {failed.error}"
+        if reason and terminated_at is None:
+            log.warning("Stopping training: %s (SIGTERM, SIGKILL after %d s)", reason, STOP_GRACE_S)
+            train.terminate()
+            terminated_at = time.monotonic()
+        if terminated_at is not None and time.monotonic() - terminated_at > STOP_GRACE_S:
+            log.warning("Training did not exit within %d s of SIGTERM: SIGKILL", STOP_GRACE_S)
+            train.kill()
+            break
+        time.sleep(POLL_S)
+    outcome.exit_code = train.wait()
+
+
+def _judge(outcome: Outcome, root: Path) -> None:
+    if outcome.failure:  # the job's own side failed (a Pipe feed)
+        outcome.status, outcome.secondary = "Failed", "Failed"
+    elif outcome.secondary in ("MaxRuntimeExceeded", "Stopped"):
+        outcome.status = "Stopped"
+    elif outcome.exit_code == 0:
+        outcome.status, outcome.secondary = "Completed", "Completed"
+    else:
+        failure = paths.output_dir(root) / "failure"
+        reason = failure.read_text().strip() if failure.exists() else "training exited without a failure file"
+        outcome.status, outcome.secondary = "Failed", "Failed"
+        outcome.failure = f"AlgorithmError: {reason}, exit code: {outcome.exit_code}"
+
+
+def upload_results(request: JobRequest, root: Path, workdir: Path, outcome: Outcome, level: int) -> None:
+    """output.tar.gz always (SageMaker uploads it for failed jobs too); model.tar.gz unless training failed."""
+    outcome.secondary = "Uploading" if outcome.status == "Completed" else outcome.secondary
+    archives = [(paths.output_data_dir(root), workdir / "output.tar.gz", request.output_uri())]
+    if outcome.status != "Failed":
+        archives.insert(0, (paths.model_dir(root), workdir / "model.tar.gz", request.model_uri()))
+    for directory, archive, target in archives:
+        upload_file(package(directory, archive, level), target)
+        log.info("Uploaded %s (%.1f MB)", target.uri, archive.stat().st_size / 2**20)
+    if outcome.status == "Completed":
+        outcome.secondary = "Completed"
+
+
+def run_job(request: JobRequest, workdir: Path) -> dict:
+    """Run ``request`` in ``workdir`` (its /opt/ml); the describe_training_job-like result."""
+    stop = StopRequest().install()
+    level = gzip_level()  # a bad value is said before anything is downloaded
+    if request.training_image:
+        ensure_image(request.training_image)
+    outcome = Outcome()
+    root = workdir.absolute()
+    staging = root / ".staging"
+    prepare(request, root)
+    log.info("Job %s in %s", request.name, root)
+    outcome.secondary = "Downloading"
+    for channel in request.channels:
+        if not channel.is_pipe:
+            download(channel.source, paths.channel_dir(channel.name, root), staging / channel.name, f"{channel.name}")
+    sync = None
+    if request.checkpoint_uri:
+        sync = CheckpointSync(paths.checkpoints_dir(root), request.checkpoint_uri, staging / "checkpoints")
+        sync.restore()
+    feeders = [PipeFeeder(c, paths.data_dir(root)) for c in request.channels if c.is_pipe]
+    outcome.secondary = "Training"
+    with start_training(request, root) as train:
+        for feeder in feeders:
+            feeder.start()
+        if sync:
+            sync.start()
+        try:
+            supervise(train, request, outcome, feeders, stop)
+        finally:
+            if train.poll() is None:
+                train.kill()
+                train.wait()
+            for feeder in feeders:
+                feeder.stop()
+    outcome.ended = time.time()
+    _judge(outcome, root)
+    if sync:
+        sync.stop()
+    upload_results(request, root, workdir, outcome, level)
+    return describe(request, outcome)
+
+
+def main(request_path: Path, workdir: Path | None) -> int:
+    """The ``semseg job`` command: 0 when the job completed, 1 otherwise (the description says why)."""
+    import json
+
+    from .request import load
+
+    request = load(request_path)
+    description = run_job(request, workdir or Path("semseg-jobs") / request.name)
+    print(json.dumps(description, indent=2), flush=True)
+    if description["TrainingJobStatus"] != "Completed":
+        raise UserError(
+            f"The training job {request.name} is {description['TrainingJobStatus']}"
+            + (f": {description['FailureReason']}" if description.get("FailureReason") else "")
+        )
+    return 0

@@ -1,0 +1,246 @@
+"""Moving whole prefixes and files between S3 and local folders, in parallel, resumably.
+
+Downloads go through boto3's transfer manager (``s3transfer``: parallel objects, parallel ranges of
+large objects, retries of dropped streams) into a staging folder and are renamed into place when
+whole, with the object's modification time set on the file. A file whose size and time already
+match its object is not fetched again (the rule of ``aws s3 sync``), so a download that was killed
+half way resumes with the objects it had not finished. Progress shows bytes and files.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from .s3 import ObjectInfo, S3Location, client, explain, explained, list_objects
+
+log = logging.getLogger("semseg")
+
+CONCURRENCY = 16  # parallel requests of one transfer manager
+PART_BYTES = 16 << 20  # objects larger than this travel in parallel ranges / multipart uploads
+
+
+@dataclass
+class TransferSummary:
+    files: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 2**20 / self.seconds if self.seconds else 0.0
+
+
+def transfer_manager():
+    from boto3.s3.transfer import TransferConfig
+    from s3transfer.manager import TransferManager
+
+    config = TransferConfig(
+        max_concurrency=CONCURRENCY, multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES, use_threads=True
+    )
+    return TransferManager(client(), config)
+
+
+class Progress:
+    """One progress bar of bytes, with files done out of files to do; thread-safe."""
+
+    def __init__(self, label: str, total_bytes: int, total_files: int):
+        from tqdm import tqdm
+
+        self._lock = threading.Lock()
+        self._files, self._total_files = 0, total_files
+        self._bar = tqdm(
+            total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr, mininterval=1
+        )
+        self._bar.set_postfix_str(f"0/{total_files} files", refresh=False)
+
+    def add_bytes(self, count: int) -> None:
+        with self._lock:
+            self._bar.update(count)
+
+    def file_done(self) -> None:
+        with self._lock:
+            self._files += 1
+            self._bar.set_postfix_str(f"{self._files}/{self._total_files} files", refresh=False)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _subscriber(progress: Progress, size: int | None = None, finish=None):
+    """Reports progress; ``finish()`` runs in the transfer's thread as soon as it succeeded, so
+    that a kill a moment later loses no finished file."""
+    from s3transfer.subscribers import BaseSubscriber
+
+    class Subscriber(BaseSubscriber):
+        def on_queued(self, future, **kwargs):
+            if size is not None:  # saves the HeadObject the manager would otherwise send per object
+                future.meta.provide_transfer_size(size)
+
+        def on_progress(self, future, bytes_transferred, **kwargs):
+            progress.add_bytes(bytes_transferred)
+
+        def on_done(self, future, **kwargs):
+            try:
+                future.result()
+            except BaseException:
+                return  # reported by whoever waits on the future
+            if finish is not None:
+                finish()
+            progress.file_done()
+
+    return Subscriber()
+
+
+def objects_of(source: S3Location) -> tuple[list[ObjectInfo], str]:
+    """The objects a channel's ``S3Uri`` names and the key prefix their local paths are relative to.
+
+    A URI ending in ``/`` is a folder; otherwise it names one object if such a key exists, else the
+    folder of that name (as the SageMaker SDK's local mode reads it), so ``s3://b/train`` never pulls
+    in ``s3://b/train_annotation/``.
+    """
+    if source.key.endswith("/") or not source.key:
+        return list_objects(source), source.key
+    exact = [o for o in list_objects(source) if o.key == source.key]
+    if exact:
+        return exact, source.key.rsplit("/", 1)[0] + "/" if "/" in source.key else ""
+    folder = S3Location(source.bucket, source.key + "/")
+    return list_objects(folder), folder.key
+
+
+def _is_current(path: Path, obj: ObjectInfo) -> bool:
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    return stat.st_size == obj.size and int(stat.st_mtime) == int(obj.modified)
+
+
+def _local_path(destination: Path, relative: str, source: S3Location) -> Path:
+    parts = [p for p in relative.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise UserError(f"The object key {relative!r} under {source.uri} cannot be a file name")
+    return destination.joinpath(*parts)
+
+
+def download(source: S3Location, destination: Path, staging: Path, label: str = "download") -> TransferSummary:
+    """Everything ``source`` names into ``destination``, skipping files already there and current.
+
+    ``staging`` holds the files being fetched (emptied first: whatever a killed run left there is
+    incomplete); it must be on the same file system as ``destination``.
+    """
+    if source.is_local:
+        return copy_local(source.local, destination)
+    started = time.monotonic()
+    objects, prefix = objects_of(source)
+    if not objects:
+        raise UserError(f"There are no objects under {source.uri}")
+    todo, summary = [], TransferSummary()
+    for obj in objects:
+        path = _local_path(destination, obj.key[len(prefix) :], source)
+        if _is_current(path, obj):
+            summary.skipped += 1
+        else:
+            todo.append((obj, path))
+    if summary.skipped:
+        log.info("%s: %d of %d files are here and current already", label, summary.skipped, len(objects))
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    progress = Progress(label, sum(obj.size for obj, _ in todo), len(todo))
+    try:
+        with transfer_manager() as manager:
+            futures = []
+            for index, (obj, path) in enumerate(todo):
+                temporary = staging / str(index)
+                finish = functools.partial(_put_in_place, temporary, path, obj.modified)
+                subscriber = _subscriber(progress, obj.size, finish)
+                future = manager.download(source.bucket, obj.key, str(temporary), subscribers=[subscriber])
+                futures.append((future, obj))
+            for future, obj in futures:
+                try:
+                    future.result()
+                except Exception as exc:
+                    manager.shutdown(cancel=True)
+                    raise explain(exc, "download", S3Location(source.bucket, obj.key)) from None
+                summary.files += 1
+                summary.bytes += obj.size
+    finally:
+        progress.close()
+        shutil.rmtree(staging, ignore_errors=True)
+    summary.seconds = time.monotonic() - started
+    log.info(
+        "%s: %d files, %.1f MB from %s in %.1f s (%.1f MB/s)",
+        label,
+        summary.files,
+        summary.bytes / 2**20,
+        source.uri,
+        summary.seconds,
+        summary.mb_per_s,
+    )
+    return summary
+
+
+def _put_in_place(temporary: Path, path: Path, modified: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.utime(temporary, (modified, modified))
+    os.replace(temporary, path)
+
+
+def copy_local(source: Path, destination: Path) -> TransferSummary:
+    """A ``file://`` channel: the folder's files (or the one file) linked into ``destination``.
+
+    Hard links where the file system allows (instant, no second copy), copies elsewhere.
+    """
+    if not source.exists():
+        raise UserError(f"The local path {source} does not exist")
+    summary = TransferSummary()
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for path in files:
+        target = destination / (path.name if path == source else path.relative_to(source))
+        if target.exists():
+            summary.skipped += 1
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+        summary.files += 1
+        summary.bytes += path.stat().st_size
+    return summary
+
+
+def upload_file(path: Path, target: S3Location, manager=None) -> None:
+    """One file to ``target`` (multipart when large); a ``file://`` target gets a copy."""
+    if target.is_local:
+        target.local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.local.with_name(f".{target.local.name}.partial")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target.local)
+        return
+    if manager is None:
+        with transfer_manager() as own:
+            return upload_file(path, target, own)
+    try:
+        manager.upload(str(path), target.bucket, target.key).result()
+    except FileNotFoundError:
+        raise  # the file went away (a checkpoint rotated out): the caller decides
+    except Exception as exc:
+        raise explain(exc, "upload to", target) from None
+
+
+def delete_object(target: S3Location) -> None:
+    if target.is_local:
+        target.local.unlink(missing_ok=True)
+        return
+    with explained("delete", target):
+        client().delete_object(Bucket=target.bucket, Key=target.key)

@@ -1,0 +1,86 @@
+"""``report.html``: one page that shows the report's figures and the per-class table.
+
+It references only the PNG files written beside it (by bare name), has its style inline and no
+script, so it opens offline from an unpacked ``output.tar.gz``. Figures that could not be drawn
+are left out with a note, rather than shown as broken images.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+import numpy as np
+
+from ..classes import ClassTable
+
+_STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1100px; }
+table { border-collapse: collapse; margin: 1em 0; }
+td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+td.name, th.name { text-align: left; }
+.swatch { display: inline-block; width: 1em; height: 1em; border: 1px solid #444; vertical-align: middle; }
+img { max-width: 100%; border: 1px solid #eee; }
+.note { color: #a33; }
+"""
+
+
+def _figure(title: str, file_name: str, figures: dict[str, str | None]) -> str:
+    if file_name not in figures:
+        return ""
+    problem = figures[file_name]
+    if problem is not None:
+        return f'<h2>{escape(title)}</h2>\n<p class="note">Not drawn: {escape(problem)}</p>'
+    return f'<h2>{escape(title)}</h2>\n<img src="{escape(file_name)}" alt="{escape(title)}">'
+
+
+def _class_rows(best: dict, table: ClassTable, train_pixels: list[int]) -> str:
+    ious = best["per_class_iou"]
+    matrix = np.asarray(best["confusion_matrix"], dtype=np.int64)
+    if matrix.shape != (len(ious), len(ious)):  # not this table's: its columns are left empty
+        matrix = np.full((len(ious), len(ious)), -1)
+    pixels, correct = matrix.sum(axis=1), np.diag(matrix)
+    total = max(1, sum(train_pixels))
+    rows = []
+    for i, iou in enumerate(ious):
+        red, green, blue = table.colors[i] if i < len(table) else (128, 128, 128)
+        share = f"{100 * train_pixels[i] / total:.2f}%" if i < len(train_pixels) else "n/a"
+        accuracy, count = (f"{correct[i] / max(1, pixels[i]):.4f}", str(pixels[i])) if pixels[i] >= 0 else ("", "")
+        rows.append(
+            f'<tr><td>{i}</td><td class="name"><span class="swatch" style="background: rgb({red},{green},{blue})">'
+            f"</span> {escape(table.name(i))}</td><td>{iou:.4f}</td><td>{accuracy}</td>"
+            f"<td>{count}</td><td>{share}</td></tr>"
+        )
+    return "\n".join(rows)
+
+
+def render(history: list[dict], best: dict | None, table: ClassTable, train_pixels: list[int], figures: dict) -> str:
+    """The whole page; ``figures`` maps each figure's file name to None (drawn) or why it was not."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>Training report</title>',
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>Training report</h1>",
+    ]
+    if best is None:
+        parts.append('<p class="note">No epoch was validated, so there is no best epoch to report.</p>')
+    else:
+        parts.append(
+            f"<p>Best epoch: <b>{best['epoch']}</b> (epochs 0 to {history[-1]['epoch']}, numbered as in the log): "
+            f"validation mIoU <b>{best['mIOU']:.4f}</b>, "
+            f"pixel accuracy <b>{best['pixel_accuracy']:.4f}</b>. The numbers are also in "
+            '<a href="metrics.json">metrics.json</a>.</p>'
+        )
+    parts.append(_figure("Training curves", "curves.png", figures))
+    if best is not None:
+        parts += [
+            "<h2>Classes at the best epoch</h2>",
+            '<table><tr><th>id</th><th class="name">class</th><th>IoU</th><th>pixel accuracy</th>'
+            "<th>validation pixels</th><th>share of training pixels</th></tr>",
+            _class_rows(best, table, train_pixels),
+            "</table>",
+        ]
+    parts.append(_figure("Per-class IoU", "class_iou.png", figures))
+    parts.append(_figure("Confusion matrix", "confusion.png", figures))
+    parts.append(_figure("Validation examples at the best epoch", "examples.png", figures))
+    parts.append("</body></html>")
+    return "\n".join(part for part in parts if part) + "\n"

@@ -1,0 +1,95 @@
+"""Divergence and collapse are never silent.
+
+- ``gradients_finite`` and ``NonFiniteGuard``: an iteration whose loss or gradients are not finite
+  is skipped (no update), with a warning; ``_max_nonfinite_iterations`` such iterations in a row end
+  the job with one sentence that suggests what to change.
+- ``warn_if_unlabelled``: a batch without one labelled pixel trains nothing (its loss is 0).
+- ``warn_if_collapsed``: a validation epoch that predicts one class everywhere while the truth holds
+  several has collapsed to that class (typically the background of an imbalanced dataset).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..errors import UserError
+from .metrics import ConfusionMatrix
+
+log = logging.getLogger("semseg")
+
+
+def gradients_finite(net) -> bool:
+    """True when the gradient of ``net``'s first trainable parameter is finite on every device.
+
+    That parameter is the stem's first convolution, the last layer backpropagation reaches: a NaN or
+    infinity anywhere on the way down from the loss reaches it too. Checking it alone costs nothing
+    measurable; a reduction over all 35 million gradients of a ResNet-50 took about a second on a CPU.
+    """
+    first = next(p for p in net.collect_params().values() if p.grad_req != "null")
+    return all(np.isfinite(grad.sum().asscalar()) for grad in first.list_grad())
+
+
+class NonFiniteGuard:
+    """Counts consecutive skipped iterations and ends the job at the limit."""
+
+    def __init__(self, limit: int = 10, learning_rate: float = 0.001, clip_gradient: float = 0.0):
+        self.limit, self.learning_rate, self.clip_gradient = limit, learning_rate, clip_gradient
+        self.in_a_row = 0
+        self.skipped = 0
+
+    def finite(self) -> None:
+        self.in_a_row = 0
+
+    def skipped_update(self, epoch: int, iteration: int, loss: float) -> None:
+        """Record a skipped update; raise ``UserError`` once ``limit`` happened in a row."""
+        self.in_a_row += 1
+        self.skipped += 1
+        what = "loss" if not np.isfinite(loss) else "gradient"
+        log.warning(
+            "Epoch[%d] Batch[%d] The training %s is not finite (loss %s); this update is skipped (%d in a row)",
+            epoch,
+            iteration,
+            what,
+            loss,
+            self.in_a_row,
+        )
+        if self.in_a_row >= self.limit:
+            clip = "" if self.clip_gradient > 0 else " or set clip_gradient (for example 1.0)"
+            raise UserError(
+                f"Training diverged: the loss or its gradients were not finite for {self.in_a_row} iterations in a "
+                f"row (epoch {epoch}, iteration {iteration}); use a lower learning_rate than {self.learning_rate:g}"
+                f"{clip}"
+            )
+
+
+def warn_if_unlabelled(labels, epoch: int, iteration: int) -> bool:
+    """Warn when a training batch has no labelled pixel; returns whether it has any."""
+    if float(labels.max().asscalar()) >= 0:
+        return True
+    log.warning(
+        "Epoch[%d] Batch[%d] has no labelled pixel (every mask value is ignore): its loss is 0 and it trains nothing",
+        epoch,
+        iteration,
+    )
+    return False
+
+
+def warn_if_collapsed(matrix: ConfusionMatrix, epoch: int, names: list[str]) -> bool:
+    """Warn when validation predicted one class for every pixel while the truth holds several."""
+    predicted = np.flatnonzero(matrix.matrix.sum(axis=0))
+    truth = np.flatnonzero(matrix.matrix.sum(axis=1))
+    if len(predicted) != 1 or len(truth) < 2:
+        return False
+    only = int(predicted[0])
+    log.warning(
+        "Epoch[%d] Validation predicted '%s' (class %d) for every pixel while the truth holds %d classes: the "
+        "network has collapsed to one class. An imbalanced dataset often does this; try class_weights=auto, "
+        "loss=focal or loss=cross_entropy+dice, or a lower learning_rate",
+        epoch,
+        names[only] if only < len(names) else f"class_{only}",
+        only,
+        len(truth),
+    )
+    return True

@@ -1,0 +1,50 @@
+"""The losses through the real ``train`` job: a diverging job ends with one sentence, and each new
+loss learns the sample task (the bars are stated below, measured on this task with these settings)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from trainjob import make_tree, run_train
+
+from semseg.demo import DEMO_HYPERPARAMETERS
+from semseg.logs import METRIC_REGEXES
+from semseg.sample_data import write_opt_ml_tree
+
+
+def test_a_job_whose_loss_is_never_finite_ends_with_one_sentence(tmp_path):
+    # weights of 1e38 overflow the weighted sum to inf, and inf / inf is NaN: every iteration is non-finite
+    root = make_tree(
+        tmp_path,
+        train=8,
+        epochs="1",
+        num_training_samples="8",
+        class_weights="[1e38, 1e38, 1e38, 1e38]",
+        _max_nonfinite_iterations="3",
+    )
+    job = run_train(root, timeout=600)
+    assert job.returncode == 1, job.log[-3000:]
+    assert job.failure.startswith("Training diverged: the loss or its gradients were not finite for 3 iterations")
+    assert "lower learning_rate than 0.01" in job.failure
+    assert len(job.lines(r"this update is skipped \(\d in a row\)")) == 3
+    assert "Class weights (given): class_0=1e+38" in job.log
+
+
+# Each new loss on the learning test's task and settings, in half its epochs (160 iterations).
+# Measured on this task: see LOSS_BARS' comment.
+LOSS_EPOCHS = 4
+LOSS_BARS = {"focal": 0.70, "dice": 0.70, "cross_entropy+dice": 0.70}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", sorted(LOSS_BARS))
+def test_each_new_loss_learns_the_sample_task(loss, tmp_path):
+    settings = {**DEMO_HYPERPARAMETERS, "epochs": str(LOSS_EPOCHS), "loss": loss, "_int8": "False"}  # no int8 copy
+    root = write_opt_ml_tree(tmp_path, train=32, validation=16, hyperparameters=settings)
+    (root / "checkpoints").rmdir()
+    job = run_train(root, timeout=1500)
+    assert job.returncode == 0, job.log[-3000:]
+    assert f"Loss: {loss}" in job.log
+    mious = [float(v) for v in re.findall(METRIC_REGEXES["validation:mIOU"], job.log)]
+    assert len(mious) == LOSS_EPOCHS and max(mious) >= LOSS_BARS[loss], mious

@@ -1,0 +1,178 @@
+"""``semseg job``: CreateTrainingJob requests run locally with S3 channels on a real S3-protocol server.
+
+One tiny File-mode job (crop 32, one epoch of two iterations) runs once for the module; a second
+job continues it through both of SageMaker's ways (model channel, restored checkpoints); a Pipe-mode
+job streams an augmented manifest from S3 over three epochs; a job given too little MaxRuntimeInSeconds
+is stopped. Learning quality is not the point here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from s3jobs import CHANNELS, file_channel, file_mode_channels, keys, request, run_job, tar_members
+from test_pipe_mode import sample_pairs
+
+from semseg import logs
+from semseg.sample_data import write_opt_ml_tree
+
+pytestmark = pytest.mark.slow
+
+MAX_RUNTIME_S = 15
+STOP_BOUND_S = 100  # start-up, the stop at the next step and packing, on a loaded machine
+
+
+def test_a_file_mode_job_leaves_model_and_output_archives_at_sagemakers_keys(s3_first_job):
+    bucket, body, job = s3_first_job
+    assert job.returncode == 0, job.log[-3000:]
+    assert job.description["TrainingJobStatus"] == "Completed"
+    assert job.description["ModelArtifacts"]["S3ModelArtifacts"] == f"s3://{bucket}/jobs/first/output/model.tar.gz"
+    assert keys(bucket, "jobs/") == ["jobs/first/output/model.tar.gz", "jobs/first/output/output.tar.gz"]
+    model = tar_members(bucket, "jobs/first/output/model.tar.gz")
+    assert {"hyperparams.json", "model_best.params", "model_algo-1"} <= set(model)
+    assert json.loads(model["hyperparams.json"])["crop_size"] == "32"
+    # the configuration SageMaker writes, and the ignored fields named once each
+    config = job.workdir / "input" / "config"
+    assert json.loads((config / "inputdataconfig.json").read_text())["train"]["TrainingInputMode"] == "File"
+    assert json.loads((config / "hyperparameters.json").read_text())["epochs"] == "1"
+    assert "Ignoring RoleArn: it does not apply" in job.log
+    assert "Ignoring ResourceConfig: it does not apply" in job.log
+    assert sorted(p.name for p in (job.workdir / "input" / "data" / "train").iterdir()) == [
+        f"000{i}.jpg" for i in range(4)
+    ]
+
+
+def test_a_second_job_restores_the_synced_checkpoints_and_reads_the_model_channel(s3_first_job, aws_env, tmp_path):
+    bucket, body, first = s3_first_job
+    assert first.returncode == 0, first.log[-3000:]
+    synced = keys(bucket, "checkpoints/run/")
+    assert any(key.endswith("/MANIFEST.json") for key in synced), synced
+    model_uri = first.description["ModelArtifacts"]["S3ModelArtifacts"]
+    channels = file_mode_channels(bucket, "data") + [file_channel("model", model_uri)]
+    second_body = {**request("second", bucket, channels, checkpoints=f"s3://{bucket}/checkpoints/run", epochs=2)}
+
+    second = run_job(second_body, tmp_path / "second", aws_env)
+
+    assert second.returncode == 0, second.log[-3000:]
+    assert "Incremental training: initializing all weights from model_best.params" in second.log
+    assert re.search(r"Resuming from checkpoint \S+algo-1-00001-0000000: epoch 1, after 0 of its 2", second.log)
+    epochs = re.findall(r"#quality_metric\. host: algo-1, epoch: (\d+), validation mIOU", second.log)
+    assert epochs == ["1"]  # only the epoch the first job had not trained
+    assert any("algo-1-00002" in key for key in keys(bucket, "checkpoints/run/"))  # synced during the second job
+    assert "jobs/second/output/model.tar.gz" in keys(bucket, "jobs/second/")
+
+
+def _manifest(bucket: str, prefix: str, pairs) -> str:
+    s3 = boto3.client("s3")
+    lines = []
+    for index, (image, mask) in enumerate(pairs):
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/images/{index}.jpg", Body=image)
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/masks/{index}.png", Body=mask)
+        ref = f"s3://{bucket}/{prefix}"
+        lines.append(json.dumps({"source-ref": f"{ref}/images/{index}.jpg", "label-ref": f"{ref}/masks/{index}.png"}))
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/manifest.jsonl", Body="\n".join(lines).encode())
+    return f"s3://{bucket}/{prefix}/manifest.jsonl"
+
+
+def pipe_channel(name: str, manifest: str, seed: int | None = None) -> dict:
+    channel = {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {
+                "S3DataType": "AugmentedManifestFile",
+                "S3Uri": manifest,
+                "AttributeNames": ["source-ref", "label-ref"],
+            }
+        },
+        "InputMode": "Pipe",
+        "RecordWrapperType": "RecordIO",
+        "ContentType": "application/x-recordio",
+    }
+    if seed is not None:
+        channel["ShuffleConfig"] = {"Seed": seed}
+    return channel
+
+
+def test_a_pipe_mode_job_streams_an_s3_augmented_manifest_over_several_epochs(aws_env, moto_server, tmp_path):
+    bucket = moto_server.new_bucket()
+    train = _manifest(bucket, "pipe/train", sample_pairs(4, seed=1))
+    validation = _manifest(bucket, "pipe/validation", sample_pairs(2, seed=2))
+    body = request("piped", bucket, [pipe_channel("train", train, seed=7), pipe_channel("validation", validation)])
+    body["AlgorithmSpecification"]["TrainingInputMode"] = "Pipe"
+
+    job = run_job({**body, "HyperParameters": {**body["HyperParameters"], "epochs": "3"}}, tmp_path / "piped", aws_env)
+
+    assert job.returncode == 0, job.log[-3000:]
+    assert len(re.findall(logs.METRIC_REGEXES["validation:mIOU"], job.log)) == 3
+    config = json.loads((job.workdir / "input" / "config" / "inputdataconfig.json").read_text())
+    assert config["train"] == {
+        "TrainingInputMode": "Pipe",
+        "S3DistributionType": "FullyReplicated",
+        "RecordWrapperType": "RecordIO",
+        "ContentType": "application/x-recordio",
+    }
+    assert not (job.workdir / "input" / "data" / "train").is_dir()  # streamed, never staged
+    assert "jobs/piped/output/model.tar.gz" in keys(bucket, "jobs/piped/")
+
+
+@pytest.mark.parametrize(
+    ("change", "sentence"),
+    [
+        ({"TrainingJobName": "bad_name"}, "TrainingJobName 'bad_name' is not a valid name"),
+        ({"OutputDataConfig": {}}, "OutputDataConfig.S3OutputPath is required"),
+        (
+            {"InputDataConfig": [file_channel("train", "s3://no-such-bucket-x/train/")]},
+            "Could not list s3://no-such-bucket-x/train/: the bucket does not exist",
+        ),
+    ],
+)
+def test_a_bad_request_fails_in_one_sentence_before_training(aws_env, moto_server, tmp_path, change, sentence):
+    bucket = moto_server.new_bucket()
+    body = {**request("bad", bucket, []), **change}
+    job = run_job(body, tmp_path / "bad", aws_env, timeout=120)
+    assert job.returncode == 1
+    assert sentence in job.log
+    assert "Number of GPUs" not in job.log  # training never started
+    assert keys(bucket, "") == []
+
+
+def _processes_with(variable: str) -> list[int]:
+    """Process ids whose environment holds ``variable`` (set on one job only, so they are its processes)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and variable.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    return found
+
+
+def test_a_job_over_max_runtime_is_stopped_promptly_and_leaves_no_process(aws_env, tmp_path):
+    """File channels and output keep this to the stopping itself; epochs=500 cannot end in the time given."""
+    data = write_opt_ml_tree(tmp_path / "dataset", train=4, validation=2) / "input" / "data"
+    channels = [file_channel(name, (data / name).as_uri()) for name in CHANNELS]
+    body = request("too-long", "unused", channels, epochs=500)
+    body["OutputDataConfig"] = {"S3OutputPath": (tmp_path / "out").as_uri()}
+    body["StoppingCondition"] = {"MaxRuntimeInSeconds": MAX_RUNTIME_S}
+    marker = f"SEMSEG_TEST_JOB={uuid.uuid4().hex}"
+    body["Environment"] = dict([marker.split("=")])
+    started = time.monotonic()
+
+    job = run_job(body, tmp_path / "too-long", aws_env)
+
+    seconds = time.monotonic() - started
+    assert job.returncode == 1, job.log[-3000:]
+    assert job.description["TrainingJobStatus"] == "Stopped", job.description
+    assert job.description["SecondaryStatus"] == "MaxRuntimeExceeded"
+    assert "Stopping training: MaxRuntimeInSeconds was reached" in job.log
+    assert "did not exit within" not in job.log  # SIGTERM was enough: no SIGKILL
+    assert seconds < MAX_RUNTIME_S + STOP_BOUND_S, f"{seconds:.0f} s"
+    assert (tmp_path / "out" / "too-long" / "output" / "output.tar.gz").is_file()
+    assert _processes_with(marker) == []
