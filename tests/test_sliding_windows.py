@@ -156,9 +156,10 @@ def test_the_sliding_window_settings_come_from_the_environment():
 
 
 def test_a_24_megapixel_photo_is_answered_at_full_size_inside_60_seconds(tmp_path):
-    """The cap at work: 6000x4000 is scaled to the size where 24 windows of 520 cover it (flipped
-    too: 48 forward passes), then the mask is answered at 6000x4000. The per-pixel model is cheap,
-    so this bounds everything but the network; bench/onnx_size_mapping.py times the network's share."""
+    """The cap at work: 24 forward passes, flipped windows counting twice, so 6000x4000 is scaled to
+    the size 12 windows of 520 cover, then the mask is answered at 6000x4000. The per-pixel model is
+    cheap, so this bounds everything but the network; bench/serving.py times the whole request
+    with an int8 FCN at 520 (29 s on a loaded 2-core machine, flipped too)."""
     engine = OnnxEngine(per_pixel_model(tmp_path / "model.onnx", side=520), threads=1)
     predictor = Predictor(engine, 64_000_000, sliding_window_factor=1.5, max_windows=24, flip=True)
     photo = Image.fromarray(noise(600, 400)).resize((6000, 4000), Image.BILINEAR)
@@ -170,5 +171,5 @@ def test_a_24_megapixel_photo_is_answered_at_full_size_inside_60_seconds(tmp_pat
     elapsed = time.monotonic() - started
     assert ids.shape == (4000, 6000)
     canvas_height, canvas_width = prediction.probabilities.shape[1:]
-    assert len(geometry.windows(canvas_width, canvas_height, 520)) == 24
+    assert len(geometry.windows(canvas_width, canvas_height, 520)) == 12
     assert elapsed < 60, elapsed

@@ -11,10 +11,10 @@ decode -> preprocess -> forward -> postprocess, each a plain step:
 - or, for an image whose longer side exceeds ``sliding_window_factor`` x S: sliding windows of
   S x S over the image at its own size (``geometry.windows``: overlap of a third), the class
   probabilities averaged where windows overlap. Small objects keep the scale the network learnt.
-  An image that would need more than ``max_windows`` windows, or a probability canvas of more
-  than ``geometry.CANVAS_ELEMENTS`` floats, is first scaled down just enough: that bounds both
-  the time (a 24-megapixel photo takes 24 windows) and the memory (one canvas is built at a
-  time per worker);
+  An image that would need more than ``max_windows`` forward passes (a flipped window counts
+  twice), or a probability canvas of more than ``geometry.CANVAS_ELEMENTS`` floats, is first
+  scaled down just enough: that bounds both the time (a 24-megapixel photo takes 24 passes) and
+  the memory (one canvas is built at a time per worker);
 - forward: the engine, one window at a time (engines are not thread-safe, hence the lock); with
   ``flip`` each window also runs mirrored left-right and the two answers are averaged;
 - postprocess: a ``Prediction`` that keeps only the (C, h, w) probabilities of the valid region and
@@ -196,14 +196,19 @@ class Predictor:
             return f"resize-and-pad to {side}{flip}"
         return (
             f"sliding windows of {side} above {self.sliding_window_factor:g}x that side "
-            f"(at most {self.max_windows}), resize-and-pad below{flip}"
+            f"(at most {self.window_budget}), resize-and-pad below{flip}"
         )
+
+    @property
+    def window_budget(self) -> int:
+        """Windows per image: ``max_windows`` forward passes, a flipped window counting twice."""
+        return max(1, self.max_windows // (2 if self.flip else 1))
 
     def working_size(self, width: int, height: int) -> tuple[int, int]:
         """The size the image is brought to: fit within S, or the sliding-window size."""
         side = self.engine.input_size
         if self.sliding_window_factor and max(width, height) > self.sliding_window_factor * side:
-            return sliding_size(width, height, side, self.max_windows, self.engine.num_classes)
+            return sliding_size(width, height, side, self.window_budget, self.engine.num_classes)
         return fit_within(width, height, side)
 
     def predict(self, body: bytes) -> Prediction:

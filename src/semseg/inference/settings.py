@@ -27,8 +27,9 @@ DEFAULT_CLIENT_TIMEOUT_S = 30  # a request not fully received this long after it
 # turns them off. bench/onnx_size_mapping.py: at 1.67x resize-and-pad was slightly better (mIoU
 # +0.005), from 2x on sliding windows far better (+0.09 to +0.29).
 DEFAULT_SLIDING_WINDOW_FACTOR = 1.75
-# At most this many windows per image (a larger image is scaled down until it needs no more): 24
-# int8 windows at 520, flipped too, take about 15 s on 2 cores, inside SageMaker's 60 s.
+# At most this many forward passes per image (a larger image is scaled down until it needs no more;
+# a flipped window counts twice): a 24-megapixel JPEG took 29 s through HTTP with an int8 FCN at 520
+# on a loaded 2-core machine (bench/serving.py), inside SageMaker's 60 s.
 DEFAULT_MAX_WINDOWS = 24
 WORKERS_VARIABLE = "SAGEMAKER_MODEL_SERVER_WORKERS"
 # Set by the HTTP server in each worker process it starts (0 .. workers-1, reused by a replacement
