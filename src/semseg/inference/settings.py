@@ -42,7 +42,7 @@ MODEL_DIR_VARIABLE = "SEMSEG_MODEL_DIR"
 @dataclass(frozen=True)
 class ServingSettings:
     port: int = DEFAULT_PORT
-    workers: int | None = None  # None: one per GPU, else one per 4 CPU cores (decided by the serve command)
+    workers: int | None = None  # None: one per GPU, else one per CPU core (decided by the serve command)
     timeout_s: int = DEFAULT_TIMEOUT_S
     max_payload_mb: int = DEFAULT_MAX_PAYLOAD_MB
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
