@@ -1,9 +1,11 @@
 """End to end through HTTP against torchvision's equivalent network, at 480x480 on the CPU.
 
 Method: for FCN and DeepLabV3 (ResNet-50), the real ``train`` command runs one iteration with
-``base_size`` 480, so training exports ``model.onnx`` at 480 and the server picks ONNX Runtime;
-the real ``serve`` (one worker, all cores) then answers POSTs of a 480x480 JPEG on 127.0.0.1,
-timed by the client (decode, preprocess, forward, PNG encode and HTTP included). torchvision's
+``base_size`` 480, so training exports ``model.onnx`` at 480, and its int8 copy is added (without
+the accuracy gate: only speed is measured here); the real ``serve`` (one worker, all cores) then
+answers POSTs of a 480x480 JPEG on 127.0.0.1 with the int8 copy, and a second server with
+``SEMSEG_FORCE_FP32`` with the float32 export, timed by the client (decode, preprocess, forward,
+PNG encode and HTTP included). torchvision's
 ``fcn_resnet50`` / ``deeplabv3_resnet50`` run forward + softmax only, in their own Python (see
 ``bench/onnx_engine.py`` for that environment), interleaved with the requests. Medians of
 ``--repeats`` rounds after one warm-up each.
@@ -25,21 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from onnx_engine import Torchvision  # noqa: E402
+from serving import engine_of, int8_model  # noqa: E402
 from serving_helpers import Server, encoded, sample_image  # noqa: E402
-from trainjob import run_train  # noqa: E402
-
-from semseg.sample_data import write_opt_ml_tree  # noqa: E402
 
 SIZE = 480
-ONE_ITERATION = {
-    "crop_size": "32",
-    "base_size": str(SIZE),
-    "epochs": "1",
-    "mini_batch_size": "2",
-    "validation_mini_batch_size": "2",
-    "num_training_samples": "2",
-    "_workers": "0",
-}
 
 
 def post(url: str, body: bytes) -> float:
@@ -63,42 +54,39 @@ def main() -> None:
         f"# {threads} cores, load average {os.getloadavg()[0]:.1f}; {SIZE}x{SIZE} JPEG; medians of "
         f"{args.repeats} rounds after a warm-up; seconds"
     )
-    print("| model | engine chosen by serve | HTTP end to end | torchvision forward | ratio |")
-    print("|---|---|---|---|---|")
+    have_torch = Path(args.torch_python).exists()
+    print("| model | HTTP int8 | HTTP float32 | torchvision forward | int8 HTTP / torchvision | int8 / float32 HTTP |")
+    print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as scratch:
-        for algorithm, torch_model in (("fcn", "fcn"), ("deeplab", "deeplab")):
-            root = write_opt_ml_tree(
-                Path(scratch) / algorithm,
-                train=2,
-                validation=2,
-                hyperparameters={**ONE_ITERATION, "algorithm": algorithm},
-            )
-            job = run_train(root)
-            assert job.returncode == 0, job.log[-2000:]
-            server = Server(root, Path(scratch) / f"{algorithm}.log")
-            torchvision = Torchvision(args.torch_python, torch_model, SIZE, SIZE, 4, threads)
+        for algorithm in ("fcn", "deeplab"):
+            root = int8_model(Path(scratch), SIZE, algorithm)
+            servers = {
+                "int8": Server(root, Path(scratch) / f"{algorithm}-int8.log"),
+                "fp32": Server(root, Path(scratch) / f"{algorithm}-fp32.log", SEMSEG_FORCE_FP32="true"),
+            }
+            torchvision = Torchvision(args.torch_python, algorithm, SIZE, SIZE, 4, threads) if have_torch else None
             try:
-                server.wait_until_up()
-                post(server.url, body), torchvision()
-                ours, theirs = [], []
-                for _ in range(args.repeats):
-                    ours.append(post(server.url, body))
-                    theirs.append(torchvision())
+                for server in servers.values():
+                    server.wait_until_warm(1)
+                    post(server.url, body)
+                engines = {name: engine_of(server.log()) for name, server in servers.items()}
+                times = {name: [] for name in (*servers, "torch")}
+                for _ in range(args.repeats):  # interleaved, so load falls on all alike
+                    for name, server in servers.items():
+                        times[name].append(post(server.url, body))
+                    if torchvision:
+                        times["torch"].append(torchvision())
             finally:
-                torchvision.close()
-                server.stop()
-            engine = next(
-                (
-                    line.split("Engine: ", 1)[1].split(" (")[0]
-                    for line in (Path(scratch) / f"{algorithm}.log").read_text().splitlines()
-                    if "Engine: " in line
-                ),
-                "?",
-            )
-            ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
+                if torchvision:
+                    torchvision.close()
+                for server in servers.values():
+                    server.stop()
+            assert "int8" in engines["int8"] and "float32" in engines["fp32"], engines
+            med = {name: statistics.median(values) for name, values in times.items() if values}
+            torch_cells = (f"{med['torch']:.3f}", f"{med['int8'] / med['torch']:.2f}") if "torch" in med else ("-", "-")
             print(
-                f"| {algorithm} | {engine} | {ours_median:.3f} | {theirs_median:.3f} | "
-                f"{ours_median / theirs_median:.2f} |",
+                f"| {algorithm} | {med['int8']:.3f} | {med['fp32']:.3f} | {torch_cells[0]} | {torch_cells[1]} | "
+                f"{med['int8'] / med['fp32']:.2f} |",
                 flush=True,
             )
 

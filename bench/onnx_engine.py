@@ -1,6 +1,7 @@
-"""CPU forward latency per image: MXNet, MXNet + MKLDNN graph backend, ONNX Runtime, torchvision.
+"""CPU forward latency per image: MXNet, MXNet + MKLDNN graph backend, ONNX Runtime (float32 and
+the int8 copy serving prefers), torchvision.
 
-All four run the same network (ResNet-50 dilated to output stride 8, FCN or DeepLabV3 head,
+All five run the same network (ResNet-50 dilated to output stride 8, FCN or DeepLabV3 head,
 random weights, no aux head, softmax included) at batch 1 on exact input shapes, in one run, so
 the ratios hold even on a noisy shared machine. Times are the median (and minimum) of
 ``--repeats`` rounds after one warm-up, the engines taking turns within each round, so that load
@@ -15,7 +16,7 @@ and pass ``--torch-python`` if it lives elsewhere (without it the torchvision co
     .venv/bin/python bench/onnx_engine.py [--models fcn,deeplab] [--sizes 480x480,1024x768] [--threads N]
 
 MXNet takes its thread count from ``OMP_NUM_THREADS`` when it is imported; this script sets it to
-``--threads`` first, so all four engines run with the same number of threads.
+``--threads`` first, so all engines run with the same number of threads.
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ os.environ["OMP_NUM_THREADS"] = _threads_argument(sys.argv) or str(len(os.sched_
 import mxnet as mx  # noqa: E402 - after OMP_NUM_THREADS
 import numpy as np  # noqa: E402
 
+from semseg import sample_data  # noqa: E402
+from semseg.data.transforms import normalize  # noqa: E402
 from semseg.inference.onnx_engine import available_cores, cpu_session  # noqa: E402 (imports mxnet)
 from semseg.model.export import Probabilities, export_block  # noqa: E402
+from semseg.model.quantize import quantize_file  # noqa: E402
 
 TORCHVISION_MODEL = {"fcn": "fcn_resnet50", "deeplab": "deeplabv3_resnet50"}
 LABEL = {"fcn": "FCN-ResNet50", "deeplab": "DeepLabV3-ResNet50"}
@@ -147,6 +151,17 @@ def onnx_runner(block: Probabilities, x: np.ndarray, threads: int, path: Path) -
     return timed(lambda: session.run(None, feed))
 
 
+def int8_runner(fp32_path: Path, x: np.ndarray, threads: int, path: Path) -> Callable[[], float]:
+    """The int8 copy of the float32 export at ``fp32_path``, as training makes it."""
+    rng = np.random.RandomState(5)
+    height, width = x.shape[2:]
+    calibration = (normalize(np.asarray(sample_data.make_pair(rng, width, height)[0])) for _ in range(4))
+    quantize_file(fp32_path, path, calibration)
+    session = cpu_session(path, threads)
+    feed = {session.get_inputs()[0].name: x}
+    return timed(lambda: session.run(None, feed))
+
+
 def measure(runners: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
     """One warm-up each, then ``repeats`` rounds in which every runner runs once, in turn."""
     for run in runners.values():
@@ -186,8 +201,11 @@ def main() -> None:
         "mxnet hybridized",
         "mxnet+MKLDNN",
         "onnxruntime",
+        "onnxruntime int8",
         "torchvision",
         "ort/torchvision median (min)",
+        "ort int8/torchvision median (min)",
+        "ort int8/ort",
         "best mxnet/torchvision median",
         "ort/best mxnet median",
     )
@@ -209,6 +227,9 @@ def main() -> None:
                         Path(scratch) / "model.onnx",
                     ),
                 }
+                runners["int8"] = int8_runner(
+                    Path(scratch) / "model.onnx", x, args.threads, Path(scratch) / "int8.onnx"
+                )
                 if have_torch:
                     torch = Torchvision(args.torch_python, model, height, width, args.classes, args.threads)
                     runners["torch"] = torch
@@ -233,8 +254,11 @@ def main() -> None:
                 cell("mxnet"),
                 cell("mkldnn"),
                 cell("onnx"),
+                cell("int8"),
                 cell("torch"),
                 ratio("onnx", "torch"),
+                ratio("int8", "torch"),
+                ratio("int8", "onnx"),
                 ratio(best, "torch"),
                 ratio("onnx", best),
             )

@@ -26,6 +26,22 @@ def save_image(path: Path, width: int, height: int, colour=(120, 80, 40), mode: 
     return path
 
 
+@pytest.fixture(scope="session")
+def learnt_model(tmp_path_factory):
+    """The demo's training run (a task it learns, about 0.8 mIoU; int8 copy included), run once per
+    session for the tests that need a network that has learnt something (a ``trainjob.Job``)."""
+    from trainjob import run_train
+
+    from semseg.demo import DEMO_HYPERPARAMETERS
+    from semseg.sample_data import write_opt_ml_tree
+
+    root = write_opt_ml_tree(
+        tmp_path_factory.mktemp("learnt"), train=32, validation=16, hyperparameters=DEMO_HYPERPARAMETERS
+    )
+    (root / "checkpoints").rmdir()  # no checkpoints: they would cost 8 writes of three model sizes
+    return run_train(root, timeout=1500)
+
+
 @pytest.fixture
 def split_dirs(tmp_path):
     images, masks = tmp_path / "train", tmp_path / "train_annotation"

@@ -30,7 +30,7 @@ from semseg.sample_data import make_pair, write_opt_ml_tree
 
 BIN = Path(sys.executable).parent
 PROTO = Path(__file__).resolve().parents[1] / "src" / "semseg" / "inference" / "record.proto"
-TINY_TRAINING = dict(crop_size=32, base_size=48, epochs=1, mini_batch_size=4, validation_mini_batch_size=2)
+TINY_TRAINING = dict(crop_size=32, base_size=48, epochs=1, mini_batch_size=4, validation_mini_batch_size=2, _int8=False)
 
 
 def trained_model(cache: Path, algorithm: str) -> Path:

@@ -23,6 +23,7 @@ TINY = {
     "validation_mini_batch_size": "4",
     "num_training_samples": "4",
     "_workers": "0",
+    "_int8": "False",  # the int8 copy costs half a minute a job; tests/test_quantize.py makes it
 }
 
 

@@ -143,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--model", help="a model directory, used in this process")
     predict.add_argument("--accept", default="image/png", help="answer type (default image/png)")
     predict.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    quantize = commands.add_parser("quantize", help="write the int8 copy of a model's ONNX export, kept if accurate")
+    quantize.add_argument("model_dir", help="a model directory (hyperparams.json, model_best.params, model.onnx)")
+    quantize.add_argument(
+        "--data",
+        help="File-mode data: train, validation and their _annotation directories "
+        "(default: $SAGEMAKER_BASE_DIR/input/data)",
+    )
+    quantize.add_argument("--max-images", type=int, default=None, help="validation images the accuracy gate uses")
     args = parser.parse_args(argv)
     if args.command == "predict":
         from .jobs.predict import main as predict_main
@@ -160,6 +168,16 @@ def main(argv: list[str] | None = None) -> int:
         train_command()
     if args.command == "serve":
         return serve_main(args.model, args.port)
+    if args.command == "quantize":
+        from pathlib import Path
+
+        from . import paths
+        from .train import int8_gate
+
+        data = Path(args.data) if args.data else paths.data_dir()
+        return _user_command(
+            int8_gate.quantize_command, args.model_dir, data, args.max_images or int8_gate.MAX_GATE_IMAGES
+        )
     if args.command == "sample-data":
         from .sample_data import write_opt_ml_tree
 

@@ -93,6 +93,8 @@ TABLE: dict[str, Spec] = {
     "precision_dtype": Spec("str", "float32", choices=("float32", "bfloat16", "auto")),
     # Ours: the seed of every random choice in training, for reproducible runs.
     "_seed": Spec("int", 0, low=0),
+    # Ours: write the int8 copy of the ONNX export at the end of training (semseg.model.quantize).
+    "_int8": Spec("bool", True),
     # Ours: consecutive iterations with a non-finite loss or gradient (each skipped) that end the job.
     "_max_nonfinite_iterations": Spec("int", 10, low=1),
     # Ours, Pipe mode: seconds to wait for the FIFO <channel>_<epoch> to appear before failing, and how

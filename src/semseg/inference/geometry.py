@@ -59,3 +59,42 @@ def upsampled_tiles(probabilities: np.ndarray, height: int, width: int) -> Itera
             low, high, col = _taps(width, in_width, left, min(width, left + tile_columns))
             tile = lines[:, :, low] * (1 - col) + lines[:, :, high] * col
             yield top, left, tile.astype(np.float32, copy=False)
+
+
+# Sliding windows: square windows of the engine's side S, neighbours overlapping by at least a
+# third of S (GluonCV's evaluation stride of 2S/3), spread evenly so the last one ends at the edge.
+WINDOW_OVERLAP = 1 / 3
+# Floats of the probability canvas one sliding-window image may hold (256 MB): with many classes the
+# image is scaled down further, so memory stays bounded whatever the class count.
+CANVAS_ELEMENTS = 1 << 26
+
+
+def window_stride(side: int) -> int:
+    return max(1, int(side * (1 - WINDOW_OVERLAP)))
+
+
+def window_starts(length: int, side: int) -> list[int]:
+    """Where the windows along one axis of ``length`` pixels start; one window when it fits."""
+    if length <= side:
+        return [0]
+    count = -(-(length - side) // window_stride(side)) + 1
+    return [round(i * (length - side) / (count - 1)) for i in range(count)]
+
+
+def windows(width: int, height: int, side: int) -> list[tuple[int, int]]:
+    """``(top, left)`` of every window covering a width x height image."""
+    return [(top, left) for top in window_starts(height, side) for left in window_starts(width, side)]
+
+
+def sliding_size(width: int, height: int, side: int, max_windows: int, classes: int) -> tuple[int, int]:
+    """(width, height) to slide windows over: the image's own size, or scaled down (aspect kept)
+    as little as needed for at most ``max_windows`` windows and ``CANVAS_ELEMENTS`` canvas floats."""
+
+    def span(count: int) -> int:  # the longest axis ``count`` windows cover
+        return side + (count - 1) * window_stride(side)
+
+    scale = max(
+        min(1.0, span(across) / width, span(max_windows // across) / height) for across in range(1, max_windows + 1)
+    )
+    scale = min(scale, (CANVAS_ELEMENTS / (max(1, classes) * width * height)) ** 0.5)
+    return max(1, min(width, int(width * scale))), max(1, min(height, int(height * scale)))

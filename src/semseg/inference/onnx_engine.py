@@ -57,7 +57,9 @@ class OnnxEngine:
         self.input_size = height
         self.num_classes = int(output.shape[1])
         self.threads = threads
-        self.name = f"onnxruntime (cpu, {threads} thread{'s' if threads != 1 else ''})"
+        # the int8 copy says so in its metadata (semseg.model.quantize); the export is float32
+        self.precision = self._session.get_modelmeta().custom_metadata_map.get("precision", "float32")
+        self.name = f"onnxruntime (cpu, {self.precision}, {threads} thread{'s' if threads != 1 else ''})"
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)

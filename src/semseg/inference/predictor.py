@@ -5,9 +5,18 @@ decode -> preprocess -> forward -> postprocess, each a plain step:
   grayscale, RGBA and palette images made RGB (``semseg.data.images``, shared with training); a
   declared pixel count above the limit is refused before any pixel is decoded, and the pixels
   being decoded at once are bounded (``PixelBudget``);
-- preprocess: resize so the longer side is the engine's input size ``S`` (JPEGs are decoded
-  straight at a reduced scale when they are much larger), normalise as in training, pad to S x S;
-- forward: the engine, one image at a time (engines are not thread-safe, hence the lock);
+- preprocess, for most images: resize so the longer side is the engine's input size ``S`` (JPEGs
+  are decoded straight at a reduced scale when they are much larger), normalise as in training,
+  pad to S x S;
+- or, for an image whose longer side exceeds ``sliding_window_factor`` x S: sliding windows of
+  S x S over the image at its own size (``geometry.windows``: overlap of a third), the class
+  probabilities averaged where windows overlap. Small objects keep the scale the network learnt.
+  An image that would need more than ``max_windows`` forward passes (a flipped window counts
+  twice), or a probability canvas of more than ``geometry.CANVAS_ELEMENTS`` floats, is first
+  scaled down just enough: that bounds both the time (a 24-megapixel photo takes 24 passes) and
+  the memory (one canvas is built at a time per worker);
+- forward: the engine, one window at a time (engines are not thread-safe, hence the lock); with
+  ``flip`` each window also runs mirrored left-right and the two answers are averaged;
 - postprocess: a ``Prediction`` that keeps only the (C, h, w) probabilities of the valid region and
   resizes them to the input's height and width tile by tile when an encoder asks for them.
 
@@ -37,8 +46,8 @@ from ..errors import PayloadTooLarge, UserError
 from ..model.artifacts import read_hyperparameters, unpack_model_dir
 from ..model.size import inference_size
 from .engine import Engine, load_engine
-from .geometry import fit_within, upsampled_tiles
-from .settings import ServingSettings
+from .geometry import fit_within, sliding_size, upsampled_tiles, windows
+from .settings import DEFAULT_MAX_WINDOWS, DEFAULT_SLIDING_WINDOW_FACTOR, ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +130,23 @@ class PixelBudget:
 
 
 class Predictor:
-    def __init__(self, engine: Engine, max_image_pixels: int, class_table: classes.ClassTable | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        max_image_pixels: int,
+        class_table: classes.ClassTable | None = None,
+        sliding_window_factor: float = DEFAULT_SLIDING_WINDOW_FACTOR,
+        max_windows: int = DEFAULT_MAX_WINDOWS,
+        flip: bool = False,
+    ):
         self.engine = engine
         self.classes = class_table or classes.default(engine.num_classes)
         self.max_image_pixels = max_image_pixels
+        self.sliding_window_factor = sliding_window_factor  # 0: never slide
+        self.max_windows = max_windows
+        self.flip = flip
         self._forward_lock = threading.Lock()
+        self._canvas_lock = threading.Lock()  # one sliding-window canvas being built at a time
         self.decoding = PixelBudget(max_image_pixels)
 
     @classmethod
@@ -140,16 +161,24 @@ class Predictor:
             size = inference_size(hp, settings.inference_size)
             class_table = classes.load(files, hp["num_classes"])
             engine = load_engine(files, hp, size, settings)
-        predictor = cls(engine, settings.max_image_pixels, class_table)
+        predictor = cls(
+            engine,
+            settings.max_image_pixels,
+            class_table,
+            settings.sliding_window_factor,
+            settings.max_windows,
+            settings.flip,
+        )
         predictor.warm_up()
         log.info(
-            "Loaded %s/%s (%d classes) from %s on %s, inference size %d, in %.1f s",
+            "Loaded %s/%s (%d classes) from %s on %s, inference size %d, %s, in %.1f s",
             hp["algorithm"],
             hp["backbone"],
             hp["num_classes"],
             model_dir,
             engine.name,
             size,
+            predictor.describe(),
             time.monotonic() - started,
         )
         return predictor
@@ -159,8 +188,34 @@ class Predictor:
         size = self.engine.input_size
         self.forward(np.zeros((3, size, size), dtype=np.float32), size, size)
 
+    def describe(self) -> str:
+        """How images of each size are served, for the log."""
+        side = self.engine.input_size
+        flip = ", flipped too" if self.flip else ""
+        if not self.sliding_window_factor:
+            return f"resize-and-pad to {side}{flip}"
+        return (
+            f"sliding windows of {side} above {self.sliding_window_factor:g}x that side "
+            f"(at most {self.window_budget}), resize-and-pad below{flip}"
+        )
+
+    @property
+    def window_budget(self) -> int:
+        """Windows per image: ``max_windows`` forward passes, a flipped window counting twice."""
+        return max(1, self.max_windows // (2 if self.flip else 1))
+
+    def working_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size the image is brought to: fit within S, or the sliding-window size."""
+        side = self.engine.input_size
+        if self.sliding_window_factor and max(width, height) > self.sliding_window_factor * side:
+            return sliding_size(width, height, side, self.window_budget, self.engine.num_classes)
+        return fit_within(width, height, side)
+
     def predict(self, body: bytes) -> Prediction:
         rgb, height, width = self.decode(body)
+        side = self.engine.input_size
+        if rgb.width > side or rgb.height > side:
+            return Prediction(height, width, self.slide(rgb), self.classes)
         batch, valid_height, valid_width = self.preprocess(rgb)
         return Prediction(height, width, self.forward(batch, valid_height, valid_width), self.classes)
 
@@ -171,7 +226,7 @@ class Predictor:
         try:
             image = open_image(body, self.max_image_pixels)
             width, height = upright_size(image)
-            fit_width, fit_height = fit_within(width, height, self.engine.input_size)
+            fit_width, fit_height = self.working_size(width, height)
             stored_fit = (fit_height, fit_width) if (width, height) != image.size else (fit_width, fit_height)
             if image.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale when that still covers the fit
                 image.draft(image.mode, stored_fit)
@@ -195,6 +250,34 @@ class Predictor:
         return batch, height, width
 
     def forward(self, image: np.ndarray, valid_height: int, valid_width: int) -> np.ndarray:
+        return np.ascontiguousarray(self.window_probabilities(image)[:, :valid_height, :valid_width])
+
+    def window_probabilities(self, window: np.ndarray) -> np.ndarray:
+        """float32 (3, S, S) -> (C, S, S); with ``flip``, averaged with the mirrored window's, mirrored back."""
+        batch = np.stack([window, window[:, :, ::-1]]) if self.flip else window[None]
         with self._forward_lock:
-            probabilities = self.engine.probabilities(image[None])
-        return np.ascontiguousarray(probabilities[0, :, :valid_height, :valid_width])
+            probabilities = self.engine.probabilities(batch)
+        if self.flip:
+            return (probabilities[0] + probabilities[1][:, :, ::-1]) * np.float32(0.5)
+        return probabilities[0]
+
+    def slide(self, image: Image.Image) -> np.ndarray:
+        """float32 (C, h, w) for an h x w image: its windows' probabilities, averaged where they overlap."""
+        side = self.engine.input_size
+        with self._canvas_lock:
+            pixels = normalize(np.asarray(image, dtype=np.uint8))
+            height, width = pixels.shape[1:]
+            canvas = np.zeros((self.engine.num_classes, height, width), dtype=np.float32)
+            covered = np.zeros((height, width), dtype=np.float32)
+            window = np.empty((3, side, side), dtype=np.float32)
+            for top, left in windows(width, height, side):
+                part = pixels[:, top : top + side, left : left + side]
+                rows, columns = part.shape[1:]
+                window[:] = _PAD_VALUE[:, None, None]  # an axis shorter than S is padded, as in resize-and-pad
+                window[:, :rows, :columns] = part
+                canvas[:, top : top + rows, left : left + columns] += self.window_probabilities(window)[
+                    :, :rows, :columns
+                ]
+                covered[top : top + rows, left : left + columns] += 1
+            canvas /= covered
+        return canvas

@@ -26,7 +26,7 @@ from .. import classes, logs, paths, report, sm_config
 from ..data.loaders import Splits, data_splits
 from ..model import artifacts, export
 from ..report.examples import ValidationExamples
-from . import checkpoint, guards, kvstore, precision, setup
+from . import checkpoint, guards, int8_gate, kvstore, precision, setup
 from .checkpoint import EpochProgress, TrainingState
 from .early_stopping import EarlyStopping
 from .metrics import ConfusionMatrix
@@ -246,7 +246,8 @@ def end_epoch(
 
 
 def save_model(training: Training) -> None:
-    """The final weights, their hyperparameters, and the ONNX export (a failure of which only warns)."""
+    """The final weights, their hyperparameters, the ONNX export and its int8 copy (failures of the last
+    two only warn)."""
     model_dir = paths.model_dir()
     final = model_dir / paths.host_model_file(training.host)
     artifacts.save_hyperparameters(training.hp, model_dir)
@@ -254,6 +255,7 @@ def save_model(training: Training) -> None:
     artifacts.save_parameters(training.net, final)
     precision.disable()  # the export traces a fresh network: in float32
     export.export_onnx(training.hp, model_dir)
+    int8_gate.quantize_after_training(training.hp, model_dir)
 
 
 def run(stop: StopFlag, cluster=None) -> None:
