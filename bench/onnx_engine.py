@@ -59,8 +59,11 @@ from semseg.model.quantize import quantize_file  # noqa: E402
 TORCHVISION_MODEL = {"fcn": "fcn_resnet50", "deeplab": "deeplabv3_resnet50"}
 LABEL = {"fcn": "FCN-ResNet50", "deeplab": "DeepLabV3-ResNet50"}
 
+# A CPU-only torch cannot load PyPI torchvision's detection operators: skip their registration
+# module, as bench/train_speed.py does (segmentation never uses them).
 TORCH_SCRIPT = r"""
-import sys, time
+import sys, time, types
+sys.modules["torchvision._meta_registrations"] = types.ModuleType("torchvision._meta_registrations")
 import numpy, torch, torchvision
 name, height, width, classes, threads = sys.argv[1], *map(int, sys.argv[2:6])
 torch.set_num_threads(threads)
