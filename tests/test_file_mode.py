@@ -1,5 +1,8 @@
 """File-mode channels: pairing by base name, skipping junk, and failing early on bad masks."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from conftest import save_image, save_mask
@@ -107,6 +110,17 @@ def test_pillow_limits_are_set_at_import_and_left_alone_while_decoding(tmp_path,
     assert images.read_mask(save_mask(tmp_path / "a_mask.png", np.zeros((10, 20)))).shape == (10, 20)
     assert seen_while_opening == [(None, False), (None, False)]
     assert Image.MAX_IMAGE_PIXELS is None and ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_no_module_that_imports_gluoncv_leaves_truncated_images_on():
+    """Importing GluonCV turns LOAD_TRUNCATED_IMAGES on; each of our modules that imports it turns it off."""
+    check = (
+        "import semseg.data.images, semseg.train.loop, semseg.inference.predictor; from PIL import ImageFile; "
+        "print(ImageFile.LOAD_TRUNCATED_IMAGES)"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_an_image_over_the_callers_limit_is_refused_from_its_header(tmp_path):

@@ -28,7 +28,7 @@ def set_pillow_limits() -> None:
     is off because ``open_image`` applies the caller's ``max_pixels`` instead. A cut-off file must
     fail to decode, never come out as a grey half picture; importing GluonCV turns Pillow's
     ``LOAD_TRUNCATED_IMAGES`` on for the whole process, so the code that imports GluonCV
-    (``model.factory``) calls this again right after.
+    (``model.factory``, ``train.losses``) calls this again right after.
     """
     Image.MAX_IMAGE_PIXELS = None
     ImageFile.LOAD_TRUNCATED_IMAGES = False

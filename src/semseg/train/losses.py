@@ -23,8 +23,11 @@ import numpy as np
 from gluoncv.loss import MixSoftmaxCrossEntropyLoss, SoftmaxCrossEntropyLoss
 from mxnet import gluon
 
+from ..data.images import set_pillow_limits
 from ..data.label_map import IGNORE_LABEL
 from ..errors import UserError
+
+set_pillow_limits()  # importing GluonCV turned Pillow's LOAD_TRUNCATED_IMAGES on for the whole process
 
 log = logging.getLogger("semseg")
 
