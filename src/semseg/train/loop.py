@@ -217,16 +217,16 @@ def end_epoch(
 ) -> None:
     """Log and record the epoch, keep the best weights (and examples), write metrics.json and the checkpoint."""
     training, state, model_dir = run.training, run.state, paths.model_dir()
-    pixel_accuracy, miou = matrix.pixel_accuracy(), matrix.mean_iou()
+    pixel_accuracy, miou, per_class_iou = matrix.pixel_accuracy(), matrix.mean_iou(), matrix.iou().tolist()
     logs.validation_end(training.host, epoch, pixel_accuracy, miou, validation_speed)
-    logs.per_class(training.host, epoch, run.class_table.names, matrix.iou().tolist(), matrix.class_accuracy().tolist())
+    logs.per_class(training.host, epoch, run.class_table.names, per_class_iou, matrix.class_accuracy().tolist())
     entry = {
         "epoch": epoch,
         "train_loss": stats.loss,
         "pixel_accuracy": pixel_accuracy,
         "mIOU": miou,
         "learning_rate": training.schedule((epoch + 1) * run.splits.iterations_per_epoch - 1),
-        "per_class_iou": matrix.iou().tolist(),
+        "per_class_iou": per_class_iou,
     }
     state.history.append(entry)
     if run.stopping.update(miou):
