@@ -32,6 +32,10 @@ class Numbers:
             time.sleep(3600)
         if key == "slow":
             time.sleep(3600)
+        if key == "large":  # 4 MB: many times a pipe's 64 KB buffer
+            return np.ones((4, 512, 512), np.float32), np.ones((512, 512), np.float32)
+        if isinstance(key, float):  # takes that many seconds to prepare
+            time.sleep(key)
         return np.full((3, 2, 2), key, np.float32), np.full((2, 2), -key, np.float32)
 
 
@@ -93,6 +97,28 @@ def test_an_abandoned_epoch_leaves_nothing_for_the_next():
         next(first)
         first.close()  # as a SIGTERM or an error leaves an epoch, batches still in flight
         assert [int(images[0, 0, 0, 0].asscalar()) for images, _ in loader] == list(range(8))
+
+
+def test_batches_larger_than_a_pipe_arrive_while_the_consumer_is_busy():
+    with BatchLoader(Numbers(), batches(("large",), ("large",)), 1) as loader:
+        batches_ = iter(loader)
+        next(batches_)  # the consumer now trains on it and does not ask for the next one
+        deadline = time.monotonic() + 60
+        while loader._inboxes[0].qsize() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert loader._inboxes[0].qsize() == 1  # the second batch crossed its pipe without being asked for
+        next(batches_)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_waited_counts_batches_not_ready_and_not_the_consumers_own_time(workers):
+    with BatchLoader(Numbers(), batches((0.3,), (0.3,), (0.0,)), workers) as loader:
+        for _ in loader:
+            time.sleep(1.0)  # training on the batch (3 s in all): not waiting for data
+    if workers:  # the first batch's 0.3 s; the second was prepared while the consumer trained on the first
+        assert 0.3 <= loader.waited < 1.5
+    else:  # prepared in the consumer's thread: both preparations are waiting
+        assert 0.6 <= loader.waited < 2.5
 
 
 def stop_after(checks: int):

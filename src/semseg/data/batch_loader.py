@@ -10,6 +10,10 @@ artifact until someone kills it, and SageMaker bills it until its stopping condi
   processes, and a dead one is noticed by its exit, not by a lock that never frees;
 - a reader thread in each loader process always drains its task pipe, so the main process never
   blocks on sending while the loader process blocks on sending a batch back;
+- a reader thread in the main process always drains each result pipe: a batch (megabytes) crosses
+  a pipe of 64 KB only while someone reads it, and the training loop reads only when it wants the
+  next batch, so without it every batch's transfer was time the loop spent waiting (9-12% of a
+  bfloat16 epoch); the reader also turns a loader process's death into the end of its pipe;
 - ``close()`` ends them itself, SIGTERM first and SIGKILL for any still alive after a deadline;
   loader processes keep SIGTERM's default action (they hold nothing to save), ignore SIGINT (the
   main process decides), and die with the main process (``PR_SET_PDEATHSIG``) however it ends;
@@ -17,6 +21,11 @@ artifact until someone kills it, and SageMaker bills it until its stopping condi
 
 Batches keep the order of the batch sampler whatever the number of processes, and an iteration
 that the consumer abandons (SIGTERM, an error) never leaks its batches into the next one.
+
+``waited`` counts the seconds the consumer spent waiting for batches that were not ready (and,
+with no loader processes, preparing them). It leaves out turning a batch into ``NDArray``s:
+``mx.nd.array`` waits until MXNet's CPU engine, one queue, has run what is already in it (the
+previous step's update), which is training time, not time waiting for data.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import os
 import queue
 import signal
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -39,7 +49,7 @@ from ..processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.2  # how often a waiting main process checks for SIGTERM and for dead loader processes
+POLL_SECONDS = 0.2  # how often a waiting main process checks for SIGTERM
 CLOSE_SECONDS = 5.0  # how long close() waits for loader processes to end on SIGTERM before killing them
 
 
@@ -54,6 +64,26 @@ def stack_batch(samples: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarra
 
 class LoaderProcessFailed(RuntimeError):
     """A loader process died (killed, out of memory) or raised something that is not the user's error."""
+
+
+class _PipeEnded:
+    """What a result reader hands on when its pipe ends: the loader process is gone (or closing)."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _read_results(pipe, inbox: queue.SimpleQueue) -> None:
+    """Move every message of a loader process's result pipe into ``inbox`` as soon as it arrives.
+
+    ``recv`` releases the GIL while it reads, so this overlaps the transfer with training. The
+    number of messages is bounded by the batches the main process asked for (``prefetch``).
+    """
+    try:
+        while True:
+            inbox.put(pipe.recv())
+    except BaseException as exc:  # noqa: BLE001 - EOF when the process ends; anything else ends the pipe too
+        inbox.put(_PipeEnded(exc))
 
 
 def _loader_process(dataset, tasks, results, parent: int) -> None:
@@ -113,7 +143,10 @@ class BatchLoader:
         self._processes: list = []
         self._task_pipes: list = []
         self._result_pipes: list = []
+        self._inboxes: list[queue.SimpleQueue] = []  # per loader process: its results, read by a thread
+        self._readers: list[threading.Thread] = []
         self._generation = 0
+        self.waited = 0.0  # seconds spent waiting for (or preparing) batches, over every iteration
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
@@ -126,8 +159,12 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[mx.nd.NDArray, mx.nd.NDArray]]:
         if self.workers == 0:
+            started = time.perf_counter()
             for keys in self.batch_sampler:
-                yield self._as_arrays(stack_batch([self.dataset[key] for key in keys]))
+                arrays = stack_batch([self.dataset[key] for key in keys])
+                self.waited += time.perf_counter() - started
+                yield self._as_arrays(arrays)
+                started = time.perf_counter()
             return
         self._start()
         self._generation += 1
@@ -147,13 +184,15 @@ class BatchLoader:
             return True
 
         try:
-            more = True
+            started, more = time.perf_counter(), True
             while more and len(in_flight) < self.prefetch:
                 more = send_next()
             while in_flight:
                 arrays = self._receive(in_flight.popleft(), generation)
-                more = more and send_next()
+                more = more and send_next()  # Pipe mode reads the next records here
+                self.waited += time.perf_counter() - started
                 yield self._as_arrays(arrays)
+                started = time.perf_counter()
         finally:
             close = getattr(batches, "close", None)  # a generator sampler (Pipe mode) closes its FIFO
             if close is not None:
@@ -183,26 +222,32 @@ class BatchLoader:
             self._processes.append(process)
             self._task_pipes.append(task_in)
             self._result_pipes.append(result_out)
+            inbox: queue.SimpleQueue = queue.SimpleQueue()
+            reader = threading.Thread(target=_read_results, args=(result_out, inbox), name=f"{process.name}-results")
+            reader.daemon = True
+            self._inboxes.append(inbox)
+            self._readers.append(reader)
+        for reader in self._readers:  # started after every fork, so no loader process inherits a running thread
+            reader.start()
 
     def _receive(self, worker: int, generation: int) -> tuple[np.ndarray, np.ndarray]:
         """The next batch of this iteration from ``worker``; batches of abandoned iterations are dropped."""
-        pipe, process = self._result_pipes[worker], self._processes[worker]
+        inbox, process = self._inboxes[worker], self._processes[worker]
         while True:
-            if not pipe.poll(POLL_SECONDS):
+            try:
+                message = inbox.get(timeout=POLL_SECONDS)
+            except queue.Empty:
                 self.stop_check()
-                if not process.is_alive() and not pipe.poll():
+                continue
+            if isinstance(message, _PipeEnded):
+                process.join(CLOSE_SECONDS)  # its pipe closes a moment before it can be reaped
+                if isinstance(message.error, EOFError | OSError):
                     raise LoaderProcessFailed(
                         f"A data loader process ended with exit code {process.exitcode} "
                         "while preparing a batch (out of memory or killed?)"
                     )
-                continue
-            try:
-                sent_generation, arrays, error = pipe.recv()
-            except EOFError:
-                process.join(CLOSE_SECONDS)  # its pipe closes a moment before it can be reaped
-                raise LoaderProcessFailed(
-                    f"A data loader process ended with exit code {process.exitcode} while sending a batch"
-                ) from None
+                raise LoaderProcessFailed(f"Reading a data loader process's batch failed: {message.error!r}")
+            sent_generation, arrays, error = message
             if sent_generation != generation:
                 continue
             if error is None:
@@ -225,6 +270,8 @@ class BatchLoader:
                 log.warning("Data loader process %s did not end on SIGTERM; killing it", process.pid)
                 process.kill()
                 process.join(1)
+        for reader in self._readers:  # their pipes ended with the processes that wrote to them
+            reader.join(1)
         for pipe in self._task_pipes + self._result_pipes:
             pipe.close()
-        self._task_pipes, self._result_pipes = [], []
+        self._task_pipes, self._result_pipes, self._inboxes, self._readers = [], [], [], []

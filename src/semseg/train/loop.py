@@ -40,7 +40,7 @@ log = logging.getLogger("semseg")
 class EpochStats:
     loss: float  # mean per-sample training loss
     throughput: float  # samples/sec over the epoch
-    data_wait: float  # share of the epoch spent waiting for the next batch
+    data_wait: float  # share of the epoch spent waiting for batches that were not ready (``BatchLoader.waited``)
 
 
 @dataclass
@@ -104,13 +104,11 @@ def train_one_epoch(
 ) -> EpochStats:
     """One epoch of ``len(loader)`` iterations; a resumed epoch starts after ``progress.done`` of them."""
     hp, progress = training.hp, progress or EpochProgress()
-    waiting, start, samples = 0.0, time.time(), 0
+    waited_before, start, samples = loader.waited, time.time(), 0
     window_start, window_samples = start, 0
     batches = iter(loader)
     for i in range(progress.done, len(loader)):
-        fetch_start = time.time()
         batch = next(batches, None)  # None: a Pipe-mode stream shorter than num_training_samples
-        waiting += time.time() - fetch_start
         training.stop.check()
         if training.any_host(batch is None):  # every host ends a short epoch at the same iteration
             break
@@ -137,7 +135,9 @@ def train_one_epoch(
             logs.train_progress(epoch, i + 1, window_samples / max(now - window_start, 1e-9), learning_rate)
             window_start, window_samples = now, 0
     elapsed = max(time.time() - start, 1e-9)
-    return EpochStats(progress.loss / max(1, progress.samples), samples / elapsed, waiting / elapsed)
+    return EpochStats(
+        progress.loss / max(1, progress.samples), samples / elapsed, (loader.waited - waited_before) / elapsed
+    )
 
 
 def evaluate(
