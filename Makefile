@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: install demo lint test test-fast test-container bench clean image-cpu image-gpu docker-train docker-serve
+.PHONY: install demo lint test test-fast test-long test-container bench clean image-cpu image-gpu docker-train docker-serve
 
 install: $(BIN)/train
 
@@ -25,11 +25,16 @@ lint: install
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 
+# What CI runs: everything but the long forms (learning bars for each loss and for the CVAT zip) of
+# checks whose short forms run here.
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not long"
 
 test-fast: install
-	$(BIN)/pytest -q -m "not slow and not container"
+	$(BIN)/pytest -q -m "not slow and not container and not long"
+
+test-long: install
+	$(BIN)/pytest -q -m long
 
 # Container tests: start a Docker engine if none answers (tests/container/engine.sh), build the CPU image,
 # run it as SageMaker does; lint the Dockerfiles.

@@ -3,10 +3,11 @@ loss learns the sample task (the bars are stated below, measured on this task wi
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
-from trainjob import make_tree, run_train
+from trainjob import make_tree, quality, run_train
 
 from semseg.demo import DEMO_HYPERPARAMETERS
 from semseg.logs import METRIC_REGEXES
@@ -39,7 +40,18 @@ LOSS_EPOCHS = 4
 LOSS_BARS = {"focal": 0.50, "dice": 0.60, "cross_entropy+dice": 0.55}
 
 
+@pytest.mark.parametrize("loss", sorted(LOSS_BARS))
+def test_each_new_loss_trains_a_real_job_with_finite_losses(loss, tmp_path):
+    """The short form of the next test: one epoch of the tiny job, through the real ``train``."""
+    job = run_train(make_tree(tmp_path, train=8, num_training_samples="8", loss=loss), timeout=600)
+    assert job.returncode == 0, job.log[-3000:]
+    assert f"Loss: {loss}" in job.log
+    losses = quality(job.log)["train:loss"]
+    assert losses and all(math.isfinite(value) for value in losses), losses
+
+
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("loss", sorted(LOSS_BARS))
 def test_each_new_loss_learns_the_sample_task(loss, tmp_path):
     settings = {**DEMO_HYPERPARAMETERS, "epochs": str(LOSS_EPOCHS), "loss": loss, "_int8": "False"}  # no int8 copy
