@@ -12,8 +12,8 @@ artifact until someone kills it, and SageMaker bills it until its stopping condi
   blocks on sending while the loader process blocks on sending a batch back;
 - a reader thread in the main process always drains each result pipe: a batch (megabytes) crosses
   a pipe of 64 KB only while someone reads it, and the training loop reads only when it wants the
-  next batch, so without it every batch's transfer was time the loop spent waiting (9-12% of a
-  bfloat16 epoch); the reader also turns a loader process's death into the end of its pipe;
+  next batch, so without it the transfer could not overlap the previous step; the reader also
+  turns a loader process's death into the end of its pipe;
 - ``close()`` ends them itself, SIGTERM first and SIGKILL for any still alive after a deadline;
   loader processes keep SIGTERM's default action (they hold nothing to save), ignore SIGINT (the
   main process decides), and die with the main process (``PR_SET_PDEATHSIG``) however it ends;
