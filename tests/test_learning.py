@@ -9,16 +9,15 @@ export zip, through ``semseg train --dataset``, must learn as well.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from cvat_export import NAMES, cvat_members, write_zip
+from trainjob import quality
 
 from semseg.demo import DEMO_HYPERPARAMETERS
-from semseg.logs import METRIC_REGEXES
 
 REQUIRED_MIOU = 0.80
 
@@ -28,7 +27,7 @@ pytestmark = pytest.mark.slow
 def test_a_short_cpu_run_reaches_the_stated_miou(learnt_model):
     job = learnt_model
     assert job.returncode == 0, job.log[-3000:]
-    mious = [float(v) for v in re.findall(METRIC_REGEXES["validation:mIOU"], job.log)]
+    mious = quality(job.log)["validation:mIOU"]
     assert len(mious) == int(DEMO_HYPERPARAMETERS["epochs"])
     assert max(mious) >= REQUIRED_MIOU, mious
 
@@ -48,7 +47,7 @@ def train_cvat_zip(tmp_path: Path, **overrides: str) -> tuple[Path, list[float]]
     assert "16 validate" in result.stdout and f"Model: {model}" in result.stdout
     assert json.loads((model / "hyperparams.json").read_text())["num_classes"] == "4"
     assert [entry["name"] for entry in json.loads((model / "classes.json").read_text())["classes"]] == list(NAMES)
-    mious = [float(v) for v in re.findall(METRIC_REGEXES["validation:mIOU"], result.stdout)]
+    mious = quality(result.stdout)["validation:mIOU"]
     assert len(mious) == int(settings["epochs"])
     return model, mious
 

@@ -4,13 +4,11 @@ loss learns the sample task (the bars are stated below, measured on this task wi
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 from trainjob import make_tree, quality, run_train
 
 from semseg.demo import DEMO_HYPERPARAMETERS
-from semseg.logs import METRIC_REGEXES
 from semseg.sample_data import write_opt_ml_tree
 
 
@@ -60,5 +58,5 @@ def test_each_new_loss_learns_the_sample_task(loss, tmp_path):
     job = run_train(root, timeout=1500)
     assert job.returncode == 0, job.log[-3000:]
     assert f"Loss: {loss}" in job.log
-    mious = [float(v) for v in re.findall(METRIC_REGEXES["validation:mIOU"], job.log)]
+    mious = quality(job.log)["validation:mIOU"]
     assert len(mious) == LOSS_EPOCHS and max(mious) >= LOSS_BARS[loss], mious
