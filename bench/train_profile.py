@@ -58,9 +58,11 @@ print(json.dumps({"wall": wall, "ops": rows}))
 
 def mxnet_profile(configuration: str) -> dict:
     """Run in a worker process: our step profiled by MXNet's profiler, per operator self seconds."""
+    from semseg import cpu_threads, hyperparameters
+
+    cpu_threads.set_math_threads()  # as ``train`` does, before mxnet is imported
     import mxnet as mx
 
-    from semseg import hyperparameters
     from semseg.logs import setup_logging
     from semseg.train import loop, setup
     from semseg.train.stop import StopFlag

@@ -31,13 +31,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-CONFIGURATIONS = {  # name -> the hyperparameters that make it
+# The loop before issue 16: always hybridized, float32, and MXNet's own thread count (``train``
+# did not set OMP_NUM_THREADS, so MXNet took half of the CPUs; see semseg.cpu_threads).
+BEFORE = "hybrid float32 on MXNet's threads"
+CONFIGURATIONS = {  # name -> the hyperparameters that make it; all but BEFORE on train's thread count
+    BEFORE: {"_hybrid": "true", "precision_dtype": "float32"},
     "imperative float32": {"_hybrid": "false", "precision_dtype": "float32"},
     "hybrid float32": {"_hybrid": "true", "precision_dtype": "float32"},
     "imperative bfloat16": {"_hybrid": "false", "precision_dtype": "bfloat16"},
     "hybrid bfloat16": {"_hybrid": "true", "precision_dtype": "bfloat16"},
 }
-BASELINE = "hybrid float32"  # what the loop did before ``_hybrid`` was honoured: it always hybridized
+BASELINE = BEFORE
 TORCHVISION_MODELS = {"fcn": "fcn_resnet50", "deeplab": "deeplabv3_resnet50"}
 
 # With a CPU-only torch, PyPI's torchvision cannot load its compiled detection operators (it links
@@ -71,6 +75,12 @@ for line in sys.stdin:  # "STEPS": that many training steps, their seconds answe
 
 def worker(configuration: str, algorithm: str, steps: int, crop: int, batch: int) -> None:
     """One configuration of ours: answers each line of stdin with one epoch's images/s and data wait."""
+    from semseg import cpu_threads
+
+    if configuration == BEFORE:
+        os.environ.pop(cpu_threads.VARIABLE, None)
+    else:
+        cpu_threads.set_math_threads()  # as ``train`` does, before mxnet is imported
     from semseg import hyperparameters
     from semseg.data.loaders import data_splits
     from semseg.logs import setup_logging
@@ -94,7 +104,8 @@ def worker(configuration: str, algorithm: str, steps: int, crop: int, batch: int
     )
     splits = data_splits(hp, {}, seed=0)
     training = setup.build(hp, StopFlag(), None, steps)
-    print(json.dumps({"precision": training.precision.dtype}), flush=True)
+    threads = os.environ.get(cpu_threads.VARIABLE, "MXNet's")
+    print(json.dumps({"precision": f"{training.precision.dtype}, {threads} threads"}), flush=True)
     try:
         for epoch, _ in enumerate(sys.stdin):
             stats = loop.train_one_epoch(training, splits.train_loader, epoch, epoch * steps)
@@ -152,7 +163,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--crop", type=int, default=240)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--configurations", default=",".join(CONFIGURATIONS))
+    parser.add_argument("--configurations", default=",".join(CONFIGURATIONS), help="comma-separated names")
     parser.add_argument("--torch-python", default="/work/bench-venv-torch/bin/python")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

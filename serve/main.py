@@ -7,7 +7,7 @@ exits, inside the 30 seconds SageMaker waits before SIGKILL.
 This process does the one thing the gunicorn configuration cannot: it counts the GPUs (importing
 MXNet here, in a process that exec replaces, so the workers initialise CUDA themselves) to choose
 the worker count, and passes it on in ``SAGEMAKER_MODEL_SERVER_WORKERS``. On the CPU each
-worker's math library gets its share of the cores (``OMP_NUM_THREADS``) so workers do not fight
+worker's math library gets its share of the cores (``semseg.cpu_threads``) so workers do not fight
 over them.
 """
 
@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from semseg import logs
+from semseg import cpu_threads, logs
 from semseg.errors import UserError
 from semseg.inference.settings import WORKERS_VARIABLE, from_environment
 
@@ -74,7 +74,7 @@ def main() -> int:
     workers = settings.workers or default_workers(gpus, cpus)
     os.environ[WORKERS_VARIABLE] = str(workers)  # read back by gunicorn_conf and the app
     if not gpus:
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpus // workers)))
+        cpu_threads.set_math_threads(workers)
     log.info(
         "Starting the model server on port %d with %d worker(s) on %s",
         settings.port,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from trainjob import TRAIN, Job, make_tree
 
+from semseg import cpu_threads
+
 HOSTS = ("algo-1", "algo-2")
 
 
@@ -28,10 +30,18 @@ def make_cluster(base: Path, port: int, **hyperparameters) -> list[Path]:
 
 
 def start_host(root: Path, env: dict | None = None) -> subprocess.Popen:
+    """One host's ``train``, with its share of this machine's cores (real hosts each have their own)."""
     addresses = ",".join(f"{host}=127.0.0.1" for host in HOSTS)
+    threads = {cpu_threads.VARIABLE: str(cpu_threads.math_threads(len(HOSTS)))}
     return subprocess.Popen(
         [TRAIN],
-        env={**os.environ, "SAGEMAKER_BASE_DIR": str(root), "SEMSEG_HOST_ADDRESSES": addresses, **(env or {})},
+        env={
+            **os.environ,
+            **threads,
+            "SAGEMAKER_BASE_DIR": str(root),
+            "SEMSEG_HOST_ADDRESSES": addresses,
+            **(env or {}),
+        },
         stdout=open(root / "train.log", "w"),
         stderr=subprocess.STDOUT,
     )

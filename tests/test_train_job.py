@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import mxnet as mx
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from trainjob import make_tree, run_train
 
+from semseg import cpu_threads
 from semseg.logs import METRIC_REGEXES
 
 pytestmark = pytest.mark.slow
@@ -47,6 +49,11 @@ def test_logs_the_built_in_lines(fcn_job):
     assert "#progress_metric: host=algo-1, completed 100 % of epochs" in log
     assert f"Serializing model to {fcn_job.model_dir}/model_algo-1" in log
     assert re.search(r'^#metrics \{"Metrics": \{"epochs": \{"count": 1, "max": 2,', log, re.M)
+
+
+def test_logs_how_many_cpu_threads_mxnet_was_given(fcn_job):
+    expected = os.environ.get(cpu_threads.VARIABLE) or str(cpu_threads.math_threads())
+    assert f"MXNet computes on {expected} CPU thread(s) (OMP_NUM_THREADS)" in fcn_job.log
 
 
 def test_metric_definitions_of_the_readme_match_every_epoch(fcn_job):

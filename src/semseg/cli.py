@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from . import local_train, logs, sm_config
+from . import cpu_threads, local_train, logs, sm_config
 from .errors import UserError, one_line
 from .train.stop import StopFlag, Stopped
 
@@ -32,6 +32,8 @@ def train_main() -> int:
     """
     stop = StopFlag().install()  # before anything slow: a SIGTERM during start-up is noticed too
     logs.setup_logging()
+    threads = cpu_threads.set_math_threads()  # before mxnet is imported, by distributed.start or the loop
+    log.info("MXNet computes on %s CPU thread(s) (%s)", threads, cpu_threads.VARIABLE)
     from .train import distributed
 
     cluster, code, message = None, 0, ""
