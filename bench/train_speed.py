@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-# The loop before issue 16: always hybridized, float32, and MXNet's own thread count (``train``
+# The loop before train set the thread count: always hybridized, float32, and MXNet's own thread count (``train``
 # did not set OMP_NUM_THREADS, so MXNet took half of the CPUs; see semseg.cpu_threads).
 BEFORE = "hybrid float32 on MXNet's threads"
 CONFIGURATIONS = {  # name -> the hyperparameters that make it; all but BEFORE on train's thread count
