@@ -92,8 +92,10 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--batch", type=int, default=2)
     args = parser.parse_args()
+    from semseg import cpu_threads
+
     cores = os.cpu_count() or 1
-    per_worker = max(1, cores // 2)
+    per_worker = cpu_threads.math_threads(len(HOSTS))  # each host's share, as tests/clusterjob.py gives it
     with tempfile.TemporaryDirectory() as scratch:
         base = Path(scratch)
         one = run_hosts(base / "one", ["algo-1"], args, None)
