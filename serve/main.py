@@ -64,6 +64,7 @@ def main() -> int:
     logs.setup_logging()
     try:
         settings = from_environment()
+        cpu_threads.check_user_value()  # before count_gpus imports mxnet, which aborts on a bad value
     except UserError as exc:
         log.error("%s", exc)
         return 1

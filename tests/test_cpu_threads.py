@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from semseg import cpu_threads
+from semseg.errors import UserError
 
 
 def fake_topology(root: Path, cores_of_cpus: dict[int, tuple[int, int]]) -> Path:
@@ -49,3 +52,10 @@ def test_unset_it_becomes_this_machines_core_count(monkeypatch):
     expected = str(cpu_threads.math_threads())
     assert cpu_threads.set_math_threads() == expected
     assert cpu_threads.os.environ[cpu_threads.VARIABLE] == expected
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "4,2", ""])
+def test_a_value_mxnet_would_abort_on_is_one_sentence(monkeypatch, value):
+    monkeypatch.setenv(cpu_threads.VARIABLE, value)
+    with pytest.raises(UserError, match="OMP_NUM_THREADS must be a whole number of threads of at least 1"):
+        cpu_threads.set_math_threads()

@@ -155,3 +155,8 @@ def test_an_image_cut_short_after_its_header_fails_naming_it(tmp_path):
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # the header reads; the pixels do not
     job = run_train(root)
     assert_user_failure(job, "0001.jpg or its mask could not be decoded")
+
+
+def test_a_thread_count_mxnet_would_abort_on(tmp_path):
+    job = run_train(make_tree(tmp_path), env={"OMP_NUM_THREADS": "four"})
+    assert_user_failure(job, "OMP_NUM_THREADS must be a whole number of threads of at least 1, not 'four'")

@@ -32,12 +32,12 @@ def train_main() -> int:
     """
     stop = StopFlag().install()  # before anything slow: a SIGTERM during start-up is noticed too
     logs.setup_logging()
-    threads = cpu_threads.set_math_threads()  # before mxnet is imported, by distributed.start or the loop
-    log.info("MXNet computes on %s CPU thread(s) (%s)", threads, cpu_threads.VARIABLE)
     from .train import distributed
 
     cluster, code, message = None, 0, ""
     try:
+        threads = cpu_threads.set_math_threads()  # before mxnet is imported, by distributed.start or the loop
+        log.info("MXNet computes on %s CPU thread(s) (%s)", threads, cpu_threads.VARIABLE)
         cluster = distributed.start()
         from .train.loop import run
 

@@ -10,13 +10,16 @@ that meant 1 thread; ``bench/train_speed.py`` measures what the second one gives
 So ``train`` and ``serve`` set ``OMP_NUM_THREADS`` themselves, before MXNet is imported, from the
 machine's topology rather than from MXNet's assumption: the number of distinct physical cores
 among the CPUs this process may run on (``sched_getaffinity``, which honours ``docker --cpuset``
-and ``taskset``), divided among the processes that share them. A value the user set is kept.
+and ``taskset``), divided among the processes that share them. A value the user set is kept, if
+it is a whole number: MXNet aborts on anything else, so it is refused first, in one sentence.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from .errors import UserError
 
 VARIABLE = "OMP_NUM_THREADS"
 TOPOLOGY = Path("/sys/devices/system/cpu")
@@ -43,6 +46,14 @@ def math_threads(processes: int = 1) -> int:
     return max(1, physical_cores(usable_cpus()) // max(1, processes))
 
 
+def check_user_value() -> None:
+    """Refuse a value MXNet would abort on (it parses the variable as an integer when imported)."""
+    value = os.environ.get(VARIABLE)
+    if value is not None and not (value.strip().isdigit() and int(value) >= 1):
+        raise UserError(f"{VARIABLE} must be a whole number of threads of at least 1, not {value!r}")
+
+
 def set_math_threads(processes: int = 1) -> str:
     """Set ``OMP_NUM_THREADS`` (unless it is set already) before MXNet is imported; returns its value."""
+    check_user_value()
     return os.environ.setdefault(VARIABLE, str(math_threads(processes)))
