@@ -12,6 +12,8 @@ import logging
 import sys
 import time
 
+from . import names
+
 LOG_FORMAT = "[%(asctime)s %(levelname)s %(thread)d] %(message)s"
 DATE_FORMAT = "%m/%d/%Y %H:%M:%S"
 
@@ -28,10 +30,20 @@ CLASS_IOU_REGEX = r"#class_metric\. host: \S+, epoch: (\d+), class (\d+) \((.*)\
 log = logging.getLogger("semseg")
 
 
+class OneLineFormatter(logging.Formatter):
+    """The built-in's format, with each record's message on one line: a name from outside that
+    holds a line break (a zip member, an S3 key) cannot forge a line that a MetricDefinitions regex
+    reads. A traceback still follows its record on lines of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = names.shown(record.message)
+        return super().formatMessage(record)
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Log to stdout in the built-in's format (CloudWatch shows stdout and stderr alike)."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+    handler.setFormatter(OneLineFormatter(LOG_FORMAT, DATE_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

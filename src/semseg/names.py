@@ -1,0 +1,80 @@
+"""Names that come from outside this program, kept as names.
+
+Channel names, S3 keys, zip members, list entries, file names and class names are chosen by
+whoever wrote the request, the bucket or the archive. Two rules keep them from doing more than
+name something:
+
+- a name becomes a path only through ``relative_path`` (or ``relative_paths`` for a set of
+  them), which refuses, in one sentence, whatever could leave the folder it is joined to or land
+  on the file of another name: absolute names, empty, ``.`` and ``..`` parts, control characters
+  and parts longer than a file name may be;
+- a name appears in a log line or a message only through ``shown``, which writes every character
+  that could start a new line, or reorder or hide the text around it, as a visible escape.
+  ``logs.setup_logging`` applies the same rendering to every record as a second line of defence,
+  so a log line is one line whatever reaches it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import PurePosixPath
+
+from .errors import UserError
+
+# C0 and C1 controls, DEL, the Unicode line and paragraph separators, and the bidirectional marks,
+# embeddings, overrides and isolates (a right-to-left override makes "gnp.exe" read as "exe.png").
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+NAME_MAX_BYTES = 255  # the longest file name Linux file systems take (NAME_MAX)
+
+
+def _escape(match: re.Match) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def shown(name: object) -> str:
+    """``name`` as text for a log line or a message: ``\\n``, ``\\x1b``, ``\\u202e`` and the like
+    are written as those escapes, so the name reads as one visible run of text."""
+    return _UNSAFE.sub(_escape, str(name))
+
+
+def has_unsafe_characters(name: str) -> bool:
+    return _UNSAFE.search(name) is not None
+
+
+def relative_path(name: str, what: str) -> PurePosixPath:
+    """``name`` (parts separated by ``/``) as a relative path that stays inside any folder it is
+    joined to; ``what`` says where the name came from, for the sentence that refuses it."""
+    if not isinstance(name, str) or not name:
+        raise UserError(f"The {what} is empty; it cannot name a file")
+    if has_unsafe_characters(name):
+        raise UserError(f"The {what} '{shown(name)}' holds control characters; it cannot name a file")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise UserError(f"The {what} '{name}' is an absolute path; it must be relative")
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise UserError(f"The {what} '{name}' has an empty, '.' or '..' part; it must name a file inside its folder")
+    long = next((part for part in parts if len(part.encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES), None)
+    if long is not None:
+        raise UserError(
+            f"The {what} '{name}' has a part longer than {NAME_MAX_BYTES} bytes, more than a file name takes"
+        )
+    return PurePosixPath(*parts)
+
+
+def relative_paths(names: Iterable[str], what: str) -> dict[str, PurePosixPath]:
+    """Each name's ``relative_path``, refusing two names that would be one file, or a file and the
+    folder of another (``a`` and ``a/b.jpg``), before anything is written."""
+    found: dict[str, PurePosixPath] = {}
+    for name in names:
+        found[name] = relative_path(name, what)
+    by_path = {str(path): name for name, path in found.items()}
+    for name, path in found.items():
+        for folder in path.parents:
+            other = by_path.get(str(folder))
+            if other is not None and str(folder) != ".":
+                raise UserError(
+                    f"The {what}s '{shown(other)}' and '{shown(name)}' clash: the first would be a file and the folder "
+                    "of the second; rename one"
+                )
+    return found
