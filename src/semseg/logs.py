@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import sys
 import time
 
@@ -31,13 +32,19 @@ log = logging.getLogger("semseg")
 
 
 class OneLineFormatter(logging.Formatter):
-    """The built-in's format, with each record's message on one line: a name from outside that
-    holds a line break (a zip member, an S3 key) cannot forge a line that a MetricDefinitions regex
-    reads. A traceback still follows its record on lines of its own."""
+    """The built-in's format, each record on one line, every argument that is not a number shown
+    as an outside name (``names.shown``): a zip member or S3 key that holds a line break or a metric
+    line's text cannot forge a figure that a MetricDefinitions regex reads. A traceback still
+    follows its record on lines of its own."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = names.shown(record.message)
+        record.message = names.one_line(record.message)
         return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.args, tuple):
+            record.args = tuple(arg if isinstance(arg, numbers.Number) else names.shown(arg) for arg in record.args)
+        return super().format(record)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -9,9 +9,9 @@ name something:
   on the file of another name: absolute names, empty, ``.`` and ``..`` parts, control characters
   and parts longer than a file name may be;
 - a name appears in a log line or a message only through ``shown``, which writes every character
-  that could start a new line, or reorder or hide the text around it, as a visible escape.
-  ``logs.setup_logging`` applies the same rendering to every record as a second line of defence,
-  so a log line is one line whatever reaches it.
+  that could start a new line, reorder or hide the text around it, or begin a metric line, as a
+  visible escape. ``logs.OneLineFormatter`` renders every text argument of a log record so, and
+  keeps every record on one line, as a second line of defence.
 """
 
 from __future__ import annotations
@@ -24,22 +24,35 @@ from .errors import UserError
 
 # C0 and C1 controls, DEL, the Unicode line and paragraph separators, and the bidirectional marks,
 # embeddings, overrides and isolates (a right-to-left override makes "gnp.exe" read as "exe.png").
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROLS = "\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_UNSAFE_IN_LINE = re.compile(f"[{_CONTROLS}]")
+# In a name, '#' too: every metric line a MetricDefinitions regex reads starts with it, and those
+# regexes are not anchored, so a name holding "#quality_metric. ... mIOU: 0.999" would forge a figure
+# even on one line.
+_UNSAFE_IN_NAME = re.compile(f"[{_CONTROLS}#]")
 NAME_MAX_BYTES = 255  # the longest file name Linux file systems take (NAME_MAX)
 
 
 def _escape(match: re.Match) -> str:
-    return match.group().encode("unicode_escape").decode("ascii")
+    character = match.group()
+    return "\\x23" if character == "#" else character.encode("unicode_escape").decode("ascii")
 
 
 def shown(name: object) -> str:
-    """``name`` as text for a log line or a message: ``\\n``, ``\\x1b``, ``\\u202e`` and the like
-    are written as those escapes, so the name reads as one visible run of text."""
-    return _UNSAFE.sub(_escape, str(name))
+    """``name`` as text for a log line or a message: ``\\n``, ``\\x1b``, ``\\u202e``, ``#`` and the
+    like are written as escapes, so the name reads as one visible run of text that no metric regex
+    takes for a metric line."""
+    return _UNSAFE_IN_NAME.sub(_escape, str(name))
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and other controls escaped (``#`` kept: the text may be a metric line)."""
+    return _UNSAFE_IN_LINE.sub(_escape, text)
 
 
 def has_unsafe_characters(name: str) -> bool:
-    return _UNSAFE.search(name) is not None
+    """Whether ``name`` holds a control character (``#`` is fine in a file name)."""
+    return _UNSAFE_IN_LINE.search(name) is not None
 
 
 def relative_path(name: str, what: str) -> PurePosixPath:

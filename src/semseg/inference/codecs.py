@@ -100,16 +100,17 @@ def encode_probabilities(prediction: Prediction, content_type: str) -> Encoded:
 class ContentType:
     request: bool  # accepted as a request body
     encode: Callable[[Prediction, str], Encoded] | None  # how a response of this type is written
+    extension: str = ""  # of a file holding a response of this type (``semseg predict`` names its outputs so)
 
 
 CONTENT_TYPES: dict[str, ContentType] = {
     "image/jpeg": ContentType(request=True, encode=None),
-    "image/png": ContentType(request=True, encode=encode_png),
+    "image/png": ContentType(request=True, encode=encode_png, extension=".png"),
     "application/x-image": ContentType(request=True, encode=None),
     "application/octet-stream": ContentType(request=True, encode=None),
-    "application/x-protobuf": ContentType(request=False, encode=encode_probabilities),
-    "application/x-recordio-protobuf": ContentType(request=False, encode=encode_probabilities),
-    "application/json": ContentType(request=False, encode=encode_json),
+    "application/x-protobuf": ContentType(request=False, encode=encode_probabilities, extension=".pb"),
+    "application/x-recordio-protobuf": ContentType(request=False, encode=encode_probabilities, extension=".pb"),
+    "application/json": ContentType(request=False, encode=encode_json, extension=".json"),
 }
 REQUEST_TYPES = [name for name, kind in CONTENT_TYPES.items() if kind.request]
 RESPONSE_TYPES = [name for name, kind in CONTENT_TYPES.items() if kind.encode]

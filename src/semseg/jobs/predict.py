@@ -1,10 +1,13 @@
 """``semseg predict``: batch prediction from a folder or S3 prefix to a folder or S3 prefix.
 
 Each image becomes one answer with the same base name and the extension of ``--accept`` (a PNG
-mask by default), through a running server (``--url``), a SageMaker endpoint (``--endpoint``, boto3
+mask by default; two inputs that would share an answer keep their own extensions in its name),
+through a running server (``--url``), a SageMaker endpoint (``--endpoint``, boto3
 ``sagemaker-runtime`` ``invoke_endpoint``: its region, credentials and ``AWS_ENDPOINT_URL`` are
 boto3's) or this process (``--model``). Requests run concurrently; outputs already there are
 skipped, so a rerun resumes; one bad file is listed with its reason and never stops the batch.
+Names from the input folder or prefix become output paths only once checked (``names``), and
+every flag is checked before anything is listed, loaded or written.
 """
 
 from __future__ import annotations
@@ -13,18 +16,23 @@ import logging
 import mimetypes
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from .. import names as outside
 from ..errors import UserError, one_line
-from .s3 import S3Location, client, list_objects, parse_uri, read_object, write_object
+from ..inference import codecs
+from ..inference.settings import DEFAULT_ACCEPT
+from .s3 import MAX_POOL_CONNECTIONS, S3Location, client, list_objects, parse_uri, read_object, write_object
 
 log = logging.getLogger("semseg")
 
-EXTENSIONS = {"image/png": ".png", "application/json": ".json", "application/x-recordio-protobuf": ".pb"}
 TIMEOUT_S = 120
+# More requests in flight than the S3 client keeps connections would only queue for one.
+MAX_CONCURRENCY = MAX_POOL_CONNECTIONS
 
 Invoke = Callable[[bytes, str], bytes]
 
@@ -36,6 +44,18 @@ class BatchSummary:
     failures: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class Plan:
+    """The batch decided before any model is loaded: each input name and the output name it gets."""
+
+    todo: list[tuple[str, str]]
+    skipped: int
+
+
+def _prefix(key: str) -> str:
+    return key if key.endswith("/") or not key else key + "/"
+
+
 def _names(location: S3Location) -> list[str]:
     """Relative names of the files under ``location`` (hidden local files left out)."""
     if location.is_local:
@@ -43,16 +63,59 @@ def _names(location: S3Location) -> list[str]:
         if not root.is_dir():
             return []
         return sorted(
-            str(p.relative_to(root))
+            p.relative_to(root).as_posix()
             for p in root.rglob("*")
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
         )
-    prefix = location.key if location.key.endswith("/") or not location.key else location.key + "/"
+    prefix = _prefix(location.key)
     return [o.key[len(prefix) :] for o in list_objects(S3Location(location.bucket, prefix))]
 
 
-def output_name(name: str, accept: str) -> str:
-    return str(Path(name).with_suffix(EXTENSIONS.get(accept, ".out")))
+def output_names(inputs: list[str], accept: str) -> dict[str, str]:
+    """Each input's output: its name with the answer type's extension instead of its own. Where two
+    inputs would share one output (``dup.jpg`` and ``dup.png``), each keeps its own extension in
+    front (``dup.jpg.png``, ``dup.png.png``), so no answer overwrites another."""
+    extension = codecs.CONTENT_TYPES[accept].extension
+    plain = {name: str(PurePosixPath(name).with_suffix(extension)) for name in inputs}
+    shared = Counter(plain.values())
+    outputs = {name: output if shared[output] == 1 else name + extension for name, output in plain.items()}
+    clashing = [name for name, count in Counter(outputs.values()).items() if count > 1]
+    if clashing:
+        first = sorted(name for name, output in outputs.items() if output == clashing[0])
+        raise UserError(
+            f"The inputs {', '.join(repr(outside.shown(n)) for n in first)} would all be answered in "
+            f"'{outside.shown(clashing[0])}'; rename one"
+        )
+    return outputs
+
+
+def _refuse_overlap(source: S3Location, target: S3Location) -> None:
+    """An output folder inside (or equal to) the input folder would make every rerun segment the
+    masks of the run before, and count inputs as answers already there."""
+    if source.is_local and target.is_local:
+        inside = source.local.resolve() in (target.local.resolve(), *target.local.resolve().parents)
+    elif not source.is_local and not target.is_local:
+        inside = source.bucket == target.bucket and _prefix(target.key).startswith(_prefix(source.key))
+    else:
+        inside = False
+    if inside:
+        raise UserError(
+            f"--output {target.uri} is inside --input {source.uri}; give an output folder outside the input"
+        )
+
+
+def plan(source: S3Location, target: S3Location, accept: str) -> Plan:
+    """The inputs to answer, each checked as a name, and the outputs they get; nothing written yet."""
+    _refuse_overlap(source, target)
+    inputs = _names(source)
+    if not inputs:
+        raise UserError(f"There are no files under {source.uri}")
+    outside.relative_paths(inputs, f"file name under {source.uri}")
+    outputs = output_names(inputs, accept)
+    outside.relative_paths(outputs.values(), f"output name under {target.uri}")
+    existing = set(_names(target))
+    todo = [(name, output) for name, output in outputs.items() if output not in existing]
+    return Plan(todo, len(inputs) - len(todo))
 
 
 def content_type_of(name: str) -> str:
@@ -102,13 +165,14 @@ def via_endpoint(name: str, accept: str) -> Invoke:
     return invoke
 
 
-def in_process(model_dir: Path, accept: str) -> Invoke:
-    from ..inference import codecs
+def in_process(model: Path, accept: str) -> Invoke:
+    """The model in this process; ``model`` is what ``semseg serve --model`` takes."""
     from ..inference.predictor import Predictor
     from ..inference.settings import ServingSettings
+    from ..model.artifacts import model_to_serve
 
     settings = ServingSettings()
-    predictor = Predictor.from_model_dir(model_dir, settings)
+    predictor = Predictor.from_model_dir(model_to_serve(model), settings)
 
     def invoke(body: bytes, content_type: str) -> bytes:
         return b"".join(codecs.invoke(predictor, body, content_type, accept, settings.default_accept).chunks)
@@ -116,23 +180,18 @@ def in_process(model_dir: Path, accept: str) -> Invoke:
     return invoke
 
 
-def run_batch(source: S3Location, target: S3Location, invoke: Invoke, accept: str, concurrency: int) -> BatchSummary:
+def run_batch(source: S3Location, target: S3Location, batch: Plan, invoke: Invoke, concurrency: int) -> BatchSummary:
+    """Answer every input of ``batch``; the summary counts exactly the answers written."""
     from tqdm import tqdm
 
-    names = _names(source)
-    if not names:
-        raise UserError(f"There are no files under {source.uri}")
-    existing = set(_names(target))
-    summary = BatchSummary()
-    todo = [n for n in names if output_name(n, accept) not in existing]
-    summary.skipped = len(names) - len(todo)
+    summary = BatchSummary(skipped=batch.skipped)
 
-    def one(name: str) -> None:
+    def one(name: str, output: str) -> None:
         body = read_object(source.child(name))
-        write_object(target.child(output_name(name, accept)), invoke(body, content_type_of(name)))
+        write_object(target.child(output), invoke(body, content_type_of(name)))
 
-    with ThreadPoolExecutor(concurrency) as pool, tqdm(total=len(todo), unit="file", file=sys.stderr) as bar:
-        futures = {pool.submit(one, name): name for name in todo}
+    with ThreadPoolExecutor(concurrency) as pool, tqdm(total=len(batch.todo), unit="file", file=sys.stderr) as bar:
+        futures = {pool.submit(one, name, output): name for name, output in batch.todo}
         for future in as_completed(futures):
             try:
                 future.result()
@@ -143,20 +202,28 @@ def run_batch(source: S3Location, target: S3Location, invoke: Invoke, accept: st
     return summary
 
 
-def main(args) -> int:
-    """The ``semseg predict`` command: 0 when every file has its answer, 1 when some failed."""
-    accept = args.accept
+def _checked_flags(args) -> str:
+    """The answer type, once every flag is known good: nothing is listed or loaded before."""
     if sum(bool(x) for x in (args.url, args.endpoint, args.model)) != 1:
         raise UserError("Give exactly one of --url, --endpoint and --model")
+    if not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        raise UserError(f"--concurrency is {args.concurrency}; give 1 to {MAX_CONCURRENCY} requests in flight")
+    return codecs.response_type(args.accept, DEFAULT_ACCEPT)
+
+
+def main(args) -> int:
+    """The ``semseg predict`` command: 0 when every file has its answer, 1 when some failed."""
+    accept = _checked_flags(args)
+    source, target = parse_uri(args.input, "--input"), parse_uri(args.output, "--output")
+    batch = plan(source, target, accept)
     if args.url:
         invoke = via_url(args.url, accept)
     elif args.endpoint:
         invoke = via_endpoint(args.endpoint, accept)
     else:
         invoke = in_process(Path(args.model), accept)
-    source, target = parse_uri(args.input, "--input"), parse_uri(args.output, "--output")
-    summary = run_batch(source, target, invoke, accept, args.concurrency)
+    summary = run_batch(source, target, batch, invoke, args.concurrency)
     print(f"{summary.done} predicted, {summary.skipped} already there, {len(summary.failures)} failed", flush=True)
     for name, reason in sorted(summary.failures.items()):
-        print(f"FAILED {name}: {reason}", flush=True)
+        print(f"FAILED {outside.shown(name)}: {outside.shown(reason)}", flush=True)
     return 1 if summary.failures else 0
