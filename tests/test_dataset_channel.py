@@ -90,9 +90,10 @@ def test_the_platform_layout_unzipped_in_the_channel(job):
 
 
 def test_colours_no_class_names_are_ignored_and_reported_once_per_split(job, caplog):
-    members, _ = cvat_members({"train": 3, "val": 2})
-    for name in ("task_1/SegmentationClass/train_000.png", "task_1/SegmentationClass/train_001.png"):
-        ids = np.zeros((96, 96), dtype=np.uint8)
+    members, truth = cvat_members({"train": 3, "val": 2})
+    for stem in ("train_000", "train_001"):
+        name = f"task_1/SegmentationClass/{stem}.png"
+        ids = np.zeros(truth[stem].shape, dtype=np.uint8)  # the image's size
         rgb = np.asarray(COLOURS, dtype=np.uint8)[ids]
         rgb[:10, :10] = (7, 7, 7)  # 100 pixels in a colour labelmap.txt does not name
         members[name] = mask_bytes(rgb, rgb=False)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .names import shown
 
 FILE_NAME = "classes.json"
 
@@ -71,6 +72,23 @@ def default(num_classes: int) -> ClassTable:
     return ClassTable(tuple(f"class_{i}" for i in range(num_classes)), tuple(voc_colors()[:num_classes]))
 
 
+def checked(names: list[str], colors: list[tuple[int, int, int]], source: str, place=None) -> ClassTable:
+    """The class table, once no colour names two classes and no name is given twice: the one rule
+    for ``classes.json`` and ``labelmap.txt``, since a mask's colour must mean one class and a
+    legend's share one name. ``place(index)`` says where entry ``index`` is ("line 3")."""
+    place = place or (lambda index: f"class {index}")
+    for index, (name, color) in enumerate(zip(names, colors, strict=True)):
+        first = colors.index(color)
+        if first < index:
+            raise UserError(
+                f"{source} gives the colour {','.join(map(str, color))} two names ('{shown(names[first])}' and "
+                f"'{shown(name)}' on {place(index)}); each colour must name one class"
+            )
+        if names.index(name) < index:
+            raise UserError(f"{source} names the class '{shown(name)}' twice (the second time on {place(index)})")
+    return ClassTable(tuple(names), tuple(colors))
+
+
 def from_json(spec: object, source: str) -> ClassTable:
     """Parse the ``classes.json`` object; any deviation is one sentence naming ``source``."""
     entries = spec.get("classes") if isinstance(spec, dict) else None
@@ -84,10 +102,10 @@ def from_json(spec: object, source: str) -> ClassTable:
         if not isinstance(name, str) or not name:
             raise UserError(f"{source}: class {position} needs a non-empty 'name'")
         if not (isinstance(color, list) and len(color) == 3 and all(type(c) is int and 0 <= c <= 255 for c in color)):
-            raise UserError(f"{source}: class {position} ({name}) needs a 'color' of three integers 0..255")
+            raise UserError(f"{source}: class {position} ({shown(name)}) needs a 'color' of three integers 0..255")
         names.append(name)
         colors.append(tuple(color))
-    return ClassTable(tuple(names), tuple(colors))
+    return checked(names, colors, source)
 
 
 def save(table: ClassTable, model_dir: Path) -> Path:

@@ -82,9 +82,15 @@ def check_mask(
     the_mask = f"In {where}, the mask {name}" if where else f"The mask {name}"
     if mask.mode not in MASK_MODES:
         raise UserError(f"{the_mask} is {describe(mask)}; {MASK_RULE}")
-    if image_size is not None and mask.size != image_size:
+    if image_size is not None:
+        check_mask_size(mask.size, the_mask, image_size, image_name)
+
+
+def check_mask_size(mask_size: tuple[int, int], the_mask: str, image_size: tuple[int, int], image_name: str) -> None:
+    """A mask covers its image pixel for pixel; ``the_mask`` opens the sentence ("The mask a.png")."""
+    if mask_size != image_size:
         raise UserError(
-            f"{the_mask} is {mask.size[0]}x{mask.size[1]} but its image {image_name} is "
+            f"{the_mask} is {mask_size[0]}x{mask_size[1]} but its image {image_name} is "
             f"{image_size[0]}x{image_size[1]}; a mask must have the size of its image"
         )
 

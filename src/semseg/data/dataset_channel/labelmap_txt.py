@@ -12,9 +12,11 @@ from collections import Counter
 
 import numpy as np
 
+from ... import classes
 from ...classes import ClassTable
 from ...errors import UserError
 from ...hyperparameters import TABLE
+from ...names import shown
 from ..label_map import IGNORE_VALUE
 
 MAX_CLASSES = int(TABLE["num_classes"].high)
@@ -33,6 +35,7 @@ def parse(text: str, source: str) -> ClassTable:
     """The classes of a label map, in line order; any line that does not parse is one sentence."""
     names: list[str] = []
     colours: list[tuple[int, int, int]] = []
+    line_numbers: list[int] = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -41,20 +44,13 @@ def parse(text: str, source: str) -> ClassTable:
         colour = _colour(fields[1]) if 2 <= len(fields) <= 4 else None
         name = fields[0].strip()
         if colour is None or not name:
-            raise UserError(f"Line {number} of {source} ('{line[:80]}') does not parse: {LINE_RULE}")
-        if colour in colours:
-            other = names[colours.index(colour)]
-            raise UserError(
-                f"{source} gives the colour {','.join(map(str, colour))} two names ('{other}' and '{name}' "
-                f"on line {number}); each colour must name one class"
-            )
-        if name in names:
-            raise UserError(f"{source} names the class '{name}' twice (the second time on line {number})")
+            raise UserError(f"Line {number} of {source} ('{shown(line[:80])}') does not parse: {LINE_RULE}")
         names.append(name)
         colours.append(colour)
+        line_numbers.append(number)
     if len(names) < 2 or len(names) > MAX_CLASSES:
         raise UserError(f"{source} names {len(names)} classes; a label map must name 2 to {MAX_CLASSES}")
-    return ClassTable(tuple(names), tuple(colours))
+    return classes.checked(names, colours, source, lambda index: f"line {line_numbers[index]}")
 
 
 def _keys(colours) -> np.ndarray:

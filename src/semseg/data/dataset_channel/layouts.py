@@ -8,8 +8,9 @@
 
 The tree may start anywhere (a zip usually has one top-level folder): its root is the shallowest
 folder that holds a ``labelmap.txt`` or one of the layouts' folders. Subsets ``train`` and
-``val``/``validation`` are used as such; a single subset (CVAT's ``default``) is split by
-``validation_fraction``, seeded, so every run and every host of a job draws the same split.
+``val``/``validation``, in any case (CVAT suggests ``Train``, ``Validation`` and ``Test``), are used
+as such; a single subset (CVAT's ``default``) is split by ``validation_fraction``, seeded, so
+every run and every host of a job draws the same split.
 Nothing here logs: what a person should read (skipped names, the split) is gathered as notes,
 which the job logs once, however often the dataset is opened.
 """
@@ -21,6 +22,7 @@ import random
 from dataclasses import dataclass
 
 from ...errors import UserError
+from ...names import has_unsafe_characters, shown
 
 LABEL_MAP = "labelmap.txt"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -70,8 +72,8 @@ def find_root(names: list[str], source: object) -> str:
     shallowest = sorted(root for root in roots if root.count("/") + bool(root) == depth)
     if len(shallowest) > 1:
         raise UserError(
-            f"The dataset {source} holds more than one dataset (in {shallowest[0]}/ and {shallowest[1]}/); "
-            "give the channel one"
+            f"The dataset {source} holds more than one dataset (in {shown(shallowest[0])}/ and "
+            f"{shown(shallowest[1])}/); give the channel one"
         )
     return shallowest[0] + "/" if shallowest[0] else ""
 
@@ -85,7 +87,7 @@ def _by_stem(names: list[str], prefix: str, extensions: tuple[str, ...], source:
             continue
         if stem in found:
             raise UserError(
-                f"The dataset {source} holds two files named '{stem}' ({found[stem]} and {name}); "
+                f"The dataset {source} holds two files named '{shown(stem)}' ({shown(found[stem])} and {shown(name)}); "
                 "base names must be unique"
             )
         found[stem] = name
@@ -100,8 +102,8 @@ def _pairs(
         missing = [name for name in listed if name not in found]
         if missing:
             notes.append(
-                f"{len(missing)} names of the dataset's '{subset}' subset have no {side} and are skipped "
-                f"(first: {missing[0]})"
+                f"{len(missing)} names of the dataset's '{shown(subset)}' subset have no {side} and are skipped "
+                f"(first: {shown(missing[0])})"
             )
     return [Pair(name, images[name], masks[name]) for name in listed if name in images and name in masks]
 
@@ -128,7 +130,7 @@ def _cvat(names: list[str], root: str, read_text, source: object, notes: list[st
         notes.append(f"The CVAT export has no ImageSets/Segmentation/ lists: its {len(masks)} masks are one subset")
         return {"default": _pairs("default", sorted(masks), images, masks, notes)}
     return {
-        subset: _pairs(subset, _listed(read_text(member)), images, masks, notes)
+        subset: _pairs(subset, _listed(read_text(member), member, source), images, masks, notes)
         for subset, member in sorted(listed.items())
     }
 
@@ -157,14 +159,26 @@ def find_layout(names: list[str], read_text, source: object) -> Layout:
     return Layout("images/ and masks/ folders", root, label_map, subsets, notes)
 
 
-def _listed(text: str) -> list[str]:
-    return [line.strip().replace("\\", "/") for line in text.splitlines() if line.strip()]
+def _listed(text: str, member: str, source: object) -> list[str]:
+    """The names of an ``ImageSets`` list; one that holds a control character is refused (it can
+    only be a damaged or forged list, and would break the log lines that name it)."""
+    listed = []
+    for number, line in enumerate(text.split("\n"), 1):
+        name = line.strip().replace("\\", "/")
+        if name and has_unsafe_characters(name):
+            raise UserError(
+                f"Line {number} of {shown(member)} in the dataset {source} names '{shown(name)}', which holds "
+                "control characters; a list names one image per line"
+            )
+        if name:
+            listed.append(name)
+    return listed
 
 
 def _split(pairs: list[Pair], fraction: float, seed: int, subset: str) -> tuple[list[Pair], list[Pair], str]:
     if len(pairs) < 2:
         raise UserError(
-            f"The dataset's '{subset}' subset has {len(pairs)} image/mask pair; at least 2 are needed to hold "
+            f"The dataset's '{shown(subset)}' subset has {len(pairs)} image/mask pair; at least 2 are needed to hold "
             "some out for validation"
         )
     order = sorted(pairs, key=_name)
@@ -172,8 +186,8 @@ def _split(pairs: list[Pair], fraction: float, seed: int, subset: str) -> tuple[
     held_out = min(len(order) - 1, max(1, round(len(order) * fraction)))
     validation, train = sorted(order[:held_out], key=_name), sorted(order[held_out:], key=_name)
     note = (
-        f"The dataset's '{subset}' subset ({len(order)} pairs) is split by validation_fraction={fraction:g}, "
-        f"seed {seed}: {len(validation)} validate ({', '.join(pair.name for pair in validation)}), "
+        f"The dataset's '{shown(subset)}' subset ({len(order)} pairs) is split by validation_fraction={fraction:g}, "
+        f"seed {seed}: {len(validation)} validate ({', '.join(shown(pair.name) for pair in validation)}), "
         f"the other {len(train)} train"
     )
     return train, validation, note
@@ -183,29 +197,40 @@ def _name(pair: Pair) -> str:
     return pair.name
 
 
+def _subsets_named(subsets: dict[str, list[Pair]], names: tuple[str, ...]) -> list[str]:
+    """The subsets called one of ``names``, in any case: CVAT suggests ``Train`` and ``Validation``."""
+    return sorted(subset for subset in subsets if subset.lower() in names)
+
+
 def choose_splits(
     subsets: dict[str, list[Pair]], fraction: float, seed: int
 ) -> tuple[list[Pair], list[Pair], list[str]]:
     """(train, validation, notes): the train and val subsets as such, or one subset split by ``fraction``."""
-    validation_names = [name for name in VALIDATION_SUBSETS if name in subsets]
-    if len(validation_names) > 1:
-        raise UserError("The dataset has both a 'val' and a 'validation' subset; keep one")
-    if "train" in subsets:
-        train_name = "train"
+    validation_names = _subsets_named(subsets, VALIDATION_SUBSETS)
+    train_names = _subsets_named(subsets, ("train",))
+    for found in (train_names, validation_names):
+        if len(found) > 1:
+            raise UserError(
+                f"The dataset has both a '{shown(found[0])}' and a '{shown(found[1])}' subset; keep one of them"
+            )
+    if train_names:
+        train_name = train_names[0]
     elif len(subsets) == 1:
         train_name = next(iter(subsets))
     else:
         raise UserError(
-            f"The dataset has the subsets {', '.join(sorted(subsets))}; name them train and val, or export "
-            "a single subset to be split by validation_fraction"
+            f"The dataset has the subsets {', '.join(map(shown, sorted(subsets)))}; name them train and val, or "
+            "export a single subset to be split by validation_fraction"
         )
     unused = sorted(set(subsets) - {train_name, *validation_names})
-    notes = [f"The dataset's subsets {', '.join(unused)} are not used for training"] if unused else []
+    notes = [f"The dataset's subsets {', '.join(map(shown, unused))} are not used for training"] if unused else []
     train = subsets[train_name]
     if not train:
-        raise UserError(f"The dataset's '{train_name}' subset has no image/mask pair")
+        raise UserError(f"The dataset's '{shown(train_name)}' subset has no image/mask pair")
     if validation_names and subsets[validation_names[0]]:
-        notes.append(f"The dataset's '{train_name}' subset trains, its '{validation_names[0]}' subset validates")
+        notes.append(
+            f"The dataset's '{shown(train_name)}' subset trains, its '{shown(validation_names[0])}' subset validates"
+        )
         return train, subsets[validation_names[0]], notes
     train, validation, note = _split(train, fraction, seed, train_name)
     return train, validation, [*notes, note]

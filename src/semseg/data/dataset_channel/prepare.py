@@ -16,6 +16,7 @@ everything reading ``classes.load`` during or after the run sees them.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +28,9 @@ from PIL import Image
 
 from ... import classes, hyperparameters, paths, sm_config
 from ...classes import ClassTable
-from ...errors import UserError
-from ..images import MASK_MODES, ImageTooLarge, describe, open_image
+from ...errors import UserError, one_line
+from ...names import shown
+from ..images import MASK_MODES, ImageTooLarge, check_mask_size, describe, open_image, upright_size
 from . import labelmap_txt
 from .archive import Archive, open_channel
 from .layouts import Layout, Pair, choose_splits, find_layout
@@ -38,6 +40,9 @@ log = logging.getLogger("semseg")
 MAX_MASK_PIXELS = 1 << 26  # 8192 x 8192: a mask beyond is a decompression bomb, not an annotation
 REPLACED_CHANNELS = ("train", "train_annotation", "validation", "validation_annotation", "label_map")
 SPLITS = ("train", "validation")
+# A prepared file is named by its number and the dataset's name, '/' written as '~' and what a file
+# name should not hold (control characters, '#', spaces, anything beyond ASCII) as '_'.
+_FILE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._~-]")
 
 
 @dataclass
@@ -119,8 +124,8 @@ def prepare(hp: dict) -> Path | None:
         log.info(
             "The 'dataset' channel holds %s at '%s' (%s)",
             layout.kind,
-            layout.root or "the top",
-            f"{len(table)} classes: {', '.join(table.names)}" if table else "no labelmap.txt",
+            shown(layout.root) or "the top",
+            f"{len(table)} classes: {', '.join(map(shown, table.names))}" if table else "no labelmap.txt",
         )
         if table is not None and hp["num_classes"] != len(table):
             raise UserError(
@@ -160,10 +165,12 @@ def _write_split(
 
     def write(numbered: tuple[int, Pair]) -> Counter:
         number, pair = numbered
-        stem = f"{number:05d}-{pair.name.replace('/', '~')}"[:200]
+        stem = f"{number:05d}-{_FILE_NAME_UNSAFE.sub('_', pair.name.replace('/', '~'))}"[:200]
         extension = Path(pair.image).suffix.lower()
-        (images / f"{stem}{extension}").write_bytes(archive.read(pair.image))
-        return _write_mask(archive, pair.mask, masks / f"{stem}.png", colours, palette)
+        image = archive.read(pair.image)
+        image_size = _image_size(archive, pair.image, image)
+        (images / f"{stem}{extension}").write_bytes(image)
+        return _write_mask(archive, pair, masks / f"{stem}.png", colours, palette, image_size)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         unknown = sum(pool.map(write, enumerate(pairs)), Counter())
@@ -180,24 +187,42 @@ def _write_split(
     log.info("%s: %d image/mask pairs prepared", split, len(pairs))
 
 
-def _write_mask(archive: Archive, member: str, target: Path, colours, palette: list[int]) -> Counter:
+def _image_size(archive: Archive, member: str, data: bytes) -> tuple[int, int]:
+    """The upright size of an image member, from its header: a bad image is named as the user's
+    archive names it, not as the prepared copy training would otherwise report."""
+    try:
+        with open_image(data) as image:
+            return upright_size(image)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UserError(
+            f"The image {shown(member)} in {archive.source} could not be decoded ({one_line(exc)})"
+        ) from None
+
+
+def _write_mask(
+    archive: Archive, pair: Pair, target: Path, colours, palette: list[int], image_size: tuple[int, int]
+) -> Counter:
     """Class ids of one mask into ``target``; returns the pixel counts of colours no class names."""
+    member = pair.mask
     data = archive.read(member)
     try:
         with open_image(data, max_pixels=MAX_MASK_PIXELS) as mask:
+            check_mask_size(mask.size, f"The mask {shown(member)}", image_size, shown(pair.image))
             if mask.mode in MASK_MODES:  # one channel: the values are class ids already
                 target.write_bytes(data)
                 return Counter()
             if mask.mode not in ("RGB", "RGBA"):
                 raise UserError(
-                    f"The mask {member} is {describe(mask)}; dataset masks must be RGB in the label map's colours "
-                    "or one-channel PNGs of class ids"
+                    f"The mask {shown(member)} is {describe(mask)}; dataset masks must be RGB in the label map's "
+                    "colours or one-channel PNGs of class ids"
                 )
             rgb = np.asarray(mask.convert("RGB"), dtype=np.uint8)
     except ImageTooLarge as exc:
-        raise UserError(f"The mask {member}: {exc}") from None
+        raise UserError(f"The mask {shown(member)}: {exc}") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise UserError(f"The mask {member} in {archive.source} could not be decoded ({exc})") from None
+        raise UserError(
+            f"The mask {shown(member)} in {archive.source} could not be decoded ({one_line(exc)})"
+        ) from None
     ids, unknown = labelmap_txt.rgb_to_ids(rgb, colours)
     image = Image.fromarray(ids, mode="L").convert("P")
     image.putpalette(palette)
