@@ -40,16 +40,24 @@ def without_lists(members: dict[str, bytes]) -> dict[str, bytes]:
     return {name: data for name, data in members.items() if "/ImageSets/" not in name}
 
 
-def test_a_member_name_that_holds_a_metric_line_forges_no_figure(channel):  # noqa: F811
+def test_a_member_name_with_a_line_break_is_refused_and_shown_escaped(channel):  # noqa: F811
     members = without_lists(cvat_members({"default": 4})[0])
     members[f"task_1/SegmentationClass/{FORGED}.png"] = members["task_1/SegmentationClass/default_000.png"]
+    write_zip(channel / "export.zip", members)
+    sentence = refused("holds the member 'task_1/SegmentationClass/a\\\\n.x23quality_metric.* holds control characters")
+    assert not re.search(logs.METRIC_REGEXES["validation:mIOU"], sentence)
+
+
+def test_a_subset_name_that_holds_a_metric_line_forges_no_figure(channel):  # noqa: F811
+    members = cvat_members({"default": 4})[0]
+    forged = FORGED[2:]  # "#quality_metric. host: algo-1, epoch: 0, validation mIOU: 0.999", a legal member name
+    members[f"task_1/ImageSets/Segmentation/{forged}.txt"] = members.pop("task_1/ImageSets/Segmentation/default.txt")
     write_zip(channel / "export.zip", members)
 
     lines = log_of(lambda: dataset_channel.prepare(HP))
 
-    skipped = [line for line in lines if "have no image and are skipped" in line]
-    assert len(skipped) == 1 and skipped[0].endswith("(first: a\\n\\x23quality_metric. host: algo-1, epoch: 0, "
-                                                     "validation mIOU: 0.999)"), lines  # fmt: skip
+    named = [line for line in lines if "The dataset's '\\x23quality_metric. host: algo-1" in line]
+    assert len(named) == 1, lines
     assert [line for line in lines if re.search(logs.METRIC_REGEXES["validation:mIOU"], line)] == []
 
 

@@ -63,10 +63,13 @@ def refused(message: str) -> str:
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("task_1/../../../escape.txt", "holds the unsafe path 'task_1/../../../escape.txt'"),
-        ("/tmp/escape.txt", "holds the absolute path '/tmp/escape.txt'"),
-        ("C:\\escape.txt", "holds the absolute path"),
-        ("task_1\\..\\..\\escape.txt", "holds the unsafe path"),
+        (
+            "task_1/../../../escape.txt",
+            "holds the member 'task_1/../../../escape.txt', which has an empty, '.' or '..' part",
+        ),
+        ("/tmp/escape.txt", "holds the member '/tmp/escape.txt', which is an absolute path"),
+        ("C:\\escape.txt", "which is an absolute path"),
+        ("task_1\\..\\..\\escape.txt", "which has an empty, '.' or '..' part"),
     ],
 )
 def test_members_outside_the_tree(channel, tmp_path, name, message):
@@ -144,7 +147,10 @@ BAD_LABELMAP = "# label:color_rgb:parts:actions\nbackground:0,0,0::\ncar:250,50\
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ({"task_1/../../escape.txt": b"escaped"}, "holds the unsafe path 'task_1/../../escape.txt'; refusing"),
+        (
+            {"task_1/../../escape.txt": b"escaped"},
+            "holds the member 'task_1/../../escape.txt', which has an empty, '.' or '..' part; refusing",
+        ),
         ({"task_1/labelmap.txt": BAD_LABELMAP.encode()}, "Line 3 of task_1/labelmap.txt ('car:250,50') does not parse"),
     ],
     ids=["dot-dot member", "labelmap line"],

@@ -55,24 +55,30 @@ def has_unsafe_characters(name: str) -> bool:
     return _UNSAFE_IN_LINE.search(name) is not None
 
 
+def path_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a relative path inside its folder ("is an absolute path"), or None."""
+    if not isinstance(name, str) or not name:
+        return "is empty"
+    if has_unsafe_characters(name):
+        return "holds control characters"
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return "is an absolute path"
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "has an empty, '.' or '..' part"
+    if any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES for part in parts):
+        return f"has a part longer than {NAME_MAX_BYTES} bytes, more than a file name takes"
+    return None
+
+
 def relative_path(name: str, what: str) -> PurePosixPath:
     """``name`` (parts separated by ``/``) as a relative path that stays inside any folder it is
     joined to; ``what`` says where the name came from, for the sentence that refuses it."""
-    if not isinstance(name, str) or not name:
-        raise UserError(f"The {what} is empty; it cannot name a file")
-    if has_unsafe_characters(name):
-        raise UserError(f"The {what} '{shown(name)}' holds control characters; it cannot name a file")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        raise UserError(f"The {what} '{name}' is an absolute path; it must be relative")
-    parts = name.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise UserError(f"The {what} '{name}' has an empty, '.' or '..' part; it must name a file inside its folder")
-    long = next((part for part in parts if len(part.encode("utf-8", "surrogateescape")) > NAME_MAX_BYTES), None)
-    if long is not None:
-        raise UserError(
-            f"The {what} '{name}' has a part longer than {NAME_MAX_BYTES} bytes, more than a file name takes"
-        )
-    return PurePosixPath(*parts)
+    problem = path_problem(name)
+    if problem is not None:
+        text = shown(name) if len(name) <= 200 else shown(name[:80]) + "..."
+        raise UserError(f"The {what} '{text}' {problem}; it cannot name a file inside its folder")
+    return PurePosixPath(*name.split("/"))
 
 
 def relative_paths(names: Iterable[str], what: str) -> dict[str, PurePosixPath]:

@@ -14,8 +14,6 @@ its size fails to read instead of growing.
 from __future__ import annotations
 
 import os
-import posixpath
-import re
 import stat
 import zipfile
 import zlib
@@ -23,6 +21,7 @@ from pathlib import Path
 
 from ...errors import UserError, one_line
 from ...model.artifacts import check_extracted_size
+from ...names import path_problem, shown
 
 # PNG and JPEG are compressed already; only a bomb (or a huge blank bitmap) deflates this much.
 MAX_COMPRESSION_RATIO = 100
@@ -62,12 +61,18 @@ def _visible(name: str) -> bool:
 
 
 def _normalised(raw: str, source: Path) -> str:
+    """A member's name as ``a/b/c.png``: Windows separators, empty and ``.`` parts (``./a//b``, as zip
+    tools write them) dropped; refused, as ``semseg.names`` refuses any outside name that could leave its
+    folder, when absolute, with ``..`` or with control characters. A directory may come out empty."""
     name = raw.replace("\\", "/")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        raise UserError(f"The dataset archive {source} holds the absolute path '{raw}'; refusing to read it")
-    if ".." in name.split("/"):
-        raise UserError(f"The dataset archive {source} holds the unsafe path '{raw}'; refusing to read it")
-    return posixpath.normpath(name)
+    if not name.startswith("/"):
+        name = "/".join(part for part in name.split("/") if part not in ("", "."))
+    problem = path_problem(name) if name else None
+    if problem is not None:
+        raise UserError(
+            f"The dataset archive {source} holds the member '{shown(raw)}', which {problem}; refusing to read it"
+        )
+    return name
 
 
 class ZipArchive(Archive):
@@ -81,25 +86,23 @@ class ZipArchive(Archive):
             ) from None
         self.members: dict[str, zipfile.ZipInfo] = {}
         for info in self.zip.infolist():
-            name = _normalised(info.filename, source)
+            name, label = _normalised(info.filename, source), shown(info.filename)
             if stat.S_ISLNK(info.external_attr >> 16):
-                raise UserError(f"The dataset archive {source} holds the link '{info.filename}'; refusing to read it")
-            if info.is_dir():
+                raise UserError(f"The dataset archive {source} holds the link '{label}'; refusing to read it")
+            if info.is_dir() or not name:
                 continue
             if name in self.members:
                 raise UserError(
-                    f"The dataset archive {source} holds two members named '{name}' "
-                    f"('{self.members[name].filename}' and '{info.filename}'); refusing to read it"
+                    f"The dataset archive {source} holds two members named '{shown(name)}' "
+                    f"('{shown(self.members[name].filename)}' and '{label}'); refusing to read it"
                 )
             if info.flag_bits & 0x1:
-                raise UserError(
-                    f"The dataset archive {source} is encrypted ('{info.filename}'); zip it without a password"
-                )
+                raise UserError(f"The dataset archive {source} is encrypted ('{label}'); zip it without a password")
             if info.file_size > RATIO_CHECKED_ABOVE and info.file_size > MAX_COMPRESSION_RATIO * max(
                 1, info.compress_size
             ):
                 raise UserError(
-                    f"The dataset archive {source} holds '{info.filename}', which would expand {info.compress_size} "
+                    f"The dataset archive {source} holds '{label}', which would expand {info.compress_size} "
                     f"bytes to {info.file_size} (more than {MAX_COMPRESSION_RATIO} times): a zip bomb, not a dataset"
                 )
             self.members[name] = info
@@ -110,7 +113,8 @@ class ZipArchive(Archive):
             return self.zip.read(self.members[name])
         except (zipfile.BadZipFile, EOFError, OSError, zlib.error, NotImplementedError) as exc:
             raise UserError(
-                f"The member '{name}' of the dataset archive {self.source} could not be read ({one_line(exc)}); "
+                f"The member '{shown(name)}' of the dataset archive {self.source} could not be read "
+                f"({one_line(exc)}); "
                 "the archive may be damaged or cut short"
             ) from None
 
@@ -127,11 +131,13 @@ class DirectoryArchive(Archive):
             for entry in (*subdirectories, *files):
                 path = Path(directory, entry)
                 if path.is_symlink():
-                    raise UserError(f"The dataset channel holds the link {path}; refusing to read it")
+                    raise UserError(f"The dataset channel holds the link {shown(path)}; refusing to read it")
             for entry in files:
                 path = Path(directory, entry)
                 if path.is_file():
-                    sizes[path.relative_to(root).as_posix()] = path.stat().st_size
+                    name = path.relative_to(root).as_posix()
+                    _normalised(name, root)  # the rules of zip members: no control characters in a name
+                    sizes[name] = path.stat().st_size
         super().__init__(root, {name: size for name, size in sizes.items() if _visible(name)})
 
     def read(self, name: str) -> bytes:
@@ -142,6 +148,6 @@ def open_channel(channel_dir: Path) -> Archive:
     """The channel's one ``.zip``, else the tree in the channel directory itself."""
     zips = sorted(p for p in channel_dir.iterdir() if p.suffix.lower() == ".zip" and p.is_file())
     if len(zips) > 1:
-        names = ", ".join(p.name for p in zips)
-        raise UserError(f"The 'dataset' channel holds {len(zips)} zip files ({names}); give it exactly one")
+        listed = ", ".join(shown(p.name) for p in zips)
+        raise UserError(f"The 'dataset' channel holds {len(zips)} zip files ({listed}); give it exactly one")
     return ZipArchive(zips[0]) if zips else DirectoryArchive(channel_dir)
