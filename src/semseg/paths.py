@@ -9,13 +9,39 @@ take ``base`` lay out another root (``sample_data`` writes trees for other proce
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+from .errors import UserError
+from .names import relative_path, shown
 
 DEFAULT_BASE_DIR = "/opt/ml"
 HOST_MODEL_PREFIX = "model_"  # final weights are named model_<current_host>, e.g. model_algo-1
 BEST_PARAMS = "model_best.params"
 HYPERPARAMS_FILE = "hyperparams.json"
 DATASET_CHANNEL = "dataset"  # one dataset zip (CVAT or platform layout) instead of the four File-mode channels
+# CreateTrainingJob's ChannelName, as botocore's SageMaker service model gives it: this pattern, 1 to 64 characters.
+CHANNEL_NAME = re.compile(r"[A-Za-z0-9\.\-_]+")
+CHANNEL_NAME_MAX = 64
+
+
+def check_channel_name(name: object) -> str:
+    """``name`` if SageMaker takes it as a channel name and it names one folder of input/data; else one sentence.
+
+    Channel names come from a request and from inputdataconfig.json, and each becomes a folder or a
+    FIFO here, so every path made of one is made through this check. The pattern admits ``.`` and
+    ``..``, which name no folder of their own; ``names.relative_path`` refuses those.
+    """
+    if not isinstance(name, str):
+        raise UserError(f"A ChannelName must be a string, not {type(name).__name__}")
+    if len(name) > CHANNEL_NAME_MAX or not CHANNEL_NAME.fullmatch(name):
+        quoted = shown(name if len(name) <= CHANNEL_NAME_MAX else name[:CHANNEL_NAME_MAX] + "...")
+        raise UserError(
+            f"The ChannelName '{quoted}' is not a valid channel name: 1 to {CHANNEL_NAME_MAX} letters, digits, "
+            "'.', '-' and '_'"
+        )
+    relative_path(name, "ChannelName")
+    return name
 
 
 def base_dir() -> Path:
@@ -51,7 +77,7 @@ def data_dir(base: str | Path | None = None) -> Path:
 
 
 def channel_dir(channel: str, base: str | Path | None = None) -> Path:
-    return data_dir(base) / channel
+    return data_dir(base) / check_channel_name(channel)
 
 
 def prepared_dataset_dir(base: str | Path | None = None) -> Path:
@@ -64,7 +90,7 @@ def prepared_dataset_dir(base: str | Path | None = None) -> Path:
 def pipe_name(channel: str, epoch: int | str) -> str:
     """The name of the FIFO SageMaker creates for ``channel`` in Pipe mode, one per epoch
     (``epoch="<epoch>"`` names them all, for messages)."""
-    return f"{channel}_{epoch}"
+    return f"{check_channel_name(channel)}_{epoch}"
 
 
 def pipe_path(channel: str, epoch: int | str) -> Path:

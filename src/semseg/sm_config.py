@@ -16,6 +16,7 @@ from typing import Any
 
 from . import paths
 from .errors import UserError
+from .names import shown
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,12 @@ def read_input_data_config() -> dict[str, ChannelConfig]:
     """Channel settings by name. Without the file, every directory under input/data is File mode."""
     data = _read_json(paths.input_data_config_file(), None)
     if data is None:
-        root = paths.data_dir()
-        names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        return {name: ChannelConfig(name) for name in names}
+        return {name: ChannelConfig(name) for name in _channel_folders()}
     if not isinstance(data, dict):
         raise UserError(f"The configuration file {paths.input_data_config_file()} must hold a JSON object")
     channels = {}
     for name, cfg in data.items():
+        _check_listed_channel(name)
         cfg = cfg if isinstance(cfg, dict) else {}
         channels[name] = ChannelConfig(
             name=name,
@@ -68,6 +68,31 @@ def read_input_data_config() -> dict[str, ChannelConfig]:
             content_type=cfg.get("ContentType"),
             record_wrapper=cfg.get("RecordWrapperType", "None"),
         )
+    return channels
+
+
+def _check_listed_channel(name: str) -> None:
+    """A channel name of inputdataconfig.json becomes a folder or FIFO path: one SageMaker never writes is refused."""
+    try:
+        paths.check_channel_name(name)
+    except UserError as exc:
+        reason = str(exc)
+        raise UserError(
+            f"The configuration file {paths.input_data_config_file()} is not one SageMaker writes: "
+            f"{reason[:1].lower()}{reason[1:]}"
+        ) from None
+
+
+def _channel_folders() -> list[str]:
+    """The folders of input/data that can be channels (a plain ``docker run`` has no inputdataconfig.json)."""
+    root = paths.data_dir()
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    channels = []
+    for name in folders:
+        try:
+            channels.append(paths.check_channel_name(name))
+        except UserError as exc:
+            log.info("The folder %s of %s is not a channel: %s", shown(name), root, exc)
     return channels
 
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import paths
 from ..errors import UserError
+from ..names import shown
 from .s3 import S3Location, parse_uri
 
 log = logging.getLogger("semseg")
@@ -31,6 +33,28 @@ HANDLED = {
 }
 INPUT_MODES = ("File", "Pipe", "FastFile")
 DATA_TYPES = ("S3Prefix", "AugmentedManifestFile")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of an integer field of CreateTrainingJob."""
+
+    low: int
+    high: int
+
+
+# The shapes checked here, as botocore's SageMaker service model (data/sagemaker/*/service-2.json) gives them.
+MAX_RUNTIME = Bounds(1, 2**31 - 1)  # StoppingCondition.MaxRuntimeInSeconds: an integer (32 bits), min 1
+SEED = Bounds(-(2**63), 2**63 - 1)  # ShuffleConfig.Seed: a long (64 bits)
+MAX_CHANNELS = 20  # InputDataConfig: a list of at most 20 channels
+S3_URI_MAX = 1024  # S3Uri and S3OutputPath: strings of at most 1024 characters, s3:// or https://
+RECORD_WRAPPERS = ("None", "RecordIO")  # RecordWrapperType's enum
+DISTRIBUTIONS = ("FullyReplicated", "ShardedByS3Key")  # S3DataDistributionType's enum
+TEXT_MAX = 256  # ContentType and each of AttributeNames: strings of at most 256 characters
+IMAGE_MAX = 255  # AlgorithmSpecification.TrainingImage
+ENVIRONMENT_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Environment's keys (at most 512 characters) ...
+ENVIRONMENT_VALUE_MAX = 512  # ... and values
+URI_SCHEMES = ("s3://", "file://")  # file:// stands for a local folder, as the SageMaker SDK's local mode allows
 
 
 @dataclass(frozen=True)
@@ -79,87 +103,205 @@ class JobRequest:
         return self.output_path.child(self.name, "output", "output.tar.gz")
 
 
+def _json_type(value: Any) -> str:
+    """The JSON name of ``value``'s type, for a sentence about a field that has the wrong one."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _quoted(value: Any) -> str:
+    """``value`` as the request wrote it (shortened), for a sentence."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return "'" + shown(text if len(text) <= 80 else text[:77] + "...") + "'"
+
+
 def _dict(value: Any, where: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise UserError(f"{where} must be a JSON object, not {type(value).__name__}")
+        raise UserError(f"{where} must be a JSON object, not {_json_type(value)}")
     return value
+
+
+def _list(value: Any, where: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise UserError(f"{where} must be a JSON array, not {_json_type(value)}")
+    return value
+
+
+def _string(value: Any, where: str, longest: int) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{where} must be a string, not {_json_type(value)}")
+    if len(value) > longest:
+        raise UserError(f"{where} is {len(value)} characters long; CreateTrainingJob takes at most {longest}")
+    return value
+
+
+def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise UserError(f"{where} is {_quoted(value)}; use one of {', '.join(choices)}")
+    return value
+
+
+def _integer(value: Any, where: str, bounds: Bounds) -> int:
+    """A JSON integer within ``bounds``: not a string, a boolean or a fraction (JSON reads 1.5e400 as infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not bounds.low <= value <= bounds.high:
+        raise UserError(f"{where} is {_quoted(value)}; it must be a whole number from {bounds.low} to {bounds.high}")
+    return value
+
+
+def _uri(value: Any, where: str) -> S3Location:
+    """An S3 URI field: a string, an s3:// URI (or a file:// path), never a number read as a local folder."""
+    uri = _string(value, where, S3_URI_MAX)
+    if not uri.startswith(URI_SCHEMES):
+        raise UserError(f"{where} is {_quoted(uri)}; it must be an s3:// URI (or a file:// path for a job run here)")
+    return parse_uri(uri, where)
 
 
 def _ignore(where: str, fields: dict, keep: set[str]) -> None:
     for key in sorted(set(fields) - keep):
-        log.info("Ignoring %s%s: it does not apply to a job run on this machine", where, key)
+        log.info("Ignoring %s%s: it does not apply to a job run on this machine", where, shown(key))
+
+
+def _attributes(s3: dict, where: str) -> tuple[str, ...]:
+    attributes = _list(s3.get("AttributeNames"), f"{where}'s AttributeNames")
+    return tuple(_string(a, f"Each of {where}'s AttributeNames", TEXT_MAX) for a in attributes)
+
+
+def _seed(raw: dict, where: str) -> int | None:
+    if raw.get("ShuffleConfig") is None:
+        return None
+    shuffle = _dict(raw["ShuffleConfig"], f"{where}'s ShuffleConfig")
+    if "Seed" not in shuffle:
+        raise UserError(f"{where}'s ShuffleConfig needs a Seed")
+    return _integer(shuffle["Seed"], f"{where}'s ShuffleConfig.Seed", SEED)
 
 
 def _channel(raw: Any, default_mode: str) -> Channel:
     raw = _dict(raw, "Each InputDataConfig entry")
-    name = raw.get("ChannelName")
-    if not name or not isinstance(name, str):
+    if raw.get("ChannelName") is None:
         raise UserError("Every InputDataConfig entry needs a ChannelName")
+    name = paths.check_channel_name(raw["ChannelName"])
     where = f"The '{name}' channel"
     data_source = _dict(raw.get("DataSource"), f"{where}'s DataSource")
     s3 = data_source.get("S3DataSource")
-    if not isinstance(s3, dict) or not s3.get("S3Uri"):
-        kinds = ", ".join(sorted(data_source)) or "none"
+    if not isinstance(s3, dict) or s3.get("S3Uri") is None:
+        kinds = ", ".join(sorted(shown(kind) for kind in data_source)) or "none"
         raise UserError(
             f"{where} needs DataSource.S3DataSource.S3Uri (found {kinds}); only S3 and file:// data sources run here"
         )
+    source = _uri(s3["S3Uri"], f"{where}'s S3Uri")
     data_type = s3.get("S3DataType", "S3Prefix")
     if data_type not in DATA_TYPES:
-        raise UserError(f"{where} has S3DataType {data_type!r}; a local job supports {' and '.join(DATA_TYPES)}")
-    mode = raw.get("InputMode") or default_mode
-    if mode not in INPUT_MODES:
-        raise UserError(f"{where} has InputMode {mode!r}; use one of {', '.join(INPUT_MODES)}")
+        raise UserError(f"{where} has S3DataType {_quoted(data_type)}; a local job supports {' and '.join(DATA_TYPES)}")
+    mode = _choice(raw.get("InputMode") or default_mode, f"{where}'s InputMode", INPUT_MODES)
     if mode == "FastFile":
         log.info("%s is in FastFile mode: a local job downloads it as in File mode", where)
         mode = "File"
     if data_type == "AugmentedManifestFile" and mode != "Pipe":
         raise UserError(f"{where} is an AugmentedManifestFile, which this algorithm reads in Pipe mode only")
-    attributes = s3.get("AttributeNames") or []
+    attributes = _attributes(s3, where)
     if data_type == "AugmentedManifestFile" and not attributes:
         raise UserError(
             f"{where} is an AugmentedManifestFile and needs AttributeNames, such as ['source-ref', 'label-ref']"
         )
-    distribution = s3.get("S3DataDistributionType", "FullyReplicated")
+    distribution = _choice(
+        s3.get("S3DataDistributionType", "FullyReplicated"), f"{where}'s S3DataDistributionType", DISTRIBUTIONS
+    )
     if distribution == "ShardedByS3Key":
         log.info("%s is ShardedByS3Key: a local job is one host, which gets every object", where)
-    shuffle = _dict(raw.get("ShuffleConfig"), f"{where}'s ShuffleConfig")
     if raw.get("CompressionType") not in (None, "None"):
-        raise UserError(f"{where} has CompressionType {raw['CompressionType']!r}, which a local job does not support")
+        raise UserError(
+            f"{where} has CompressionType {_quoted(raw['CompressionType'])}, which a local job does not support"
+        )
+    content_type = raw.get("ContentType")
     _ignore(f"{where}'s ", raw, {"ChannelName", "DataSource", "InputMode", "ContentType", "RecordWrapperType",
                                   "ShuffleConfig", "CompressionType"})  # fmt: skip
     return Channel(
         name=name,
-        source=parse_uri(s3["S3Uri"], f"S3Uri of the '{name}' channel"),
+        source=source,
         data_type=data_type,
         input_mode=mode,
-        attribute_names=tuple(str(a) for a in attributes),
-        content_type=raw.get("ContentType"),
-        record_wrapper=raw.get("RecordWrapperType") or "None",
+        attribute_names=attributes,
+        content_type=None if content_type is None else _string(content_type, f"{where}'s ContentType", TEXT_MAX),
+        record_wrapper=_choice(raw.get("RecordWrapperType") or "None", f"{where}'s RecordWrapperType", RECORD_WRAPPERS),
         distribution=distribution,
-        shuffle_seed=int(shuffle["Seed"]) if "Seed" in shuffle else None,
+        shuffle_seed=_seed(raw, where),
     )
 
 
-def parse(raw: Any) -> JobRequest:
-    raw = _dict(raw, "The request")
-    name = raw.get("TrainingJobName")
-    if not isinstance(name, str) or not JOB_NAME.match(name):
+def _channels(raw: dict, default_mode: str) -> list[Channel]:
+    entries = _list(raw.get("InputDataConfig"), "InputDataConfig")
+    if len(entries) > MAX_CHANNELS:
         raise UserError(
-            f"TrainingJobName {name!r} is not a valid name: 1 to 63 letters, digits and hyphens, no hyphen first"
+            f"InputDataConfig lists {len(entries)} channels; CreateTrainingJob takes at most {MAX_CHANNELS}"
         )
-    _ignore("", raw, HANDLED)
-    algorithm = _dict(raw.get("AlgorithmSpecification"), "AlgorithmSpecification")
-    image = algorithm.get("TrainingImage") or None
-    if image is not None and not isinstance(image, str):
-        raise UserError(f"AlgorithmSpecification.TrainingImage must be an image name, not {type(image).__name__}")
-    _ignore("AlgorithmSpecification.", algorithm, {"TrainingInputMode", "TrainingImage"})
-    default_mode = algorithm.get("TrainingInputMode") or "File"
-    channels = [_channel(entry, default_mode) for entry in raw.get("InputDataConfig") or []]
+    channels = [_channel(entry, default_mode) for entry in entries]
     names = [c.name for c in channels]
     if len(set(names)) != len(names):
         raise UserError(f"The channel names {names} repeat; each channel needs its own name")
+    _check_fifo_names(channels)
+    return channels
+
+
+def _check_fifo_names(channels: list[Channel]) -> None:
+    """A Pipe-mode channel's FIFOs are ``<name>_<epoch>`` in input/data, where a File channel's folder must not be."""
+    piped = [c.name for c in channels if c.is_pipe]
+    for channel in channels:
+        for pipe in piped:
+            suffix = channel.name.removeprefix(f"{pipe}_")
+            if channel.name != pipe and suffix != channel.name and suffix.isdigit():
+                raise UserError(
+                    f"The channel '{channel.name}' has the name of a FIFO of the Pipe-mode channel '{pipe}'; rename it"
+                )
+
+
+def _environment(raw: dict) -> dict[str, str]:
+    environment = _dict(raw.get("Environment"), "Environment")
+    for key, value in environment.items():
+        if len(key) > ENVIRONMENT_VALUE_MAX or not ENVIRONMENT_KEY.fullmatch(key):
+            raise UserError(
+                f"The Environment variable {_quoted(key)} is not a valid name: letters, digits and '_', no digit first"
+            )
+        if not isinstance(value, str) or len(value) > ENVIRONMENT_VALUE_MAX or "\0" in value:
+            raise UserError(
+                f"The Environment variable {key} must be a string of at most {ENVIRONMENT_VALUE_MAX} characters "
+                "without NUL"
+            )
+    return dict(environment)
+
+
+def _image(algorithm: dict) -> str | None:
+    image = algorithm.get("TrainingImage") or None
+    if image is not None and not isinstance(image, str):
+        raise UserError(f"AlgorithmSpecification.TrainingImage must be an image name, not {_json_type(image)}")
+    return None if image is None else _string(image, "AlgorithmSpecification.TrainingImage", IMAGE_MAX)
+
+
+def parse(raw: Any) -> JobRequest:
+    if not isinstance(raw, dict):
+        raise UserError(f"The request must be a JSON object (the fields of CreateTrainingJob), not {_json_type(raw)}")
+    name = raw.get("TrainingJobName")
+    if not isinstance(name, str) or not JOB_NAME.match(name):
+        shown_name = _quoted(name) if isinstance(name, str) else _json_type(name)
+        raise UserError(
+            f"TrainingJobName {shown_name} is not a valid name: 1 to 63 letters, digits and hyphens, no hyphen first"
+        )
+    _ignore("", raw, HANDLED)
+    algorithm = _dict(raw.get("AlgorithmSpecification"), "AlgorithmSpecification")
+    image = _image(algorithm)
+    _ignore("AlgorithmSpecification.", algorithm, {"TrainingInputMode", "TrainingImage"})
+    default_mode = _choice(
+        algorithm.get("TrainingInputMode") or "File", "AlgorithmSpecification.TrainingInputMode", INPUT_MODES
+    )
+    channels = _channels(raw, default_mode)
     output = _dict(raw.get("OutputDataConfig"), "OutputDataConfig")
     if not output.get("S3OutputPath"):
         raise UserError("OutputDataConfig.S3OutputPath is required: where model.tar.gz and output.tar.gz go")
@@ -169,16 +311,18 @@ def parse(raw: Any) -> JobRequest:
         log.info("CheckpointConfig.LocalPath is the job folder's checkpoints/ on this machine")
     stopping = _dict(raw.get("StoppingCondition"), "StoppingCondition")
     _ignore("StoppingCondition.", stopping, {"MaxRuntimeInSeconds"})
+    runtime = stopping.get("MaxRuntimeInSeconds")
     hyperparameters = _dict(raw.get("HyperParameters"), "HyperParameters")
-    environment = _dict(raw.get("Environment"), "Environment")
     return JobRequest(
         name=name,
         hyperparameters={str(k): str(v) for k, v in hyperparameters.items()},
         channels=channels,
-        output_path=parse_uri(output["S3OutputPath"], "S3OutputPath"),
-        checkpoint_uri=parse_uri(checkpoint["S3Uri"], "CheckpointConfig.S3Uri") if checkpoint.get("S3Uri") else None,
-        max_runtime_s=int(stopping["MaxRuntimeInSeconds"]) if stopping.get("MaxRuntimeInSeconds") else None,
-        environment={str(k): str(v) for k, v in environment.items()},
+        output_path=_uri(output["S3OutputPath"], "OutputDataConfig.S3OutputPath"),
+        checkpoint_uri=_uri(checkpoint["S3Uri"], "CheckpointConfig.S3Uri") if checkpoint.get("S3Uri") else None,
+        max_runtime_s=None
+        if runtime is None
+        else _integer(runtime, "StoppingCondition.MaxRuntimeInSeconds", MAX_RUNTIME),
+        environment=_environment(raw),
         training_image=image,
     )
 
