@@ -41,13 +41,13 @@ from ..errors import UserError, explained_write_failure
 from ..model.artifacts import write_atomically
 
 if TYPE_CHECKING:
-    from .distributed import Cluster
     from .early_stopping import EarlyStopping
 
 log = logging.getLogger("semseg")
 
 KEEP = 2
 FORMAT = 1
+NEWEST = "newest"  # what a single host resumes from: its newest complete checkpoint
 MANIFEST = "MANIFEST.json"
 STATE = "state.json"
 WEIGHTS = "weights.params"
@@ -295,16 +295,17 @@ class Saver:
         log.info("Checkpoint saved to %s (epoch %d, iteration %d)", path, state.epoch, state.iteration)
         return path
 
-    def resume(self, configuration: dict, ctx: list, cluster: Cluster | None) -> TrainingState:
-        """The newest complete checkpoint's state, loaded into the network and optimizer; a fresh state without one.
+    def resume(self, configuration: dict, ctx: list, position: Position | str | None = NEWEST) -> TrainingState:
+        """A checkpoint's state, loaded into the network and optimizer; a fresh state without one.
 
-        In a multi-host job every host resumes from the position all hosts agreed on at start-up.
+        ``position`` is ``NEWEST`` for one host (its newest complete checkpoint); in a multi-host job
+        it is the position all hosts agreed on at start-up, None when they hold none in common.
         """
         if not enabled():
             log.info("Checkpoints are off: neither %s nor %s exists", paths.checkpoint_config_file(), directory())
-        if cluster is not None and cluster.resume_position is None:
+        if position is None:
             return TrainingState(configuration=configuration)
-        found = load(self.host, cluster.resume_position if cluster else None)
+        found = load(self.host, None if position == NEWEST else position)
         if found is None:
             return TrainingState(configuration=configuration)
         state = _checked_state(found, configuration)

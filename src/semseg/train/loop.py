@@ -277,7 +277,7 @@ def run(stop: StopFlag, cluster=None) -> None:
         saver = checkpoint.Saver(training.host, training.net, training.trainer, best_weights)
         stopping = setup.early_stopping(hp)
         configuration = checkpoint.training_configuration(hp, splits.iterations_per_epoch, hosts)
-        state = saver.resume(configuration, training.ctx, cluster)
+        state = saver.resume(configuration, training.ctx, cluster.resume_position if cluster else checkpoint.NEWEST)
         state.restore_early_stopping(stopping)
         if splits.train_batches is not None and state.sampler is not None:
             splits.train_batches.sampler.restore(state.sampler)
