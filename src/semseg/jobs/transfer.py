@@ -5,6 +5,11 @@ large objects, retries of dropped streams) into a staging folder and are renamed
 whole, with the object's modification time set on the file. A file whose size and time already
 match its object is not fetched again (the rule of ``aws s3 sync``), so a download that was killed
 half way resumes with the objects it had not finished. Progress shows bytes and files.
+
+Every key becomes a local path through ``names.relative_paths``, all of them before the first byte
+is fetched, so a key that would leave the destination, or that is also the "folder" of another key,
+is refused in one sentence instead of losing a file. Folders made for files in flight carry a mark
+(``OWN_MARK``), and only a folder with that mark is ever removed whole.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, one_line
+from ..names import relative_paths, shown
 from .s3 import ObjectInfo, S3Location, client, explain, explained, list_objects
 
 log = logging.getLogger("semseg")
 
 CONCURRENCY = 16  # parallel requests of one transfer manager
 PART_BYTES = 16 << 20  # objects larger than this travel in parallel ranges / multipart uploads
+OWN_MARK = ".semseg-own"  # in every folder made here for files in flight: the only folders ever removed whole
 
 
 @dataclass
@@ -76,9 +83,27 @@ class Progress:
         self._bar.close()
 
 
-def _subscriber(progress: Progress, size: int | None = None, finish=None):
-    """Reports progress; ``finish()`` runs in the transfer's thread as soon as it succeeded, so
-    that a kill a moment later loses no finished file."""
+class _Finisher:
+    """What happens to one object once fetched: ``finish()`` runs in the transfer's thread as soon as
+    it succeeded, so that a kill a moment later loses no finished file. s3transfer swallows whatever
+    a done-callback raises, so the error is kept here for ``download`` to raise."""
+
+    def __init__(self, finish):
+        self.finish = finish
+        self.done = False
+        self.error: BaseException | None = None
+
+    def __call__(self) -> None:
+        try:
+            self.finish()
+        except BaseException as exc:  # raised by download once every transfer has ended
+            self.error = exc
+        else:
+            self.done = True
+
+
+def _subscriber(progress: Progress, size: int | None = None, finisher: _Finisher | None = None):
+    """Reports progress and runs ``finisher`` when the transfer succeeded."""
     from s3transfer.subscribers import BaseSubscriber
 
     class Subscriber(BaseSubscriber):
@@ -94,8 +119,10 @@ def _subscriber(progress: Progress, size: int | None = None, finish=None):
                 future.result()
             except BaseException:
                 return  # reported by whoever waits on the future
-            if finish is not None:
-                finish()
+            if finisher is not None:
+                finisher()
+                if finisher.error is not None:
+                    return
             progress.file_done()
 
     return Subscriber()
@@ -125,68 +152,123 @@ def _is_current(path: Path, obj: ObjectInfo) -> bool:
     return stat.st_size == obj.size and int(stat.st_mtime) == int(obj.modified)
 
 
-def _local_path(destination: Path, relative: str, source: S3Location) -> Path:
-    parts = [p for p in relative.split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts):
-        raise UserError(f"The object key {relative!r} under {source.uri} cannot be a file name")
-    return destination.joinpath(*parts)
+def local_paths(objects: list[ObjectInfo], prefix: str, destination: Path) -> dict[str, Path]:
+    """Each object's file under ``destination``: its key less ``prefix``, through ``names.relative_paths``,
+    which refuses a key that could leave ``destination`` and two keys that would be one file, or a file
+    and the folder of another (``a`` and ``a/b.jpg``), naming both keys."""
+    checked = relative_paths((obj.key for obj in objects), "S3 key")
+    depth = prefix.count("/")  # the prefix is "" or ends in "/": its parts lead every key's
+    return {key: destination.joinpath(*path.parts[depth:]) for key, path in checked.items()}
+
+
+def make_own_folder(folder: Path) -> Path:
+    """An empty ``folder`` with the mark of this module. One left by a killed run (marked, or still
+    empty) is replaced; a folder with anything else in it is not this program's to empty, and is refused."""
+    if folder.is_symlink() or folder.exists():
+        if folder.is_symlink() or not folder.is_dir():
+            raise UserError(f"The staging folder {folder} is in the way: something else has that name; move it away")
+        if (folder / OWN_MARK).is_file():
+            remove_own_folder(folder)
+        elif any(folder.iterdir()):
+            raise UserError(
+                f"The staging folder {folder} holds files that no download of this program left there; move them away"
+            )
+        else:
+            folder.rmdir()
+    folder.mkdir(parents=True)
+    (folder / OWN_MARK).touch()
+    return folder
+
+
+def remove_own_folder(folder: Path) -> None:
+    """Remove ``folder`` if it carries the mark of ``make_own_folder``; the mark goes last, so a removal
+    cut short leaves a folder that is still known to be ours."""
+    mark = folder / OWN_MARK
+    if folder.is_symlink() or not mark.is_file():
+        return
+    for entry in folder.iterdir():
+        if entry.name == OWN_MARK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    mark.unlink()
+    folder.rmdir()
 
 
 def download(source: S3Location, destination: Path, staging: Path, label: str = "download") -> TransferSummary:
     """Everything ``source`` names into ``destination``, skipping files already there and current.
 
-    ``staging`` holds the files being fetched (emptied first: whatever a killed run left there is
-    incomplete); it must be on the same file system as ``destination``.
+    ``staging`` holds the files being fetched (made afresh: whatever a killed run left there is
+    incomplete); it must be on the same file system as ``destination``. Every key is checked
+    before anything is written.
     """
     if source.is_local:
         return copy_local(source.local, destination)
     started = time.monotonic()
     objects, prefix = objects_of(source)
     if not objects:
-        raise UserError(f"There are no objects under {source.uri}")
+        raise UserError(f"There are no objects under {shown(source.uri)}")
     todo, summary = [], TransferSummary()
+    targets = local_paths(objects, prefix, destination)
     for obj in objects:
-        path = _local_path(destination, obj.key[len(prefix) :], source)
-        if _is_current(path, obj):
+        if _is_current(targets[obj.key], obj):
             summary.skipped += 1
         else:
-            todo.append((obj, path))
+            todo.append((obj, targets[obj.key]))
     if summary.skipped:
-        log.info("%s: %d of %d files are here and current already", label, summary.skipped, len(objects))
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    progress = Progress(label, sum(obj.size for obj, _ in todo), len(todo))
+        log.info("%s: %d of %d files are here and current already", shown(label), summary.skipped, len(objects))
+    make_own_folder(staging)
+    try:
+        _fetch(source, todo, staging, Progress(shown(label), sum(obj.size for obj, _ in todo), len(todo)), summary)
+    finally:
+        remove_own_folder(staging)
+    summary.seconds = time.monotonic() - started
+    log.info(
+        "%s: %d files, %.1f MB from %s in %.1f s (%.1f MB/s)",
+        shown(label),
+        summary.files,
+        summary.bytes / 2**20,
+        shown(source.uri),
+        summary.seconds,
+        summary.mb_per_s,
+    )
+    return summary
+
+
+def _fetch(
+    source: S3Location, todo: list[tuple[ObjectInfo, Path]], staging: Path, progress: Progress, summary: TransferSummary
+) -> None:
+    """Each object of ``todo`` through ``staging`` to its path; raises the first transfer or finish failure."""
+    finishers = []
     try:
         with transfer_manager() as manager:
             futures = []
             for index, (obj, path) in enumerate(todo):
                 temporary = staging / str(index)
-                finish = functools.partial(_put_in_place, temporary, path, obj.modified)
-                subscriber = _subscriber(progress, obj.size, finish)
+                finisher = _Finisher(functools.partial(_put_in_place, temporary, path, obj.modified))
+                subscriber = _subscriber(progress, obj.size, finisher)
                 future = manager.download(source.bucket, obj.key, str(temporary), subscribers=[subscriber])
                 futures.append((future, obj))
+                finishers.append((finisher, obj, path))
             for future, obj in futures:
                 try:
                     future.result()
                 except Exception as exc:
                     manager.shutdown(cancel=True)
                     raise explain(exc, "download", S3Location(source.bucket, obj.key)) from None
-                summary.files += 1
-                summary.bytes += obj.size
+        # The manager has shut down: every done-callback has run.
+        for finisher, obj, path in finishers:
+            if finisher.error is not None:
+                raise UserError(
+                    f"s3://{source.bucket}/{shown(obj.key)} was downloaded but could not be put in place as "
+                    f"{shown(path)}: {one_line(finisher.error)}"
+                )
+            summary.files += 1
+            summary.bytes += obj.size
     finally:
         progress.close()
-        shutil.rmtree(staging, ignore_errors=True)
-    summary.seconds = time.monotonic() - started
-    log.info(
-        "%s: %d files, %.1f MB from %s in %.1f s (%.1f MB/s)",
-        label,
-        summary.files,
-        summary.bytes / 2**20,
-        source.uri,
-        summary.seconds,
-        summary.mb_per_s,
-    )
-    return summary
 
 
 def _put_in_place(temporary: Path, path: Path, modified: float) -> None:
