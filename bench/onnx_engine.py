@@ -35,6 +35,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from semseg.cpu_threads import usable_cpu_count
+
 
 def _threads_argument(argv: list[str]) -> str | None:
     for i, arg in enumerate(argv):
@@ -45,14 +47,14 @@ def _threads_argument(argv: list[str]) -> str | None:
     return None
 
 
-os.environ["OMP_NUM_THREADS"] = _threads_argument(sys.argv) or str(len(os.sched_getaffinity(0)))
+os.environ["OMP_NUM_THREADS"] = _threads_argument(sys.argv) or str(usable_cpu_count())
 
 import mxnet as mx  # noqa: E402 - after OMP_NUM_THREADS
 import numpy as np  # noqa: E402
 
 from semseg import sample_data  # noqa: E402
 from semseg.data.transforms import normalize  # noqa: E402
-from semseg.inference.onnx_engine import available_cores, cpu_session  # noqa: E402 (imports mxnet)
+from semseg.inference.onnx_engine import cpu_session  # noqa: E402 (imports mxnet)
 from semseg.model.export import Probabilities, export_block  # noqa: E402
 from semseg.model.quantize import quantize_file  # noqa: E402
 
@@ -182,13 +184,13 @@ def main() -> None:
     parser.add_argument("--sizes", default="480x480,1024x768", help="WIDTHxHEIGHT, comma-separated")
     parser.add_argument("--classes", type=int, default=21)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=available_cores())
+    parser.add_argument("--threads", type=int, default=usable_cpu_count())
     parser.add_argument("--torch-python", default="/work/bench-venv-torch/bin/python")
     args = parser.parse_args()
     have_torch = Path(args.torch_python).exists()
 
     print(
-        f"# machine: {platform.processor() or platform.machine()}, {available_cores()} cores available, "
+        f"# machine: {platform.processor() or platform.machine()}, {usable_cpu_count()} cores available, "
         f"load average {os.getloadavg()[0]:.1f}; {args.threads} threads per engine; batch 1, fp32, random weights, "
         f"{args.classes} classes; engines interleaved, {args.repeats} rounds after 1 warm-up each; "
         f"median and (min) seconds"

@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from serving_helpers import Server, encoded, sample_image  # noqa: E402
 from trainjob import run_train  # noqa: E402
 
+from semseg.cpu_threads import usable_cpu_count  # noqa: E402
 from semseg.inference import codecs  # noqa: E402
-from semseg.inference.onnx_engine import available_cores, intra_op_threads  # noqa: E402
+from semseg.inference.onnx_engine import intra_op_threads  # noqa: E402
 from semseg.inference.predictor import Predictor  # noqa: E402
 from semseg.inference.settings import ServingSettings  # noqa: E402
 from semseg.model import artifacts, quantize  # noqa: E402
@@ -194,7 +195,7 @@ def main() -> int:
         bodies = {(w, h): encoded(sample_image(w, h), quality=90) for w, h in SIZES}
         print(
             f"# Serving benchmark: FCN/ResNet-50, inference size {args.inference_size}, "
-            f"{available_cores()} CPU cores, {platform.processor() or platform.machine()}, no GPU, "
+            f"{usable_cpu_count()} CPU cores, {platform.processor() or platform.machine()}, no GPU, "
             f"load average {os.getloadavg()[0]:.1f}"
         )
         if not args.skip_latency:

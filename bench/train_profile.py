@@ -23,6 +23,8 @@ import tempfile
 sys.path.insert(0, os.path.dirname(__file__))
 from train_speed import CONFIGURATIONS, TORCH_SCRIPT  # noqa: E402
 
+from semseg.cpu_threads import usable_cpu_count  # noqa: E402
+
 # Lower-cased operator names, first match wins; names are MXNet's and PyTorch's (aten::, mkldnn).
 CATEGORIES = [
     ("convolution backward", r"backward.*conv|conv.*backward|_backward_convolution"),
@@ -131,7 +133,7 @@ def main() -> None:
     if args.worker:
         print("RESULT " + json.dumps(mxnet_profile(args.configuration)), flush=True)
         return
-    threads = str(len(os.sched_getaffinity(0)))
+    threads = str(usable_cpu_count())
     unbulked = {**os.environ, "MXNET_EXEC_BULK_EXEC_TRAIN": "0", "MXNET_EXEC_BULK_EXEC_INFERENCE": "0"}
     ours_run = subprocess.run(  # without bulking, so the profiler times each operator, not runs of them
         [sys.executable, __file__, "--worker", "--configuration", args.configuration],

@@ -31,6 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from semseg.cpu_threads import usable_cpu_count
+
 # The loop before train set the thread count: always hybridized, float32, and MXNet's own thread count (``train``
 # did not set OMP_NUM_THREADS, so MXNet took half of the CPUs; see semseg.cpu_threads).
 BEFORE = "hybrid float32 on MXNet's threads"
@@ -97,7 +99,7 @@ def worker(configuration: str, algorithm: str, steps: int, crop: int, batch: int
             "base_size": str(crop * 2),
             "mini_batch_size": str(batch),
             "use_pretrained_model": "False",
-            "_workers": str(len(os.sched_getaffinity(0))),
+            "_workers": str(usable_cpu_count()),
             "_logging_frequency": "1000",
             **CONFIGURATIONS[configuration],
         }
@@ -173,7 +175,7 @@ def main() -> None:
 
     from semseg.sample_data import write_opt_ml_tree
 
-    threads = len(os.sched_getaffinity(0))
+    threads = usable_cpu_count()
     engines: list[Engine] = []
     with tempfile.TemporaryDirectory() as root:
         write_opt_ml_tree(root, train=16, validation=2, sizes=((320, 240),))

@@ -26,7 +26,17 @@ TOPOLOGY = Path("/sys/devices/system/cpu")
 
 
 def usable_cpus() -> set[int]:
-    return set(os.sched_getaffinity(0))
+    """The CPUs this process may run on: its affinity, which ``docker --cpuset`` and ``taskset`` set
+    (``os.cpu_count()`` counts the whole machine's)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return set(range(os.cpu_count() or 1))
+
+
+def usable_cpu_count() -> int:
+    """How many CPUs this process may run on: the one count every part of the program uses."""
+    return len(usable_cpus())
 
 
 def physical_cores(cpus: set[int], topology: Path = TOPOLOGY) -> int:

@@ -11,13 +11,13 @@ processes, so whoever builds ``Splits`` must ``close()`` it on every way out (``
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import paths
+from ..cpu_threads import usable_cpu_count
 from ..errors import UserError
 from . import dataset_channel, file_mode, label_map, pipe_mode
 from .batch_loader import BatchLoader, no_stop
@@ -46,7 +46,7 @@ class Splits:
 
 
 def loader_workers(hp: dict) -> int:
-    return max(0, min(hp["_workers"], os.cpu_count() or 1))
+    return max(0, min(hp["_workers"], usable_cpu_count()))
 
 
 def _check_file_channels(channels: dict, streamed: set[str]) -> None:

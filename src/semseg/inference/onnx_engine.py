@@ -3,31 +3,23 @@
 On CPUs it is faster than MXNet for the same network: ONNX Runtime folds the batch norms into the
 convolutions, fuses convolution + add + ReLU, and runs its own tuned kernels. The session gets
 every graph optimization and, per worker, ``ServingSettings.inference_threads`` intra-op threads,
-or else the cores this process may run on (``os.sched_getaffinity``: CPU sets and affinity limits
-count) shared among the server's workers.
+or else the CPUs this process may run on (``cpu_threads.usable_cpu_count``: CPU sets and affinity
+limits count) shared among the server's workers.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..cpu_threads import usable_cpu_count
 from .settings import ServingSettings
-
-
-def available_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def intra_op_threads(settings: ServingSettings) -> int:
     """Threads for one worker's session: the explicit setting, else its share of the available cores."""
-    return settings.inference_threads or max(1, available_cores() // (settings.workers or 1))
+    return settings.inference_threads or max(1, usable_cpu_count() // (settings.workers or 1))
 
 
 def cpu_session(path: Path, threads: int):

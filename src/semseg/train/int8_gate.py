@@ -11,7 +11,6 @@ gate is never written.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import paths
+from ..cpu_threads import usable_cpu_count
 from ..data import file_mode, label_map
 from ..data.file_mode import Sample
 from ..errors import UserError
@@ -98,7 +98,7 @@ def quantize_model(
     source, destination = model_dir / ONNX_FILE, model_dir / INT8_FILE
     destination.unlink(missing_ok=True)
     size = export_size(source)
-    threads = threads or len(os.sched_getaffinity(0))
+    threads = threads or usable_cpu_count()
     with tempfile.TemporaryDirectory(prefix="semseg-int8-") as scratch:
         candidate = Path(scratch) / INT8_FILE
         images = (image for image, _ in prepared(evenly_spread(calibration, CALIBRATION_IMAGES), size, table))
