@@ -278,6 +278,10 @@ def _set(path: str, value):
         ("InputDataConfig.0.RecordWrapperType", "Protobuf", ("RecordWrapperType", "None", "RecordIO")),
         ("InputDataConfig", {"ChannelName": "train"}, ("InputDataConfig", "array")),
         ("AlgorithmSpecification.TrainingInputMode", 1, ("TrainingInputMode",)),
+        ("AlgorithmSpecification.TrainingImage", "--privileged", ("TrainingImage", "not an image name")),
+        ("AlgorithmSpecification.TrainingImage", "x" * 256, ("TrainingImage", "255")),
+        ("Environment", {"A=B": "c"}, ("Environment", "'A=B'")),
+        ("Environment", {"A": 1}, ("Environment variable A", "string")),
     ],
 )
 def test_a_field_of_the_wrong_type_or_out_of_bounds_is_one_sentence(path, value, fragments):
@@ -357,6 +361,6 @@ def test_a_model_uri_naming_nothing_says_so(s3, tmp_path):
     bucket = s3.new_bucket()
     work = tmp_path / "work"
     work.mkdir()
-    with pytest.raises(UserError, match=rf"no object at s3://{bucket}/none/model.tar.gz"):
+    with pytest.raises(UserError, match=rf"^There are no objects under s3://{bucket}/none/model.tar.gz$"):
         model_fetch.fetch(f"s3://{bucket}/none/model.tar.gz", work / "model")
     assert list(work.iterdir()) == []

@@ -13,6 +13,7 @@ import logging
 import threading
 from pathlib import Path
 
+from ..names import shown
 from ..train.checkpoint import MANIFEST
 from .s3 import S3Location, list_objects
 from .transfer import delete_object, download, transfer_manager, upload_file
@@ -47,18 +48,20 @@ class CheckpointSync:
         self.error: BaseException | None = None
 
     def restore(self) -> int:
-        """Bring the checkpoints already in S3 into the local folder; the number of files restored."""
+        """Bring the checkpoints already in S3 into the local folder; the number of files restored.
+
+        The keys become local paths through ``transfer.download``, which refuses any that could leave the folder."""
         self.local.mkdir(parents=True, exist_ok=True)
         prefix = self.remote if self.remote.is_local or self.remote.key.endswith("/") else self.remote.child("")
         if prefix.is_local and not prefix.local.exists():
             return 0
         if not prefix.is_local and not list_objects(prefix):
-            log.info("No checkpoints under %s yet: training starts from the beginning", prefix.uri)
+            log.info("No checkpoints under %s yet: training starts from the beginning", shown(prefix.uri))
             return 0
         summary = download(prefix, self.local, self.staging, label="checkpoints")
         for path in _visible_files(self.local):
             self._synced[str(path.relative_to(self.local))] = _signature(path)
-        log.info("Restored %d checkpoint files from %s", summary.files + summary.skipped, prefix.uri)
+        log.info("Restored %d checkpoint files from %s", summary.files + summary.skipped, shown(prefix.uri))
         return summary.files + summary.skipped
 
     def sync_once(self) -> None:
@@ -98,4 +101,4 @@ class CheckpointSync:
                 self.sync_once()
             except Exception as exc:  # kept for the final sync to meet again; training goes on meanwhile
                 self.error = exc
-                log.warning("Checkpoint sync to %s failed, will retry: %s", self.remote.uri, exc)
+                log.warning("Checkpoint sync to %s failed, will retry: %s", shown(self.remote.uri), exc)

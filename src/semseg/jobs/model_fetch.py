@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -24,8 +23,9 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..model.artifacts import extract_archive
-from .s3 import parse_uri
-from .transfer import download
+from ..names import relative_path, shown
+from .s3 import S3Location, any_object_under, object_exists, parse_uri
+from .transfer import download, make_own_folder, remove_own_folder
 
 log = logging.getLogger("semseg")
 
@@ -44,30 +44,47 @@ def wanted(model_dir: Path) -> str | None:
     return uri
 
 
+def _not_the_folder(folder: S3Location) -> UserError:
+    return UserError(f"{MODEL_URI_VARIABLE} must name the model.tar.gz object, not the folder {shown(folder.uri)}")
+
+
+def check_names_an_object(source: S3Location) -> None:
+    """Before anything is downloaded: ``source`` is one object, never a bucket or a folder, whose
+    every object would be fetched only for the unpacking to fail on a directory."""
+    if not source.key or source.key.endswith("/"):
+        raise _not_the_folder(source)
+    if object_exists(source):
+        return
+    folder = source.child("")
+    if any_object_under(folder):
+        raise _not_the_folder(folder)
+    raise UserError(f"There are no objects under {shown(source.uri)}")  # the sentence of any download
+
+
 def fetch(uri: str, model_dir: Path) -> None:
     """Unpack the model archive at ``uri`` into ``model_dir``; whole or not at all."""
     source = parse_uri(uri, MODEL_URI_VARIABLE)
-    scratch = model_dir.parent / f".{model_dir.name}.fetch"
-    shutil.rmtree(scratch, ignore_errors=True)
+    if source.is_local and not source.local.is_file():
+        raise UserError(f"{MODEL_URI_VARIABLE} names {shown(source.local)}, which is not a file")
+    if not source.is_local:
+        check_names_an_object(source)
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = make_own_folder(model_dir.parent / f".{model_dir.name}.fetch")
     try:
         if source.is_local:
             archive = source.local
-            if not archive.is_file():
-                raise UserError(f"{MODEL_URI_VARIABLE} names {archive}, which is not a file")
         else:
-            if source.key.endswith("/"):
-                raise UserError(f"{MODEL_URI_VARIABLE} must name the model.tar.gz object, not the folder {source.uri}")
             download(source, scratch / "archive", scratch / "staging", label="model")
-            archive = scratch / "archive" / source.key.rsplit("/", 1)[-1]
+            archive = scratch / "archive" / relative_path(source.key, MODEL_URI_VARIABLE).name
         unpacked = scratch / "model"
         unpacked.mkdir(parents=True)
         extract_archive(archive, unpacked)
         model_dir.mkdir(parents=True, exist_ok=True)
         for path in unpacked.iterdir():
             os.replace(path, model_dir / path.name)
-        log.info("Unpacked the model from %s into %s", source.uri, model_dir)
+        log.info("Unpacked the model from %s into %s", shown(source.uri), model_dir)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_own_folder(scratch)
 
 
 class _NotReady(BaseHTTPRequestHandler):

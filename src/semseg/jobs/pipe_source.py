@@ -30,6 +30,7 @@ from pathlib import Path
 from .. import paths
 from ..data.recordio import framed
 from ..errors import UserError
+from ..names import shown
 from .request import Channel
 from .s3 import S3Location, list_objects, parse_uri, read_object
 
@@ -55,7 +56,7 @@ def manifest_lines(channel: Channel) -> list[list[Item]]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        where = f"line {number} of the manifest {channel.source.uri}"
+        where = f"line {number} of the manifest {shown(channel.source.uri)}"
         try:
             entry = json.loads(line)
         except ValueError as exc:
@@ -65,15 +66,15 @@ def manifest_lines(channel: Channel) -> list[list[Item]]:
         items = []
         for attribute in channel.attribute_names:
             if attribute not in entry:
-                raise UserError(f"The {where} has no attribute '{attribute}' (AttributeNames lists it)")
+                raise UserError(f"The {where} has no attribute '{shown(attribute)}' (AttributeNames lists it)")
             value = entry[attribute]
             if attribute.endswith("-ref"):
-                items.append(Item(source=parse_uri(str(value), f"'{attribute}' of the {where}")))
+                items.append(Item(source=parse_uri(str(value), f"'{shown(attribute)}' of the {where}")))
             else:
                 items.append(Item(literal=(value if isinstance(value, str) else json.dumps(value)).encode()))
         lines.append(items)
     if not lines:
-        raise UserError(f"The manifest {channel.source.uri} has no lines")
+        raise UserError(f"The manifest {shown(channel.source.uri)} has no lines")
     return lines
 
 
@@ -84,7 +85,7 @@ def prefix_objects(channel: Channel) -> list[list[Item]]:
         return [[Item(source=S3Location("", "", p))] for p in files]
     objects = list_objects(channel.source)
     if not objects:
-        raise UserError(f"There are no objects under {channel.source.uri}")
+        raise UserError(f"There are no objects under {shown(channel.source.uri)}")
     return [[Item(source=S3Location(channel.source.bucket, o.key))] for o in objects]
 
 
@@ -168,12 +169,13 @@ class PipeFeeder:
                     epoch += 1
         except BaseException as exc:  # reported by the job: a bad reference or a lost connection ends the feed
             self.error = exc
-            log.error("Pipe-mode feeding of the '%s' channel stopped: %s", self.channel.name, exc)
+            log.error("Pipe-mode feeding of the '%s' channel stopped: %s", shown(self.channel.name), exc)
 
     def feed_epoch(self, epoch: int, pool: ThreadPoolExecutor) -> bool:
         """Stream one epoch; False when the job stopped before a reader came for it."""
         path = self.data_dir / paths.pipe_name(self.channel.name, epoch)
-        path.unlink(missing_ok=True)
+        if path.is_fifo():  # left by an earlier run of the job; anything else there is never replaced
+            path.unlink()
         os.mkfifo(path)
         fd = open_writer(path, self._stop.is_set)
         if fd is None:

@@ -281,8 +281,14 @@ def _environment(raw: dict) -> dict[str, str]:
 def _image(algorithm: dict) -> str | None:
     image = algorithm.get("TrainingImage") or None
     if image is not None and not isinstance(image, str):
-        raise UserError(f"AlgorithmSpecification.TrainingImage must be an image name, not {_json_type(image)}")
-    return None if image is None else _string(image, "AlgorithmSpecification.TrainingImage", IMAGE_MAX)
+        raise UserError(f"AlgorithmSpecification.TrainingImage must be an image name, not {type(image).__name__}")
+    if image is None:
+        return None
+    image = _string(image, "AlgorithmSpecification.TrainingImage", IMAGE_MAX)
+    if image.startswith("-") or any(c.isspace() for c in image) or shown(image) != image:
+        # the name is one argument of docker's command line, where a leading '-' would read as an option
+        raise UserError(f"AlgorithmSpecification.TrainingImage {_quoted(image)} is not an image name")
+    return image
 
 
 def parse(raw: Any) -> JobRequest:

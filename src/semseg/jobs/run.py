@@ -10,7 +10,8 @@ would report.
 
 Rerunning a job in the same folder resumes its downloads: files already fetched whole are kept.
 Everything else starts afresh as on SageMaker (model/, output/ and checkpoints/ emptied, the
-checkpoints restored from ``CheckpointConfig.S3Uri``).
+checkpoints restored from ``CheckpointConfig.S3Uri``). So a job runs only in a new or empty folder,
+or in one an earlier ``semseg job`` made (it holds ``JOB_MARK``): no folder of anyone else's is emptied.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from .. import paths, sm_config
 from ..errors import UserError
+from ..names import shown
 from ..processes import die_with_parent
 from .checkpoint_sync import CheckpointSync
 from .pipe_source import PipeFeeder
@@ -45,6 +47,8 @@ POLL_S = 0.5
 GZIP_LEVEL_VARIABLE = "SEMSEG_JOB_GZIP_LEVEL"
 GZIP_LEVEL_DEFAULT = 1
 RESOURCE_CONFIG = {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "lo"}
+JOB_MARK = ".semseg-job"  # in every job folder: what makes a folder this program's to empty
+STAGING = ".staging"  # the job's files in flight: channels/<channel>/ and checkpoints/
 
 
 @dataclass
@@ -82,22 +86,51 @@ def describe(request: JobRequest, outcome: Outcome) -> dict:
     return description
 
 
+def claim(root: Path) -> None:
+    """Make ``root`` a job folder, or refuse in one sentence before anything is written: ``prepare``
+    empties parts of it, which only a folder this program made (or an empty one) may lose."""
+    if root.exists() and not root.is_dir():
+        raise UserError(f"The job folder {root} is a file; give --workdir a new or empty folder")
+    if root.is_dir() and not (root / JOB_MARK).is_file() and any(root.iterdir()):
+        raise UserError(
+            f"The folder {root} holds files and is not a job folder of semseg job; give --workdir a new or empty folder"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    (root / JOB_MARK).touch()
+
+
+def _remove(entry: Path) -> None:
+    """Remove a file, FIFO, link or folder of the job folder (a link, never what it points to)."""
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    elif entry.is_symlink() or entry.exists():
+        entry.unlink()
+
+
 def _fresh(directory: Path) -> None:
-    shutil.rmtree(directory, ignore_errors=True)
+    _remove(directory)
     directory.mkdir(parents=True)
 
 
+def channel_staging(root: Path, channel: str) -> Path:
+    return root / STAGING / "channels" / paths.check_channel_name(channel)
+
+
 def prepare(request: JobRequest, root: Path) -> None:
-    """The job folder as SageMaker leaves /opt/ml before ``train`` starts, less the data itself."""
+    """The job folder as SageMaker leaves /opt/ml before ``train`` starts, less the data itself.
+
+    Only ever called on a folder ``claim`` made this job's; every path removed is a fixed part of the
+    layout (``paths``) or an entry of input/data, none made of a name from the request.
+    """
     for directory in (paths.model_dir(root), paths.output_dir(root), paths.output_data_dir(root)):
         _fresh(directory)
-    shutil.rmtree(paths.checkpoints_dir(root), ignore_errors=True)
+    _remove(paths.checkpoints_dir(root))
     data = paths.data_dir(root)
     data.mkdir(parents=True, exist_ok=True)
     kept = {c.name for c in request.channels if not c.is_pipe}
     for entry in data.iterdir():  # channels of an earlier request, FIFOs of an earlier run
         if entry.name not in kept:
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            _remove(entry)
     checkpoint = None
     if request.checkpoint_uri:
         seen_by_training = CONTAINER_ML if request.training_image else root
@@ -180,7 +213,7 @@ def supervise(
         else:
             failed = next((f for f in feeders if f.error is not None), None)
             if failed is not None:
-                reason = f"feeding the '{failed.channel.name}' channel failed"
+                reason = f"feeding the '{shown(failed.channel.name)}' channel failed"
                 outcome.failure = f"ClientError: {failed.error}"
         if reason and terminated_at is None:
             log.warning("Stopping training: %s (SIGTERM, SIGKILL after %d s)", reason, STOP_GRACE_S)
@@ -216,7 +249,7 @@ def upload_results(request: JobRequest, root: Path, workdir: Path, outcome: Outc
         archives.insert(0, (paths.model_dir(root), workdir / "model.tar.gz", request.model_uri()))
     for directory, archive, target in archives:
         upload_file(package(directory, archive, level), target)
-        log.info("Uploaded %s (%.1f MB)", target.uri, archive.stat().st_size / 2**20)
+        log.info("Uploaded %s (%.1f MB)", shown(target.uri), archive.stat().st_size / 2**20)
     if outcome.status == "Completed":
         outcome.secondary = "Completed"
 
@@ -229,16 +262,17 @@ def run_job(request: JobRequest, workdir: Path) -> dict:
         ensure_image(request.training_image)
     outcome = Outcome()
     root = workdir.absolute()
-    staging = root / ".staging"
+    claim(root)
     prepare(request, root)
     log.info("Job %s in %s", request.name, root)
     outcome.secondary = "Downloading"
     for channel in request.channels:
         if not channel.is_pipe:
-            download(channel.source, paths.channel_dir(channel.name, root), staging / channel.name, f"{channel.name}")
+            destination = paths.channel_dir(channel.name, root)
+            download(channel.source, destination, channel_staging(root, channel.name), shown(channel.name))
     sync = None
     if request.checkpoint_uri:
-        sync = CheckpointSync(paths.checkpoints_dir(root), request.checkpoint_uri, staging / "checkpoints")
+        sync = CheckpointSync(paths.checkpoints_dir(root), request.checkpoint_uri, root / STAGING / "checkpoints")
         sync.restore()
     feeders = [PipeFeeder(c, paths.data_dir(root)) for c in request.channels if c.is_pipe]
     outcome.secondary = "Training"

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..errors import UserError, one_line
+from ..names import shown
 
 MAX_POOL_CONNECTIONS = 32  # room for the transfer threads of a download, an upload and the Pipe feeders
 RETRIES = {"max_attempts": 8, "mode": "standard"}  # throttling, 5xx and dropped connections are retried
@@ -68,13 +69,13 @@ def parse_uri(uri: str, what: str = "location") -> S3Location:
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         if not parsed.netloc:
-            raise UserError(f"The {what} {uri!r} names no bucket; write it as s3://bucket/key")
+            raise UserError(f"The {what} '{shown(uri)}' names no bucket; write it as s3://bucket/key")
         return S3Location(parsed.netloc, parsed.path.lstrip("/"))
     if parsed.scheme == "file":
         return S3Location("", "", Path(unquote(parsed.path)))
     if parsed.scheme == "" and uri:
         return S3Location("", "", Path(uri).absolute())
-    raise UserError(f"The {what} {uri!r} is neither an s3:// URI nor a file:// path")
+    raise UserError(f"The {what} '{shown(uri)}' is neither an s3:// URI nor a file:// path")
 
 
 _clients: dict[tuple[str, str | None], object] = {}
@@ -109,7 +110,7 @@ def explain(exc: BaseException, doing: str, location: S3Location | str) -> UserE
     """One sentence for a failed S3 call: what was being done, where, and what went wrong."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, PartialCredentialsError
 
-    where = location.uri if isinstance(location, S3Location) else location
+    where = shown(location.uri if isinstance(location, S3Location) else location)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         reason = "no AWS credentials were found (environment, ~/.aws or an instance role)"
     elif isinstance(exc, EndpointConnectionError):
@@ -154,6 +155,31 @@ def list_objects(location: S3Location) -> list[ObjectInfo]:
                         ObjectInfo(item["Key"], item["Size"], item["ETag"].strip('"'), item["LastModified"].timestamp())
                     )
     return objects
+
+
+_MISSING = ("404", "NoSuchKey", "NotFound")
+
+
+def object_exists(location: S3Location) -> bool:
+    """Whether ``location`` is one object (not merely a prefix of some); other failures are one sentence."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client().head_object(Bucket=location.bucket, Key=location.key)
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code", "")) in _MISSING:
+            return False
+        raise explain(exc, "read", location) from None
+    except BotoCoreError as exc:
+        raise explain(exc, "read", location) from None
+    return True
+
+
+def any_object_under(location: S3Location) -> bool:
+    """Whether at least one object's key starts with ``location``'s key (one listing request)."""
+    with explained("list", location):
+        page = client().list_objects_v2(Bucket=location.bucket, Prefix=location.key, MaxKeys=1)
+    return bool(page.get("Contents"))
 
 
 def read_object(location: S3Location) -> bytes:

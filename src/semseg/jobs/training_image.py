@@ -22,6 +22,7 @@ import subprocess
 from pathlib import Path
 
 from ..errors import UserError, one_line
+from ..names import shown
 from ..processes import die_with_parent
 
 log = logging.getLogger("semseg")
@@ -42,20 +43,23 @@ def _last_line(result: subprocess.CompletedProcess) -> str:
 
 def ensure_image(image: str) -> None:
     """Before anything is downloaded: the engine answers and has ``image`` (pulled if it must be)."""
+    shown_image = shown(image)
     if shutil.which("docker") is None:
-        raise UserError(f"TrainingImage {image} needs the docker client, which is not on PATH")
+        raise UserError(f"TrainingImage {shown_image} needs the docker client, which is not on PATH")
     try:
         if _docker("image", "inspect", image).returncode == 0:
             return
         version = _docker("version", "--format", "{{.Server.Version}}")
         if version.returncode != 0:
-            raise UserError(f"TrainingImage {image} needs a Docker engine, and none answers: {_last_line(version)}")
-        log.info("Pulling TrainingImage %s", image)
+            raise UserError(
+                f"TrainingImage {shown_image} needs a Docker engine, and none answers: {_last_line(version)}"
+            )
+        log.info("Pulling TrainingImage %s", shown_image)
         pulled = _docker("pull", image, timeout=PULL_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
-        raise UserError(f"The Docker engine did not answer within {exc.timeout:.0f} s about {image}") from None
+        raise UserError(f"The Docker engine did not answer within {exc.timeout:.0f} s about {shown_image}") from None
     if pulled.returncode != 0:
-        raise UserError(f"TrainingImage {image} is not in the local Docker engine and could not be pulled: "
+        raise UserError(f"TrainingImage {shown_image} is not in the local Docker engine and could not be pulled: "
                         f"{_last_line(pulled)}")  # fmt: skip
 
 
@@ -82,7 +86,7 @@ class ContainerTraining:
         for key, value in variables.items():
             command += ["-e", f"{key}={value}"]
         command += [image, "train"]
-        log.info("Training in TrainingImage %s (container %s)", image, self.name)
+        log.info("Training in TrainingImage %s (container %s)", shown(image), self.name)
         self.client = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
 
     def poll(self) -> int | None:
