@@ -281,6 +281,7 @@ def _set(path: str, value):
         ("AlgorithmSpecification.TrainingImage", "--privileged", ("TrainingImage", "not an image name")),
         ("AlgorithmSpecification.TrainingImage", "x" * 256, ("TrainingImage", "255")),
         ("Environment", {"A=B": "c"}, ("Environment", "'A=B'")),
+        ("TrainingJobName", "job\n", ("TrainingJobName", "'job\\n'")),
         ("Environment", {"A": 1}, ("Environment variable A", "string")),
     ],
 )

@@ -52,8 +52,8 @@ RECORD_WRAPPERS = ("None", "RecordIO")  # RecordWrapperType's enum
 DISTRIBUTIONS = ("FullyReplicated", "ShardedByS3Key")  # S3DataDistributionType's enum
 TEXT_MAX = 256  # ContentType and each of AttributeNames: strings of at most 256 characters
 IMAGE_MAX = 255  # AlgorithmSpecification.TrainingImage
-ENVIRONMENT_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Environment's keys (at most 512 characters) ...
-ENVIRONMENT_VALUE_MAX = 512  # ... and values
+ENVIRONMENT_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Environment's keys
+ENVIRONMENT_MAX = 512  # Environment's keys and values: at most 512 characters each
 URI_SCHEMES = ("s3://", "file://")  # file:// stands for a local folder, as the SageMaker SDK's local mode allows
 
 
@@ -266,14 +266,13 @@ def _check_fifo_names(channels: list[Channel]) -> None:
 def _environment(raw: dict) -> dict[str, str]:
     environment = _dict(raw.get("Environment"), "Environment")
     for key, value in environment.items():
-        if len(key) > ENVIRONMENT_VALUE_MAX or not ENVIRONMENT_KEY.fullmatch(key):
+        if len(key) > ENVIRONMENT_MAX or not ENVIRONMENT_KEY.fullmatch(key):
             raise UserError(
                 f"The Environment variable {_quoted(key)} is not a valid name: letters, digits and '_', no digit first"
             )
-        if not isinstance(value, str) or len(value) > ENVIRONMENT_VALUE_MAX or "\0" in value:
+        if not isinstance(value, str) or len(value) > ENVIRONMENT_MAX or "\0" in value:
             raise UserError(
-                f"The Environment variable {key} must be a string of at most {ENVIRONMENT_VALUE_MAX} characters "
-                "without NUL"
+                f"The Environment variable {key} must be a string of at most {ENVIRONMENT_MAX} characters without NUL"
             )
     return dict(environment)
 
@@ -295,7 +294,7 @@ def parse(raw: Any) -> JobRequest:
     if not isinstance(raw, dict):
         raise UserError(f"The request must be a JSON object (the fields of CreateTrainingJob), not {_json_type(raw)}")
     name = raw.get("TrainingJobName")
-    if not isinstance(name, str) or not JOB_NAME.match(name):
+    if not isinstance(name, str) or not JOB_NAME.fullmatch(name):
         shown_name = _quoted(name) if isinstance(name, str) else _json_type(name)
         raise UserError(
             f"TrainingJobName {shown_name} is not a valid name: 1 to 63 letters, digits and hyphens, no hyphen first"
