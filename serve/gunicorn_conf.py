@@ -22,7 +22,7 @@ WORKER_CONNECTIONS = 128
 _settings = from_environment()
 
 wsgi_app = "serve.app:create_app()"
-bind = [f"0.0.0.0:{_settings.port}"]
+bind = [_settings.bind]  # SEMSEG_BIND_HOST (default 0.0.0.0, as SageMaker expects) and the port
 workers = _settings.workers or 1
 worker_class = "serve.worker.BufferingWorker"  # gthread that reads whole requests before a thread sees them
 threads = THREADS_PER_WORKER

@@ -19,7 +19,8 @@ import sys
 
 from semseg import cpu_threads, logs
 from semseg.errors import UserError
-from semseg.inference.settings import WORKERS_VARIABLE, from_environment
+from semseg.inference.settings import MAX_WORKERS, WORKERS_VARIABLE, ServingSettings, from_environment
+from semseg.model.artifacts import max_extracted_bytes
 
 log = logging.getLogger("semseg")
 
@@ -36,7 +37,7 @@ def count_gpus() -> int:
 
 
 def default_workers(gpus: int, cpus: int) -> int:
-    return gpus if gpus else max(1, cpus // CPU_CORES_PER_WORKER)
+    return min(MAX_WORKERS, gpus if gpus else max(1, cpus // CPU_CORES_PER_WORKER))
 
 
 def gunicorn_argv() -> list[str]:
@@ -59,14 +60,22 @@ def fetch_model(port: int) -> bool:
     return True
 
 
+def checked_settings() -> ServingSettings:
+    """Every setting the server will read, checked before anything slow starts (MXNet, a worker, a
+    model): a bad one ends the command with its sentence, never a worker's traceback later."""
+    settings = from_environment()
+    cpu_threads.check_user_value()  # before count_gpus imports mxnet, which aborts on a bad value
+    max_extracted_bytes()  # read by each worker that unpacks a model.tar.gz
+    return settings
+
+
 def main() -> int:
     """Exec gunicorn with the settings of the environment; returns only on a configuration error."""
     logs.setup_logging()
     try:
-        settings = from_environment()
-        cpu_threads.check_user_value()  # before count_gpus imports mxnet, which aborts on a bad value
+        settings = checked_settings()
     except UserError as exc:
-        log.error("%s", exc)
+        print(f"serve: {exc}", file=sys.stderr, flush=True)
         return 1
     if not fetch_model(settings.port):
         return 1
@@ -77,8 +86,8 @@ def main() -> int:
     if not gpus:
         cpu_threads.set_math_threads(workers)
     log.info(
-        "Starting the model server on port %d with %d worker(s) on %s",
-        settings.port,
+        "Starting the model server on %s with %d worker(s) on %s",
+        settings.bind,
         workers,
         f"{gpus} GPU(s)" if gpus else f"{cpus} CPU core(s)",
     )

@@ -96,10 +96,11 @@ def test_serve_refuses_a_missing_model_or_a_bad_port_in_one_sentence(tmp_path, m
 
     monkeypatch.setenv("SEMSEG_MODEL_DIR", "")  # serve_main sets these: restored afterwards
     monkeypatch.setenv("SAGEMAKER_BIND_TO_PORT", "8080")
+    monkeypatch.setenv("SEMSEG_BIND_HOST", "")
     assert cli.main(["serve", "--model", str(tmp_path / "nowhere")]) == cli.EXIT_USER_ERROR
     assert capsys.readouterr().err.strip() == (
         f"semseg serve: There is no model at {tmp_path / 'nowhere'}: "
         "give a model directory, a model.tar.gz or a job's /opt/ml root"
     )
     assert cli.main(["serve", "--port", "0"]) == cli.EXIT_USER_ERROR
-    assert "SAGEMAKER_BIND_TO_PORT is 0; it must be at least 1" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == "semseg serve: --port is 0; it must be a whole number from 1 to 65535"

@@ -12,10 +12,16 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import cpu_threads, local_train, logs, sm_config
 from .errors import UserError, one_line
 from .train.stop import StopFlag, Stopped
+
+if TYPE_CHECKING:
+    from .inference.settings import ServingSettings
 
 log = logging.getLogger("semseg")
 
@@ -77,30 +83,56 @@ def train_command() -> None:
     os._exit(train_main())
 
 
-def serve_main(model: str | None = None, port: int | None = None) -> int:
-    """Run the installed ``serve`` command, the model server, on ``$SAGEMAKER_BIND_TO_PORT`` or 8080.
+_THIS_MACHINE = ("0.0.0.0", "::", "127.0.0.1", "::1", "localhost")  # hosts whose page is at localhost
 
-    ``model``: a model directory, model.tar.gz or job root to serve instead of ``$SAGEMAKER_BASE_DIR/model``;
-    ``port``: the port instead of the environment's. The server is found through its console-script
-    entry point, so that this library never imports the HTTP layer.
+
+def local_serve_settings(
+    model: str | None, port: int | None, host: str | None, environ: MutableMapping[str, str]
+) -> ServingSettings:
+    """The settings of ``semseg serve``, written into ``environ`` for the server it starts.
+
+    ``--model``, ``--port`` and ``--host`` win over the environment. Unlike the image's ``serve``
+    (SageMaker's contract: every interface), it listens on loopback unless ``--host`` or
+    ``$SEMSEG_BIND_HOST`` says otherwise: a model served on a laptop is not offered to its network.
     """
-    from importlib.metadata import entry_points
-    from pathlib import Path
-
-    from .inference.settings import MODEL_DIR_VARIABLE, from_environment
+    from .inference import settings
     from .model.artifacts import model_to_serve
 
+    if model is not None:
+        environ[settings.MODEL_DIR_VARIABLE] = str(model_to_serve(Path(model)))
+    if port is not None:
+        port = settings.whole_number(str(port), "--port", settings.MIN_PORT, settings.MAX_PORT)
+        environ["SAGEMAKER_BIND_TO_PORT"] = str(port)
+    if host is not None:
+        environ[settings.HOST_VARIABLE] = settings.checked_host(host, "--host")
+    elif not environ.get(settings.HOST_VARIABLE, "").strip():
+        environ[settings.HOST_VARIABLE] = settings.LOCAL_HOST
+    return settings.from_environment(environ)
+
+
+def page_url(settings: ServingSettings) -> str:
+    """Where a browser on this machine finds the inference page of a server with ``settings``."""
+    host = "localhost" if settings.host in _THIS_MACHINE else settings.host
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}/"
+
+
+def serve_main(model: str | None = None, port: int | None = None, host: str | None = None) -> int:
+    """Run the installed ``serve`` command, the model server, with ``local_serve_settings``.
+
+    ``model``: a model directory, model.tar.gz or job root to serve instead of ``$SAGEMAKER_BASE_DIR/model``;
+    ``port`` and ``host``: where to listen instead of the environment's (loopback by default). The
+    server is found through its console-script entry point, so that this library never imports the
+    HTTP layer.
+    """
+    from importlib.metadata import entry_points
+
     try:
-        if model is not None:
-            os.environ[MODEL_DIR_VARIABLE] = str(model_to_serve(Path(model)))
-        if port is not None:
-            os.environ["SAGEMAKER_BIND_TO_PORT"] = str(port)
-        settings = from_environment()
+        settings = local_serve_settings(model, port, host, os.environ)
     except UserError as exc:
         print(f"semseg serve: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     if model is not None:
-        print(f"Serving {settings.model_dir}; its page: http://localhost:{settings.port}/", flush=True)
+        print(f"Serving {settings.model_dir}; its page: {page_url(settings)}", flush=True)
     (command,) = entry_points(group="console_scripts", name="serve")
     return command.load()()
 
@@ -128,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         "--model", help="a model directory, a model.tar.gz or a job's /opt/ml root (default: $SAGEMAKER_BASE_DIR/model)"
     )
     serve.add_argument("--port", type=int, help="the port to listen on (default: $SAGEMAKER_BIND_TO_PORT or 8080)")
+    serve.add_argument(
+        "--host",
+        help="the address to listen on, e.g. 0.0.0.0 for every interface (default: $SEMSEG_BIND_HOST or 127.0.0.1)",
+    )
     demo = commands.add_parser("demo", help="make a sample dataset, train on it, serve it and segment an image")
     demo.add_argument("--workdir", default="demo", help="where the sample /opt/ml tree is made (default: ./demo)")
     sample = commands.add_parser("sample-data", help="write a synthetic dataset laid out as an /opt/ml tree")
@@ -169,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         train_command()
     if args.command == "serve":
-        return serve_main(args.model, args.port)
+        return serve_main(args.model, args.port, args.host)
     if args.command == "quantize":
         from pathlib import Path
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import paths
 from ..errors import UserError, explained_write_failure, one_line
 from ..hyperparameters import ARCHITECTURE_KEYS, parse, to_string
+from ..inference.settings import whole_number
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +67,15 @@ def save_hyperparameters(hp: dict, model_dir: Path) -> None:
 
 MAX_EXTRACTED_BYTES_ENV = "SEMSEG_MAX_EXTRACTED_BYTES"
 MAX_EXTRACTED_BYTES = 8 << 30  # a ResNet-101 model with its ONNX export is under 1 GiB
+MAX_EXTRACTED_BYTES_LIMIT = 1 << 40  # 1 TiB: more than any disk a training or serving instance has
 
 
 def max_extracted_bytes() -> int:
     """How much an archive from a user may unpack to: ``$SEMSEG_MAX_EXTRACTED_BYTES`` or 8 GiB."""
     raw = os.environ.get(MAX_EXTRACTED_BYTES_ENV, "").strip()
-    try:
-        return int(raw) if raw else MAX_EXTRACTED_BYTES
-    except ValueError:
-        raise UserError(f"{MAX_EXTRACTED_BYTES_ENV} must be a number of bytes, not {raw!r}") from None
+    if not raw:
+        return MAX_EXTRACTED_BYTES
+    return whole_number(raw, f"The environment variable {MAX_EXTRACTED_BYTES_ENV}", 1, MAX_EXTRACTED_BYTES_LIMIT)
 
 
 def check_extracted_size(total: int, source: Path) -> None:
