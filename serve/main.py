@@ -4,11 +4,12 @@ gunicorn replaces this process (``exec``), so SageMaker's SIGTERM reaches its ma
 the master stops accepting, lets requests in flight finish for up to its graceful timeout and
 exits, inside the 30 seconds SageMaker waits before SIGKILL.
 
-This process does the one thing the gunicorn configuration cannot: it counts the GPUs (importing
-MXNet here, in a process that exec replaces, so the workers initialise CUDA themselves) to choose
-the worker count, and passes it on in ``SAGEMAKER_MODEL_SERVER_WORKERS``. On the CPU each
-worker's math library gets its share of the cores (``semseg.cpu_threads``) so workers do not fight
-over them.
+Before anything slow, it checks every setting the server will read (``checked_settings``): a bad
+one ends the command with exit code 1 and its one sentence on stderr. Then it does the one thing
+the gunicorn configuration cannot: it counts the GPUs (importing MXNet here, in a process that exec
+replaces, so the workers initialise CUDA themselves) to choose the worker count, and passes it on in
+``SAGEMAKER_MODEL_SERVER_WORKERS``. On the CPU each worker's math library gets its share of the
+cores (``semseg.cpu_threads``) so workers do not fight over them.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ def raw_json_error(status: int, reason: str, message: str) -> bytes:
     """A complete HTTP/1.1 answer with the usual ``{"error": ...}`` body, closing the connection."""
     body = json.dumps({"error": message}).encode()
     head = (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + body

@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -402,3 +403,13 @@ def test_the_legend_isolates_and_truncates_long_or_bidi_class_names(browser, nam
         widths.append(label.size["width"])
     legend_width = browser.find_element(By.ID, "legend").size["width"]
     assert widths[2] < legend_width and widths[2] <= 400, widths  # the long name is cut, not the layout
+
+
+def test_the_readme_states_the_bounds_the_server_applies():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("### Settings (environment)", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| [^|]* \| (\d+) to (\d+) \|", table, re.MULTILINE)
+    assert len(rows) >= len(BOUNDED), table
+    for variable, low, high in rows:
+        assert settings.from_environment({variable: high}) and settings.from_environment({variable: low})
+        refused({variable: str(int(high) + 1)}, rf"^The environment variable {variable} is {int(high) + 1}; .*{high}$")

@@ -194,7 +194,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> ServingSetting
         inference_threads=_integer(env, "SEMSEG_INFERENCE_THREADS", None, 1, MAX_INFERENCE_THREADS),
         client_timeout_s=_integer(env, "SEMSEG_CLIENT_TIMEOUT", DEFAULT_CLIENT_TIMEOUT_S, 1, MAX_CLIENT_TIMEOUT_S),
         default_accept=_default_accept(env),
-        worker_slot=_integer(env, WORKER_SLOT_VARIABLE, 0, 0, MAX_WORKERS - 1),
+        worker_slot=_integer(env, WORKER_SLOT_VARIABLE, 0, 0, MAX_WORKERS),
         force_fp32=_boolean(env, "SEMSEG_FORCE_FP32", False),
         sliding_window_factor=_number(
             env, "SEMSEG_SLIDING_WINDOW_FACTOR", DEFAULT_SLIDING_WINDOW_FACTOR, 0, MAX_SLIDING_WINDOW_FACTOR

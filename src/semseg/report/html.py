@@ -1,7 +1,8 @@
 """``report.html``: one page that shows the report's figures and the per-class table.
 
 It references only the PNG files written beside it (by bare name), has its style inline and no
-script, so it opens offline from an unpacked ``output.tar.gz``. Figures that could not be drawn
+script, so it opens offline from an unpacked ``output.tar.gz``. Class names are shown whole, each
+in a ``<bdi>``, so a right-to-left override in one cannot reorder the figures beside it. Figures that could not be drawn
 are left out with a note, rather than shown as broken images.
 """
 
@@ -18,6 +19,8 @@ body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1100px; }
 table { border-collapse: collapse; margin: 1em 0; }
 td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 td.name, th.name { text-align: left; }
+td.name { max-width: 30em; overflow-wrap: anywhere; }  /* a long class name wraps, whole, in its column */
+bdi { unicode-bidi: isolate; }
 .swatch { display: inline-block; width: 1em; height: 1em; border: 1px solid #444; vertical-align: middle; }
 img { max-width: 100%; border: 1px solid #eee; }
 .note { color: #a33; }
@@ -47,7 +50,7 @@ def _class_rows(best: dict, table: ClassTable, train_pixels: list[int]) -> str:
         accuracy, count = (f"{correct[i] / max(1, pixels[i]):.4f}", str(pixels[i])) if pixels[i] >= 0 else ("", "")
         rows.append(
             f'<tr><td>{i}</td><td class="name"><span class="swatch" style="background: rgb({red},{green},{blue})">'
-            f"</span> {escape(table.name(i))}</td><td>{iou:.4f}</td><td>{accuracy}</td>"
+            f"</span> <bdi>{escape(table.name(i))}</bdi></td><td>{iou:.4f}</td><td>{accuracy}</td>"
             f"<td>{count}</td><td>{share}</td></tr>"
         )
     return "\n".join(rows)

@@ -13,10 +13,22 @@ from matplotlib.figure import Figure
 
 from ..classes import ClassTable
 from ..model.artifacts import write_atomically
+from ..names import one_line
 
 DPI = 100
 MAX_SIDE_INCHES = 30  # a figure of 256 classes stays under 3000 pixels a side
 IGNORE_COLOR = (128, 128, 128)  # pixels labelled "ignore" in the truth column of the examples
+MAX_LABEL_CHARS = 32  # of a class name on an axis; the report's table has it whole
+
+
+def label(name: str) -> str:
+    """A class name as an axis label: controls and bidi marks as visible escapes (a right-to-left
+    override would reverse the label), ``$`` kept literal (matplotlib reads ``$..$`` as math, and
+    refuses a bad formula), and cut at MAX_LABEL_CHARS so a long name cannot squeeze the plot."""
+    text = one_line(name)
+    if len(text) > MAX_LABEL_CHARS:
+        text = text[: MAX_LABEL_CHARS - 1] + "\u2026"
+    return text.replace("$", r"\$")
 
 
 def _save(figure: Figure, path: Path) -> None:
@@ -56,7 +68,7 @@ def class_iou(ious: list[float], table: ClassTable, path: Path) -> None:
     positions = np.arange(count)
     colors = [tuple(c / 255 for c in table.colors[i]) for i in range(count)]
     axes.barh(positions, ious, color=colors, edgecolor="black", linewidth=0.5)
-    axes.set_yticks(positions, [f"{i} {table.name(i)}" for i in range(count)], fontsize=_label_size(count))
+    axes.set_yticks(positions, [f"{i} {label(table.name(i))}" for i in range(count)], fontsize=_label_size(count))
     axes.invert_yaxis()  # class 0 on top, as in the table of the report
     axes.set(xlim=(0, 1), xlabel="IoU", title="Per-class IoU at the best epoch")
     axes.grid(axis="x", alpha=0.3)
@@ -81,7 +93,7 @@ def confusion(matrix: np.ndarray, table: ClassTable, path: Path) -> None:
     axes = figure.subplots()
     shown = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04, label="share of the true class's pixels")
-    names = [table.name(i) for i in range(count)]
+    names = [label(table.name(i)) for i in range(count)]
     axes.set_xticks(range(count), names, rotation=90, fontsize=_label_size(count))
     axes.set_yticks(range(count), names, fontsize=_label_size(count))
     axes.set(xlabel="predicted class", ylabel="true class", title="Confusion matrix (rows sum to 1)")
