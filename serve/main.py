@@ -19,9 +19,9 @@ import os
 import sys
 
 from semseg import cpu_threads, logs
+from semseg.archives import max_extracted_bytes
 from semseg.errors import UserError
 from semseg.inference.settings import MAX_WORKERS, WORKERS_VARIABLE, ServingSettings, from_environment
-from semseg.model.artifacts import max_extracted_bytes
 
 log = logging.getLogger("semseg")
 

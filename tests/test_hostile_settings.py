@@ -25,11 +25,10 @@ from serving_helpers import BIN, Server, encoded, sample_image, trained_model
 from test_inference_page_browser import browser, run_on  # noqa: F401 (browser: a fixture used below)
 from test_serving_app import UniformEngine, png
 
-from semseg import classes
+from semseg import archives, classes
 from semseg.errors import UserError
 from semseg.inference import settings
 from semseg.inference.predictor import Predictor
-from semseg.model import artifacts
 from semseg.report import html as report_html
 from semseg.report import plots
 from serve import responses
@@ -119,11 +118,11 @@ def test_a_port_outside_1_to_65535_is_refused(value):
 def test_the_extraction_cap_is_a_sane_number_of_bytes(monkeypatch, value):
     monkeypatch.setenv("SEMSEG_MAX_EXTRACTED_BYTES", value)
     with pytest.raises(UserError, match=r"^The environment variable SEMSEG_MAX_EXTRACTED_BYTES is .*; it must be"):
-        artifacts.max_extracted_bytes()
+        archives.max_extracted_bytes()
     monkeypatch.setenv("SEMSEG_MAX_EXTRACTED_BYTES", "10000")
-    assert artifacts.max_extracted_bytes() == 10000
-    monkeypatch.setenv("SEMSEG_MAX_EXTRACTED_BYTES", str(artifacts.MAX_EXTRACTED_BYTES_LIMIT))
-    assert artifacts.max_extracted_bytes() == artifacts.MAX_EXTRACTED_BYTES_LIMIT
+    assert archives.max_extracted_bytes() == 10000
+    monkeypatch.setenv("SEMSEG_MAX_EXTRACTED_BYTES", str(archives.MAX_EXTRACTED_BYTES_LIMIT))
+    assert archives.max_extracted_bytes() == archives.MAX_EXTRACTED_BYTES_LIMIT
 
 
 # -- the real commands refuse at start-up --------------------------------------------------------

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import pytest
 from test_serving_app import UniformEngine, png
 
-from semseg import classes
+from semseg import classes, exit_codes
 from semseg.errors import UserError
 from semseg.inference.predictor import Predictor
 from semseg.inference.settings import ServingSettings, from_environment
@@ -97,10 +97,10 @@ def test_serve_refuses_a_missing_model_or_a_bad_port_in_one_sentence(tmp_path, m
     monkeypatch.setenv("SEMSEG_MODEL_DIR", "")  # serve_main sets these: restored afterwards
     monkeypatch.setenv("SAGEMAKER_BIND_TO_PORT", "8080")
     monkeypatch.setenv("SEMSEG_BIND_HOST", "")
-    assert cli.main(["serve", "--model", str(tmp_path / "nowhere")]) == cli.EXIT_USER_ERROR
+    assert cli.main(["serve", "--model", str(tmp_path / "nowhere")]) == exit_codes.FAILED
     assert capsys.readouterr().err.strip() == (
         f"semseg serve: There is no model at {tmp_path / 'nowhere'}: "
         "give a model directory, a model.tar.gz or a job's /opt/ml root"
     )
-    assert cli.main(["serve", "--port", "0"]) == cli.EXIT_USER_ERROR
+    assert cli.main(["serve", "--port", "0"]) == exit_codes.FAILED
     assert capsys.readouterr().err.strip() == "semseg serve: --port is 0; it must be a whole number from 1 to 65535"

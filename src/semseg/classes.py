@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .files import write_atomically
 from .names import shown
 
 FILE_NAME = "classes.json"
@@ -110,8 +111,6 @@ def from_json(spec: object, source: str) -> ClassTable:
 
 def save(table: ClassTable, model_dir: Path) -> Path:
     """Write ``classes.json`` into ``model_dir`` atomically (the artifacts' own writer)."""
-    from .model.artifacts import write_atomically
-
     path = Path(model_dir) / FILE_NAME
     text = json.dumps(table.to_json(), indent=1)
     write_atomically(path, lambda tmp: Path(tmp).write_text(text))

@@ -1,9 +1,8 @@
-"""Command-line entry points: ``train``, ``serve`` and ``semseg <command>``.
+"""Command-line entry points: ``semseg <command>``, and the ``train`` console script.
 
-Each entry point turns errors into the container contract: a ``UserError`` becomes one sentence
-in ``output/failure`` and exit code 1; anything else is an internal error, logged with its
-traceback, summarised in the failure file, exit code 2. SIGTERM stops training between
-iterations with exit code 143 (128 + SIGTERM), as an interrupted process reports.
+``train`` itself is ``train.command`` (the container contract around the training loop); the
+commands outside the contract end a ``UserError`` as its one sentence and exit code 1
+(``exit_codes``).
 """
 
 from __future__ import annotations
@@ -16,71 +15,14 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import cpu_threads, local_train, logs, sm_config
-from .errors import UserError, one_line
-from .train.stop import StopFlag, Stopped
+from . import exit_codes, local_train, logs
+from .errors import UserError
+from .train.command import train_command
 
 if TYPE_CHECKING:
     from .inference.settings import ServingSettings
 
 log = logging.getLogger("semseg")
-
-EXIT_USER_ERROR = 1
-EXIT_INTERNAL_ERROR = 2
-EXIT_STOPPED = 143
-
-
-def train_main() -> int:
-    """Run the training job described by the /opt/ml tree (``$SAGEMAKER_BASE_DIR``).
-
-    With several hosts, ``distributed.start`` sets up the parameter server before mxnet is
-    imported, and ``Cluster.finish`` ends the process so that every host ends together.
-    """
-    stop = StopFlag().install()  # before anything slow: a SIGTERM during start-up is noticed too
-    logs.setup_logging()
-    from .train import distributed
-
-    cluster, code, message = None, 0, ""
-    try:
-        threads = cpu_threads.set_math_threads()  # before mxnet is imported, by distributed.start or the loop
-        log.info("MXNet computes on %s CPU thread(s) (%s)", threads, cpu_threads.VARIABLE)
-        cluster = distributed.start()
-        from .train.loop import run
-
-        try:
-            run(stop, cluster)
-        except Stopped:
-            log.warning("Received SIGTERM: training stopped before completion; model_best.params, if any, is kept")
-            code = EXIT_STOPPED
-    except UserError as exc:
-        log.error("%s", exc)
-        sm_config.write_failure(str(exc))
-        code, message = EXIT_USER_ERROR, str(exc)
-    except Exception as exc:  # a bug of ours: full trace to the log, a short reason to SageMaker
-        log.exception("Internal error")
-        message = f"Internal error: {type(exc).__name__}: {one_line(exc)}"
-        sm_config.write_failure(message)
-        code = EXIT_INTERNAL_ERROR
-    if cluster is not None:
-        cluster.finish(code, message)
-    return _exit(code)
-
-
-def _exit(code: int) -> int:
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    return code
-
-
-def train_command() -> None:
-    """The ``train`` console script: the job, then an immediate exit with its code.
-
-    Everything the job owes is written and flushed when ``train_main`` returns (its loader
-    processes are already ended), so interpreter teardown has nothing left to do, and skipping
-    it means no library finalizer or leftover thread can keep a finished job alive (and billed).
-    """
-    os._exit(train_main())
 
 
 _THIS_MACHINE = ("0.0.0.0", "::", "127.0.0.1", "::1", "localhost")  # hosts whose page is at localhost
@@ -130,7 +72,7 @@ def serve_main(model: str | None = None, port: int | None = None, host: str | No
         settings = local_serve_settings(model, port, host, os.environ)
     except UserError as exc:
         print(f"semseg serve: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return exit_codes.FAILED
     if model is not None:
         print(f"Serving {settings.model_dir}; its page: {page_url(settings)}", flush=True)
     (command,) = entry_points(group="console_scripts", name="serve")
@@ -144,7 +86,7 @@ def _user_command(run, *args) -> int:
         return run(*args)
     except UserError as exc:
         log.error("%s", exc)
-        return EXIT_USER_ERROR
+        return exit_codes.FAILED
 
 
 def main(argv: list[str] | None = None) -> int:

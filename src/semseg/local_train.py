@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"semseg train: the dataset {args.dataset} does not exist")
     root = lay_out(args.dataset, args.output, given_hyperparameters(args))
     os.environ["SAGEMAKER_BASE_DIR"] = str(root)
-    from .cli import train_main
+    from .train.command import train_main
 
     code = train_main()
     failure = paths.failure_file()

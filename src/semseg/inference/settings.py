@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..bounds import shown_value, whole_number
 from ..errors import UserError
-from ..names import shown
 
 # Each numeric setting's default beside its bound: a value past the bound is refused at start-up in
 # one sentence, instead of starting a server that crashes later (a client timeout of 1e20 s broke
@@ -66,7 +66,6 @@ MAX_WORKERS = 128
 WORKER_SLOT_VARIABLE = "SEMSEG_WORKER_SLOT"
 # The model to serve, when it is not $SAGEMAKER_BASE_DIR/model (set by ``semseg serve --model DIR``).
 MODEL_DIR_VARIABLE = "SEMSEG_MODEL_DIR"
-_SHOWN_CHARACTERS = 40  # of a refused value: a 5000-digit number is not repeated in full
 # A host name as RFC 1123 allows: dot-separated labels of letters, digits and inner hyphens.
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
@@ -101,23 +100,6 @@ class ServingSettings:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def _shown_value(raw: str) -> str:
-    """A refused value for its sentence: escaped as any outside name, and cut if it is long."""
-    return shown(raw if len(raw) <= _SHOWN_CHARACTERS else raw[:_SHOWN_CHARACTERS] + "...")
-
-
-def whole_number(raw: str, what: str, low: int, high: int) -> int:
-    """``raw`` as a whole number from ``low`` to ``high``; ``what`` names it in the sentence that refuses it."""
-    rule = f"it must be a whole number from {low} to {high}"
-    try:
-        value = int(raw)
-    except ValueError:
-        raise UserError(f"{what} is '{_shown_value(raw)}'; {rule}") from None
-    if not low <= value <= high:
-        raise UserError(f"{what} is {_shown_value(raw)}; {rule}")
-    return value
-
-
 def _integer(environ: Mapping[str, str], name: str, default: int | None, low: int, high: int) -> int | None:
     raw = environ.get(name, "").strip()
     return whole_number(raw, f"The environment variable {name}", low, high) if raw else default
@@ -131,9 +113,9 @@ def _number(environ: Mapping[str, str], name: str, default: float, low: float, h
     try:
         value = float(raw)
     except ValueError:
-        raise UserError(f"The environment variable {name} is '{_shown_value(raw)}'; {rule}") from None
+        raise UserError(f"The environment variable {name} is '{shown_value(raw)}'; {rule}") from None
     if not low <= value <= high:  # also refuses nan and inf
-        raise UserError(f"The environment variable {name} is {_shown_value(raw)}; {rule}")
+        raise UserError(f"The environment variable {name} is {shown_value(raw)}; {rule}")
     return value
 
 
@@ -146,7 +128,7 @@ def _boolean(environ: Mapping[str, str], name: str, default: bool) -> bool:
         return default
     if raw.lower() in _TRUE + _FALSE:
         return raw.lower() in _TRUE
-    raise UserError(f"The environment variable {name} is '{_shown_value(raw)}'; it must be true or false")
+    raise UserError(f"The environment variable {name} is '{shown_value(raw)}'; it must be true or false")
 
 
 def checked_host(raw: str, what: str) -> str:
@@ -159,7 +141,7 @@ def checked_host(raw: str, what: str) -> str:
     if _HOST_NAME.fullmatch(raw):
         return raw
     raise UserError(
-        f"{what} is '{_shown_value(raw)}'; it must be an IP address (such as 127.0.0.1 or ::1) or a host name"
+        f"{what} is '{shown_value(raw)}'; it must be an IP address (such as 127.0.0.1 or ::1) or a host name"
     )
 
 
@@ -172,7 +154,7 @@ def _default_accept(environ: Mapping[str, str]) -> str:
         return DEFAULT_ACCEPT
     if raw.lower() not in RESPONSE_TYPES:
         raise UserError(
-            f"The environment variable SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT is '{_shown_value(raw)}'; it must be "
+            f"The environment variable SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT is '{shown_value(raw)}'; it must be "
             f"one of {', '.join(RESPONSE_TYPES)}"
         )
     return raw.lower()

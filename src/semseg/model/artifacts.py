@@ -2,54 +2,24 @@
 
 ``model/`` holds ``hyperparams.json`` (the final configuration, string values), ``model_best.params``
 (weights of the best validation mIoU) and ``model_<host>`` (final weights). Every file is written to
-a temporary name and renamed, so a crash or a kill never leaves a half-written file behind.
-Archives from users (a ``model.tar.gz`` in the ``model`` channel or the serving model directory)
-are extracted refusing absolute paths, ``..`` and links.
+a temporary name and renamed, so a crash or a kill never leaves a half-written file behind:
+every file is written through ``files.write_atomically``; archives from users (a ``model.tar.gz`` in
+the ``model`` channel or the serving model directory) are unpacked by ``archives.extract_archive``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import tarfile
-from collections.abc import Callable
 from pathlib import Path
 
 from .. import paths
-from ..errors import UserError, explained_write_failure, one_line
+from ..archives import extract_archive
+from ..errors import UserError
+from ..files import write_atomically
 from ..hyperparameters import ARCHITECTURE_KEYS, parse, to_string
-from ..inference.settings import whole_number
 
 log = logging.getLogger(__name__)
-
-
-PARTIAL_MARK = ".tmp"  # a file being written is ".<name>.tmp<pid>" beside its final name
-
-
-def write_atomically(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``; the old file stays until the new one is whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{PARTIAL_MARK}{os.getpid()}")
-    try:
-        with explained_write_failure(path):
-            write(str(tmp))
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def remove_partial_files(directory: Path) -> None:
-    """Delete what a killed job left half-written (``write_atomically``'s hidden temporary files).
-
-    A SIGKILL runs no cleanup, so the next job does it before it writes, lest SageMaker package them.
-    """
-    for partial in directory.glob(f".*{PARTIAL_MARK}*"):
-        log.info("Removing %s, left half-written by an earlier job", partial)
-        partial.unlink(missing_ok=True)
 
 
 def save_parameters(net, path: Path) -> None:
@@ -63,56 +33,6 @@ def save_hyperparameters(hp: dict, model_dir: Path) -> None:
         Path(tmp).write_text(text + "\n")
 
     write_atomically(model_dir / paths.HYPERPARAMS_FILE, write)
-
-
-MAX_EXTRACTED_BYTES_ENV = "SEMSEG_MAX_EXTRACTED_BYTES"
-MAX_EXTRACTED_BYTES = 8 << 30  # a ResNet-101 model with its ONNX export is under 1 GiB
-MAX_EXTRACTED_BYTES_LIMIT = 1 << 40  # 1 TiB: more than any disk a training or serving instance has
-
-
-def max_extracted_bytes() -> int:
-    """How much an archive from a user may unpack to: ``$SEMSEG_MAX_EXTRACTED_BYTES`` or 8 GiB."""
-    raw = os.environ.get(MAX_EXTRACTED_BYTES_ENV, "").strip()
-    if not raw:
-        return MAX_EXTRACTED_BYTES
-    return whole_number(raw, f"The environment variable {MAX_EXTRACTED_BYTES_ENV}", 1, MAX_EXTRACTED_BYTES_LIMIT)
-
-
-def check_extracted_size(total: int, source: Path) -> None:
-    """Refuse, before writing anything, an archive whose members add up to more than the cap."""
-    cap = max_extracted_bytes()
-    if total > cap:
-        raise UserError(
-            f"The archive {source} would extract {total / 2**20:.1f} MiB, more than the {cap / 2**20:.1f} MiB "
-            f"allowed; raise {MAX_EXTRACTED_BYTES_ENV} if it really holds that much"
-        )
-
-
-def _safe_members(archive: tarfile.TarFile, source: Path) -> list[tarfile.TarInfo]:
-    members = []
-    for member in archive.getmembers():
-        name = member.name
-        if name.startswith("/") or ".." in Path(name).parts:
-            raise UserError(f"The archive {source} holds the unsafe path '{name}'; refusing to extract it")
-        if member.issym() or member.islnk() or member.isdev():
-            raise UserError(f"The archive {source} holds the link or device '{name}'; refusing to extract it")
-        if member.isfile() or member.isdir():
-            members.append(member)
-    check_extracted_size(sum(member.size for member in members if member.isfile()), source)
-    return members
-
-
-def extract_archive(archive_path: Path, destination: Path) -> None:
-    try:
-        with tarfile.open(archive_path) as archive:
-            archive.extractall(destination, members=_safe_members(archive, archive_path), filter="data")
-    except tarfile.ReadError:
-        raise UserError(
-            f"The model archive {archive_path} is not a tar archive (plain or compressed with gzip, bzip2 or xz); "
-            "make it with tar -czf model.tar.gz and the model files"
-        ) from None
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise UserError(f"The model archive {archive_path} could not be read ({one_line(exc)})") from None
 
 
 def unpack_model_dir(directory: Path, scratch: Path) -> Path:

@@ -27,7 +27,8 @@ import mxnet as mx
 import numpy as np
 
 from ..data.transforms import MEAN, STD
-from .artifacts import weights_file, write_atomically
+from ..files import write_atomically
+from .artifacts import weights_file
 from .factory import build_network
 from .size import inference_size
 

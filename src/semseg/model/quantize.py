@@ -27,7 +27,7 @@ import numpy as np
 from ..data.dataset import prepare_pair
 from ..data.file_mode import Sample
 from ..data.transforms import validation_transform
-from .artifacts import write_atomically
+from ..files import write_atomically
 
 log = logging.getLogger(__name__)
 

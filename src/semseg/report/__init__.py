@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import ClassTable
-from ..model.artifacts import write_atomically
+from ..files import write_atomically
 from . import html, plots
 from .examples import ValidationExamples
 

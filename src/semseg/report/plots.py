@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..classes import ClassTable
-from ..model.artifacts import write_atomically
+from ..files import write_atomically
 from ..names import one_line
 
 DPI = 100

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import hyperparameters, paths
 from ..errors import UserError, explained_write_failure
-from ..model.artifacts import write_atomically
+from ..files import write_atomically
 
 if TYPE_CHECKING:
     from .early_stopping import EarlyStopping

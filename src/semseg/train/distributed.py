@@ -4,7 +4,7 @@ When ``resourceconfig.json`` lists several hosts, every host runs one worker (th
 process) and one parameter server, and the first host of the sorted list also runs the
 scheduler, as the AWS MXNet containers do: ``python -c 'import mxnet'`` with ``DMLC_ROLE`` set
 runs a server or scheduler loop. The ``DMLC_*`` variables must be set before the worker imports
-mxnet, which is why ``start`` runs in ``cli.train_main`` before the training loop is imported
+mxnet, which is why ``start`` runs in ``train.command.train_main`` before the training loop is imported
 (this module never imports mxnet; ``kvstore`` does, inside the loop).
 
 ps-lite has no failure handling: a worker whose peer died waits forever. So the hosts also keep a
@@ -41,7 +41,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .. import hyperparameters, paths, sm_config
+from .. import exit_codes, hyperparameters, paths, sm_config
 from ..errors import UserError
 from ..processes import die_with_parent
 from . import checkpoint
@@ -54,8 +54,6 @@ START_TIMEOUT = 15 * 60
 HEARTBEAT_INTERVAL = 5
 HEARTBEAT_TIMEOUT = 60
 STOP_GRACE = 90  # a stopped peer leaves this host this long to stop too (SageMaker allows 120 s)
-EXIT_FAILED = 1
-EXIT_STOPPED = 143
 
 
 def host_overrides() -> dict[str, str]:
@@ -218,14 +216,14 @@ class Cluster:
                 if peer in self._done or peer in self._left or self._finished.is_set():
                     return
                 self._relay_and_exit(
-                    EXIT_FAILED,
+                    exit_codes.FAILED,
                     peer,
                     f"Host {peer} stopped responding or exited without a "
                     "word; the training job cannot go on without it",
                 )
             elif "failed" in message:
                 self._relay_and_exit(
-                    EXIT_FAILED,
+                    exit_codes.FAILED,
                     message.get("host", peer),
                     f"Host {message.get('host', peer)} failed: {message['failed']}",
                 )
@@ -246,12 +244,12 @@ class Cluster:
             for role, process in self.children:
                 if process.poll() is not None and not self._finished.is_set():
                     self._relay_and_exit(
-                        EXIT_FAILED,
+                        exit_codes.FAILED,
                         self.host,
                         f"The parameter {role} of host {self.host} exited with code {process.returncode}",
                     )
             if self._stop_deadline is not None and time.time() > self._stop_deadline:
-                self._exit(EXIT_STOPPED, "Another host was stopped and this one did not stop in time")
+                self._exit(exit_codes.STOPPED, "Another host was stopped and this one did not stop in time")
             time.sleep(HEARTBEAT_INTERVAL)
 
     def _broadcast(self, except_host: str | None = None, **message) -> None:
@@ -277,7 +275,7 @@ class Cluster:
             self._finish_when_all_done()
             self._finished.wait()
             self._exit(0)
-        if code == EXIT_STOPPED:
+        if code == exit_codes.STOPPED:
             self._broadcast(host=self.host, stopped=True)
             self._exit(code)
         self._broadcast(host=self.host, failed=message)
@@ -287,7 +285,7 @@ class Cluster:
         with self._exit_lock:
             if failure:
                 log.error("%s", failure)
-                if code != EXIT_STOPPED and not paths.failure_file().exists():
+                if code != exit_codes.STOPPED and not paths.failure_file().exists():
                     sm_config.write_failure(failure)
             for _, process in self.children:
                 if process.poll() is None:

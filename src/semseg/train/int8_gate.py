@@ -24,7 +24,7 @@ from ..cpu_threads import usable_cpu_count
 from ..data import file_mode, label_map
 from ..data.file_mode import Sample
 from ..errors import UserError
-from ..model.artifacts import write_atomically
+from ..files import write_atomically
 from ..model.export import ONNX_FILE
 from ..model.quantize import INT8_FILE, evenly_spread, export_size, prepared, quantize_file
 from .metrics import ConfusionMatrix

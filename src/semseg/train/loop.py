@@ -22,7 +22,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from .. import classes, logs, paths, report, sm_config
+from .. import classes, files, logs, paths, report, sm_config
 from ..data.loaders import Splits, data_splits
 from ..model import artifacts, export
 from ..report.examples import ValidationExamples
@@ -170,7 +170,7 @@ def write_report(history: list[dict], best: dict | None, class_pixels: np.ndarra
     """Beyond the built-in: per-epoch history and the best epoch's per-class IoU and confusion matrix."""
     report = {"history": history, "best_epoch": best, "train_class_pixels": class_pixels.tolist()}
     text = json.dumps(report, indent=2)
-    artifacts.write_atomically(paths.output_data_dir() / "metrics.json", lambda tmp: Path(tmp).write_text(text))
+    files.write_atomically(paths.output_data_dir() / "metrics.json", lambda tmp: Path(tmp).write_text(text))
 
 
 def train_epochs(run: Run) -> int:
@@ -272,7 +272,7 @@ def run(stop: StopFlag, cluster=None) -> None:
         stop.check()
         training = setup.build(hp, stop, cluster, splits.iterations_per_epoch, splits.class_pixels)
         if training.writes_artifacts:
-            artifacts.remove_partial_files(paths.model_dir())
+            files.remove_partial_files(paths.model_dir())
         best_weights = paths.model_dir() / paths.BEST_PARAMS if training.writes_artifacts else None
         saver = checkpoint.Saver(training.host, training.net, training.trainer, best_weights)
         stopping = setup.early_stopping(hp)

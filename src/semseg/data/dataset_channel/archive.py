@@ -6,7 +6,7 @@ can place a file anywhere. A hostile archive is still refused as a whole, before
 written, because it is either a mistake or an attack and training on part of it would hide that:
 absolute or ``..`` paths, links, two members with one name after normalisation, encryption, and
 zip bombs. The bomb checks are the declared sizes against ``SEMSEG_MAX_EXTRACTED_BYTES`` (the
-tarball limit, ``artifacts.check_extracted_size``) and a compression ratio no image can have;
+tarball limit, ``archives.check_extracted_size``) and a compression ratio no image can have;
 Python's zip reader stops at the declared size and checks the CRC, so a member that lies about
 its size fails to read instead of growing.
 """
@@ -19,8 +19,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from ...archives import check_extracted_size
 from ...errors import UserError, one_line
-from ...model.artifacts import check_extracted_size
 from ...names import path_problem, shown
 
 # PNG and JPEG are compressed already; only a bomb (or a huge blank bitmap) deflates this much.
