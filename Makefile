@@ -18,12 +18,16 @@ $(BIN)/train: pyproject.toml constraints.txt
 demo: install
 	$(BIN)/semseg demo --workdir demo
 
-# ruff's lint rules and formatting, as configured in pyproject.toml.
+# ruff's lint rules and formatting, as configured in pyproject.toml;
 LINTED := src serve tests bench container
 
+# The import contracts in pyproject.toml (the layers of src/semseg); gunicorn's own check of the
+# server's configuration module.
 lint: install
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/lint-imports
+	$(BIN)/python -m gunicorn --check-config --config python:serve.gunicorn_conf
 
 # What CI runs: everything but the long forms (learning bars for each loss and for the CVAT zip) of
 # checks whose short forms run here.
