@@ -13,6 +13,8 @@ $(BIN)/train: pyproject.toml constraints.txt
 	$(PIP) -e '.[test]'
 	# gluoncv declares the GUI build of opencv; the headless one installed above serves it.
 	$(PIP) --no-deps gluoncv
+	# tests/ on the environment's path, so `import harness` works from tests/, bench/ and their child processes.
+	echo "$(CURDIR)/tests" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/semseg-harness.pth"
 	touch $(BIN)/train
 
 demo: install

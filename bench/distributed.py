@@ -26,8 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from ports import free_port  # noqa: E402
+from harness.ports import free_port  # noqa: E402
 
 TRAIN = str(Path(sys.executable).parent / "train")
 HOSTS = ("algo-1", "algo-2")

@@ -24,10 +24,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from exitjob import SCENARIOS, Outcome, cpu_hogs, passed, run_one  # noqa: E402
-from trainjob import TRAIN  # noqa: E402
+from harness.exitjob import SCENARIOS, Outcome, cpu_hogs, passed, run_one  # noqa: E402
+from harness.trainjob import TRAIN  # noqa: E402
 
 
 def main() -> int:

@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from harness.serving_helpers import Server, encoded, sample_image  # noqa: E402
 from onnx_engine import Torchvision  # noqa: E402
 from serving import engine_of, int8_model  # noqa: E402
-from serving_helpers import Server, encoded, sample_image  # noqa: E402
 
 SIZE = 480
 

@@ -19,10 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from exitjob import cpu_hogs  # noqa: E402
-from killjob import MOMENTS, KillOutcome, make_kill_tree, run_killed_then_rerun  # noqa: E402
+from harness.exitjob import cpu_hogs  # noqa: E402
+from harness.killjob import MOMENTS, KillOutcome, make_kill_tree, run_killed_then_rerun  # noqa: E402
 
 
 def main() -> int:

@@ -27,10 +27,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from serving_helpers import Server, encoded, sample_image  # noqa: E402
-from trainjob import run_train  # noqa: E402
+from harness.memory import peak_rss_mb
+from harness.serving_helpers import Server, encoded, sample_image  # noqa: E402
+from harness.trainjob import run_train  # noqa: E402
 
 from semseg.cpu_threads import usable_cpu_count  # noqa: E402
 from semseg.inference import codecs  # noqa: E402
@@ -55,13 +54,6 @@ def paired_medians(first, second, repeats: int) -> tuple[float, float]:
             call()
             bucket.append(time.perf_counter() - started)
     return statistics.median(times[0]), statistics.median(times[1])
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def server_ms(answer) -> float:

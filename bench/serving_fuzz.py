@@ -24,18 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from serving_fuzz_cases import CLASSES  # noqa: E402
-from serving_helpers import Server, trained_model  # noqa: E402
-from serving_traffic import fuzz, restarts  # noqa: E402
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from harness.memory import peak_rss_mb
+from harness.serving_fuzz_cases import CLASSES  # noqa: E402
+from harness.serving_helpers import Server, trained_model  # noqa: E402
+from harness.serving_traffic import fuzz, restarts  # noqa: E402
 
 
 def main() -> int:

@@ -27,10 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from serving_helpers import BIN, Server, SlowClient, encoded, mask_of, sample_image, trained_model  # noqa: E402
-from serving_traffic import run_load  # noqa: E402
+from harness.serving_helpers import BIN, Server, SlowClient, encoded, mask_of, sample_image, trained_model  # noqa: E402
+from harness.serving_traffic import run_load  # noqa: E402
 
 from semseg.inference.settings import DEFAULT_CLIENT_TIMEOUT_S  # noqa: E402
 

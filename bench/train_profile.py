@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(__file__))
 from train_speed import CONFIGURATIONS, TORCH_SCRIPT  # noqa: E402
 
 from semseg.cpu_threads import usable_cpu_count  # noqa: E402

@@ -30,7 +30,7 @@ def save_image(path: Path, width: int, height: int, colour=(120, 80, 40), mode: 
 def learnt_model(tmp_path_factory):
     """The demo's training run (a task it learns, about 0.8 mIoU; int8 copy included), run once per
     session for the tests that need a network that has learnt something (a ``trainjob.Job``)."""
-    from trainjob import run_train
+    from harness.trainjob import run_train
 
     from semseg.demo import DEMO_HYPERPARAMETERS
     from semseg.sample_data import write_opt_ml_tree
@@ -53,7 +53,7 @@ def split_dirs(tmp_path):
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory):
     """moto's standalone S3-protocol server on 127.0.0.1, one for the session, stopped at its end."""
-    import s3server
+    from harness import s3server
 
     server = s3server.start(tmp_path_factory.mktemp("moto") / "moto.log")
     yield server
@@ -63,7 +63,7 @@ def moto_server(tmp_path_factory):
 @pytest.fixture
 def s3(moto_server, tmp_path, monkeypatch):
     """This test's environment points boto3 (here and in child processes) at the moto server only."""
-    import s3server
+    from harness import s3server
 
     config_dir = tmp_path / "aws"
     config_dir.mkdir()
@@ -80,7 +80,7 @@ def s3(moto_server, tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def aws_env(moto_server, tmp_path_factory):
     """For the session's S3 jobs: boto3 here and in child processes reaches the moto server only."""
-    import s3server
+    from harness import s3server
 
     from semseg.jobs.s3 import reset_clients
 
@@ -98,7 +98,7 @@ def aws_env(moto_server, tmp_path_factory):
 @pytest.fixture(scope="session")
 def s3_first_job(aws_env, moto_server, tmp_path_factory):
     """One tiny File-mode job from S3 channels, with checkpoints synced, run once for the session's S3 tests."""
-    import s3jobs
+    from harness import s3jobs
 
     tmp = tmp_path_factory.mktemp("first-job")
     bucket = moto_server.new_bucket()

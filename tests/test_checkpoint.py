@@ -9,7 +9,7 @@ import shutil
 import signal
 
 import pytest
-from trainjob import BARE_ENV, make_tree, quality, run_train, start_train
+from harness.trainjob import BARE_ENV, make_tree, quality, run_train, start_train
 
 from semseg import cpu_threads
 from semseg.train import checkpoint

@@ -10,8 +10,8 @@ import struct
 
 import numpy as np
 import pytest
+from harness.serving_helpers import decode_probabilities, record_pb2
 from PIL import Image
-from serving_helpers import decode_probabilities, record_pb2
 
 from semseg import classes
 from semseg.data.recordio import MAGIC, framed

@@ -7,7 +7,16 @@ import json
 
 import numpy as np
 import pytest
-from cvat_export import COLOURS, LABELMAP, NAMES, cvat_members, mask_bytes, platform_members, write_tree, write_zip
+from harness.cvat_export import (
+    COLOURS,
+    LABELMAP,
+    NAMES,
+    cvat_members,
+    mask_bytes,
+    platform_members,
+    write_tree,
+    write_zip,
+)
 from PIL import Image
 
 from semseg import classes, paths

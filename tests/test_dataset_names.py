@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 import pytest
-from cvat_export import cvat_members, png, write_zip
+from harness.cvat_export import cvat_members, png, write_zip
 from test_hostile_dataset import HP, channel, refused  # noqa: F401 (channel is a fixture)
 
 from semseg import classes, logs, paths

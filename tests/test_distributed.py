@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clusterjob import finish, make_cluster, start_host
 from conftest import save_mask
-from ports import free_port
-from trainjob import make_tree, quality, run_train
+from harness.clusterjob import finish, make_cluster, start_host
+from harness.ports import free_port
+from harness.trainjob import make_tree, quality, run_train
 
 from semseg.data.dataset import EpochSampler, WorkerBatches
 from semseg.errors import UserError

@@ -4,8 +4,8 @@ mode, and streams of different lengths end every host's epoch at the same iterat
 from __future__ import annotations
 
 import pytest
-from clusterjob import finish, make_cluster, start_host
-from ports import free_port
+from harness.clusterjob import finish, make_cluster, start_host
+from harness.ports import free_port
 from test_pipe_mode import iterations_per_epoch, start_feeders, stop_feeders, to_pipe_mode
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from exitjob import Outcome, cpu_hogs, passed, run_one
+from harness.exitjob import Outcome, cpu_hogs, passed, run_one
 
 BOUND_S = 10.0  # from the end marker (the #metrics line, the SIGTERM notice, the failure file) to exit
 STOP_BOUND_S = 60.0  # from SIGTERM to exit, one training step and a checkpoint included, on a loaded machine

@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from cvat_export import LABELMAP, cvat_members, write_tree, write_zip
+from harness.cvat_export import LABELMAP, cvat_members, write_tree, write_zip
 
 from semseg import paths
 from semseg.data import dataset_channel

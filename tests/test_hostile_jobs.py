@@ -16,7 +16,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from s3jobs import SEMSEG, request
+from harness.s3jobs import SEMSEG, request
 
 from semseg import paths, sm_config
 from semseg.errors import UserError

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ports import free_port
-from serving_helpers import BIN, Server, encoded, sample_image, trained_model
+from harness.ports import free_port
+from harness.serving_helpers import BIN, Server, encoded, sample_image, trained_model
 from test_inference_page_browser import browser, run_on  # noqa: F401 (browser: a fixture used below)
 from test_serving_app import UniformEngine, png
 

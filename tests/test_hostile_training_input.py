@@ -14,8 +14,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 from conftest import save_image, save_mask
+from harness.trainjob import make_tree, run_train
 from PIL import Image
-from trainjob import make_tree, run_train
 
 from semseg import paths
 

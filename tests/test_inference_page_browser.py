@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness.serving_helpers import BIN, Server, encoded, sample_image, trained_model
 from PIL import Image
-from serving_helpers import BIN, Server, encoded, sample_image, trained_model
 
 from semseg import classes
 from semseg.sample_data import CLASSES as NAMED

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from killjob import make_kill_tree, run_killed_then_rerun
+from harness.killjob import make_kill_tree, run_killed_then_rerun
 
 
 @pytest.mark.parametrize("moment", ["checkpoint", "model_file", "export"])

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from cvat_export import NAMES, cvat_members, write_zip
-from trainjob import quality
+from harness.cvat_export import NAMES, cvat_members, write_zip
+from harness.trainjob import quality
 
 from semseg.demo import DEMO_HYPERPARAMETERS
 

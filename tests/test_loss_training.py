@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from trainjob import make_tree, quality, run_train
+from harness.trainjob import make_tree, quality, run_train
 
 from semseg.demo import DEMO_HYPERPARAMETERS
 from semseg.sample_data import write_opt_ml_tree

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mxnet as mx
 import pytest
-from trainjob import make_tree, run_train
+from harness.trainjob import make_tree, run_train
 
 TWO_DEVICES = {"SEMSEG_CPU_CONTEXTS": "2"}
 

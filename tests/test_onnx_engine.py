@@ -10,8 +10,8 @@ import shutil
 import mxnet as mx
 import numpy as np
 import pytest
+from harness.trainjob import make_tree, run_train
 from PIL import Image
-from trainjob import make_tree, run_train
 
 from semseg import sample_data
 from semseg.data.images import read_rgb

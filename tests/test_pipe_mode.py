@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness.trainjob import make_tree, run_train, start_train
 from PIL import Image
-from trainjob import make_tree, run_train, start_train
 
 from semseg import hyperparameters
 from semseg.data import pipe_mode

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from s3jobs import SEMSEG
+from harness.s3jobs import SEMSEG
 
 
 def answer_to(body: bytes) -> bytes:

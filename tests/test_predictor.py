@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
+from harness.serving_helpers import encoded, png_declaring, sample_image, trained_model
 from PIL import Image
-from serving_helpers import encoded, png_declaring, sample_image, trained_model
 
 from semseg import classes
 from semseg.errors import PayloadTooLarge, UserError

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from harness.serving_helpers import trained_model
 from PIL import Image
-from serving_helpers import trained_model
 
 from semseg.errors import UserError
 from semseg.inference.engine import load_engine

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-from s3jobs import CHANNELS, file_channel, file_mode_channels, keys, request, run_job, tar_members
+from harness.s3jobs import CHANNELS, file_channel, file_mode_channels, keys, request, run_job, tar_members
+from harness.trainjob import MODEL_FILES
 from test_pipe_mode import sample_pairs
 
 from semseg import logs
@@ -35,7 +36,7 @@ def test_a_file_mode_job_leaves_model_and_output_archives_at_sagemakers_keys(s3_
     assert job.description["ModelArtifacts"]["S3ModelArtifacts"] == f"s3://{bucket}/jobs/first/output/model.tar.gz"
     assert keys(bucket, "jobs/") == ["jobs/first/output/model.tar.gz", "jobs/first/output/output.tar.gz"]
     model = tar_members(bucket, "jobs/first/output/model.tar.gz")
-    assert {"hyperparams.json", "model_best.params", "model_algo-1"} <= set(model)
+    assert MODEL_FILES <= set(model)
     assert json.loads(model["hyperparams.json"])["crop_size"] == "32"
     # the configuration SageMaker writes, and the ignored fields named once each
     config = job.workdir / "input" / "config"

@@ -13,8 +13,8 @@ import boto3
 import numpy as np
 import pytest
 import requests
-from s3jobs import SEMSEG
-from serving_helpers import Server, encoded, mask_of, sample_image
+from harness.s3jobs import SEMSEG
+from harness.serving_helpers import Server, encoded, mask_of, sample_image
 
 from semseg.errors import UserError
 from semseg.jobs import model_fetch

@@ -8,19 +8,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from serving_helpers import two_warm_workers
-from serving_traffic import fuzz, restarts
+from harness.memory import peak_rss_mb
+from harness.serving_helpers import two_warm_workers
+from harness.serving_traffic import fuzz, restarts
 
 pytestmark = pytest.mark.slow
 
 PER_CLASS = 25
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmHWM for process {pid}")
 
 
 def test_a_few_hundred_hostile_requests_get_4xx_sentences_and_no_worker_dies(tmp_path_factory):

@@ -18,8 +18,8 @@ import zlib
 import numpy as np
 import pytest
 import requests
-from PIL import Image
-from serving_helpers import (
+from harness.memory import peak_rss_mb
+from harness.serving_helpers import (
     Server,
     SlowClient,
     encoded,
@@ -28,6 +28,7 @@ from serving_helpers import (
     sample_image,
     two_warm_workers,
 )
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -128,13 +129,6 @@ def png_of_gray_rows(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     pixels = zlib.compress(row * height, 6)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmHWM for process {pid}")
 
 
 def test_a_one_row_image_of_64_million_pixels_costs_its_worker_little_memory(server):

@@ -12,8 +12,7 @@ import time
 import numpy as np
 import pytest
 import requests
-from PIL import Image
-from serving_helpers import (
+from harness.serving_helpers import (
     Server,
     decode_probabilities,
     encoded,
@@ -23,6 +22,7 @@ from serving_helpers import (
     sample_image,
     trained_model,
 )
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ within 1 s every time (SageMaker's own limit is 2 s; an idle server answers in m
 from __future__ import annotations
 
 import pytest
-from serving_helpers import SlowClient, encoded, mask_of, sample_image, two_warm_workers
-from serving_traffic import run_load
+from harness.serving_helpers import SlowClient, encoded, mask_of, sample_image, two_warm_workers
+from harness.serving_traffic import run_load
 
 pytestmark = pytest.mark.slow
 

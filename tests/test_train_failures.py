@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 from conftest import save_mask
-from trainjob import BARE_ENV, make_tree, run_train, start_train
+from harness.trainjob import BARE_ENV, make_tree, run_train, start_train
 
 
 def assert_user_failure(job, message: str) -> None:

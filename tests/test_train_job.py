@@ -9,7 +9,7 @@ import re
 import mxnet as mx
 import numpy as np
 import pytest
-from trainjob import make_tree, run_train
+from harness.trainjob import make_tree, run_train
 
 from semseg import cpu_threads
 from semseg.logs import METRIC_REGEXES

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness.trainjob import make_tree, run_train
 from PIL import Image
-from trainjob import make_tree, run_train
 
 from semseg import classes, report
 from semseg.logs import CLASS_IOU_REGEX

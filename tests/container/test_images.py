@@ -5,22 +5,20 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
+from harness.ports import free_port
+from harness.trainjob import MODEL_FILES, make_tree
 from PIL import Image
-from trainjob import make_tree
 
 from container.docker_harness import Containers, docker
 from semseg.sample_data import make_pair
 
 pytestmark = pytest.mark.container
-
-ARTIFACTS = {"hyperparams.json", "model_best.params", "model_algo-1"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +36,7 @@ def trained(cpu_image, tmp_path_factory):
 def test_train_writes_the_three_artifacts_on_the_host(trained):
     root, result = trained
     assert result.returncode == 0, result.stdout[-3000:]
-    assert ARTIFACTS <= {p.name for p in (root / "model").iterdir()}
+    assert MODEL_FILES <= {p.name for p in (root / "model").iterdir()}
     assert json.loads((root / "model" / "hyperparams.json").read_text())["num_classes"] == "4"
     assert "#quality_metric. host: algo-1, epoch: 0, validation mIOU:" in result.stdout
     assert not (root / "output" / "failure").exists()
@@ -80,7 +78,7 @@ def test_docker_stop_ends_training_cleanly_and_promptly(containers, tmp_path):
 def test_serve_answers_ping_and_segments_a_jpeg_then_stops_cleanly(containers, trained):
     root, result = trained
     assert result.returncode == 0, result.stdout[-3000:]
-    port = _free_port()
+    port = free_port()
     container = containers.start("serve", model=root / "model", env={"SAGEMAKER_BIND_TO_PORT": port})
     base = f"http://127.0.0.1:{port}"
     _wait_for_ping(containers, container, base)
@@ -139,12 +137,6 @@ def test_image_metadata_follows_the_sagemaker_conventions(cpu_image, containers)
         "sh", "-c", "stat -c %a /opt/semseg/mxnet/models; for tool in gcc cc make g++; do command -v $tool; done; true"
     )
     assert result.stdout.split() == ["1777"], "models dir not writable for all, or build tools left in the image"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_ping(containers: Containers, container: str, base: str, timeout: float = 240) -> None:

@@ -9,7 +9,8 @@ import re
 import time
 
 import pytest
-from s3jobs import file_mode_channels, keys, request, run_job, tar_members, upload_dataset
+from harness.s3jobs import file_mode_channels, keys, request, run_job, tar_members, upload_dataset
+from harness.trainjob import MODEL_FILES
 
 from container.docker_harness import docker
 from semseg.errors import UserError
@@ -52,7 +53,7 @@ def test_a_file_mode_job_from_s3_trains_in_the_training_image(cpu_image, aws_env
     assert job.description["TrainingJobStatus"] == "Completed"
     assert keys(bucket, "jobs/") == ["jobs/in-image/output/model.tar.gz", "jobs/in-image/output/output.tar.gz"]
     model = tar_members(bucket, "jobs/in-image/output/model.tar.gz")
-    assert {"hyperparams.json", "model_best.params", "model_algo-1"} <= set(model)
+    assert MODEL_FILES <= set(model)
     assert json.loads(model["hyperparams.json"])["crop_size"] == "32"
     # checkpoints written in the container at /opt/ml/checkpoints reached S3 through the mount
     checkpoint_config = json.loads((job.workdir / "input" / "config" / "checkpointconfig.json").read_text())

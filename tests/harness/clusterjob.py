@@ -11,8 +11,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from trainjob import TRAIN, Job, make_tree
-
+from harness.trainjob import TRAIN, Job, make_tree
 from semseg import cpu_threads
 
 HOSTS = ("algo-1", "algo-2")

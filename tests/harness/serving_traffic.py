@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import requests
-from serving_helpers import SlowClient, encoded, mask_of, ping_times, sample_image
+
+from harness.serving_helpers import SlowClient, encoded, mask_of, ping_times, sample_image
 
 
 @dataclass
@@ -105,7 +106,7 @@ class FuzzResult:
 def fuzz(server, rng, per_class: int, classes: dict | None = None, after_class=None) -> FuzzResult:
     """``per_class`` cases of each class, each on its own connection, each answer checked; after each
     class a valid request must be answered correctly. ``after_class(name, counter)`` is told of each."""
-    from serving_fuzz_cases import CLASSES, check, exchange
+    from harness.serving_fuzz_cases import CLASSES, check, exchange
 
     result = FuzzResult()
     for name, make in (classes or CLASSES).items():

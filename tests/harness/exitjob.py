@@ -19,21 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainjob import TINY, TRAIN
-
+from harness.trainjob import SEVERAL_EPOCHS, TRAIN
 from semseg.sample_data import write_opt_ml_tree
 
 SCENARIOS = ("normal", "early_stopping", "loader_error", "sigterm")
 EXPECTED_CODE = {"normal": 0, "early_stopping": 0, "loader_error": 1, "sigterm": (0, 143)}
 END_MARKERS = ("#metrics ", "Received SIGTERM: training stopped before completion")
-STRESS_HYPERPARAMETERS = {
-    **TINY,
-    "epochs": "3",
-    "_workers": "2",
-    "num_training_samples": "8",
-    "_logging_frequency": "1",
-    "validation_mini_batch_size": "2",
-}
+STRESS_HYPERPARAMETERS = {**SEVERAL_EPOCHS, "_logging_frequency": "1", "validation_mini_batch_size": "2"}
 
 
 @dataclass

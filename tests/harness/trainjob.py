@@ -25,6 +25,10 @@ TINY = {
     "_workers": "0",
     "_int8": "False",  # the int8 copy costs half a minute a job; tests/test_quantize.py makes it
 }
+# What every finished job leaves in model/ (the ONNX export and int8 copy come on top, when made).
+MODEL_FILES = {"hyperparams.json", "model_best.params", "model_algo-1"}
+# Long enough to be stopped, killed or resumed in the middle: three epochs of four iterations, loader processes.
+SEVERAL_EPOCHS = {**TINY, "epochs": "3", "_workers": "2", "num_training_samples": "8"}
 
 
 @dataclass

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from serving_helpers import encoded, png_declaring, sample_image
+
+from harness.serving_helpers import encoded, png_declaring, sample_image
 
 LIMIT = 10 * 2**20  # the server's default payload limit
 ERRORS = {400, 406, 413, 415}

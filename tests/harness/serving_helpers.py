@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 import requests
 from PIL import Image
-from ports import free_port
 
+from harness.ports import free_port
+from harness.trainjob import TINY
 from semseg.sample_data import make_pair, write_opt_ml_tree
 
 BIN = Path(sys.executable).parent
-PROTO = Path(__file__).resolve().parents[1] / "src" / "semseg" / "inference" / "record.proto"
-TINY_TRAINING = dict(crop_size=32, base_size=48, epochs=1, mini_batch_size=4, validation_mini_batch_size=2, _int8=False)
+PROTO = Path(__file__).resolve().parents[2] / "src" / "semseg" / "inference" / "record.proto"
+TINY_TRAINING = {**TINY, "mini_batch_size": "4", "validation_mini_batch_size": "2"}
 
 
 def trained_model(cache: Path, algorithm: str) -> Path:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
-from trainjob import TINY
 
+from harness.trainjob import TINY
 from semseg.sample_data import write_opt_ml_tree
 
 SEMSEG = str(Path(sys.executable).parent / "semseg")

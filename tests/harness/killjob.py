@@ -19,13 +19,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainjob import TINY, TRAIN, Job
-
+from harness.trainjob import SEVERAL_EPOCHS, TRAIN, Job
 from semseg import paths
 from semseg.sample_data import write_opt_ml_tree
 
 MOMENTS = ("checkpoint", "model_file", "export", "random")
-KILL_HYPERPARAMETERS = {**TINY, "epochs": "3", "_workers": "2", "num_training_samples": "8"}
+KILL_HYPERPARAMETERS = SEVERAL_EPOCHS
 
 
 @dataclass

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
-from ports import free_port
+
+from harness.ports import free_port
 
 MOTO_SERVER = str(Path(sys.executable).parent / "moto_server")
 START_TIMEOUT_S = 60  # moto imports every AWS service model it serves: slow on a loaded machine
