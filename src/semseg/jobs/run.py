@@ -32,6 +32,7 @@ from .. import paths, sm_config
 from ..errors import UserError
 from ..names import shown
 from ..processes import die_with_parent
+from ..train.stop import StopFlag
 from .checkpoint_sync import CheckpointSync
 from .pipe_source import PipeFeeder
 from .request import JobRequest
@@ -162,21 +163,6 @@ def package(directory: Path, archive: Path, level: int = GZIP_LEVEL_DEFAULT) -> 
     return archive
 
 
-class StopRequest:
-    """SIGTERM or SIGINT to ``semseg job``: stop training as StopTrainingJob would."""
-
-    def __init__(self):
-        self.requested = False
-
-    def install(self) -> StopRequest:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-
 def _train_env(request: JobRequest, root: Path) -> dict[str, str]:
     return {
         **os.environ,
@@ -199,7 +185,7 @@ def start_training(request: JobRequest, root: Path) -> Training:
 
 
 def supervise(
-    train: Training, request: JobRequest, outcome: Outcome, feeders: list[PipeFeeder], stop: StopRequest
+    train: Training, request: JobRequest, outcome: Outcome, feeders: list[PipeFeeder], stop: StopFlag
 ) -> None:
     """Wait for ``train``; SIGTERM it (SIGKILL STOP_GRACE_S later) on MaxRuntime, a stop or a failed feed."""
     deadline = outcome.started + request.max_runtime_s if request.max_runtime_s else None
@@ -208,7 +194,7 @@ def supervise(
         reason = None
         if deadline is not None and time.time() > deadline:
             reason, outcome.secondary = "MaxRuntimeInSeconds was reached", "MaxRuntimeExceeded"
-        elif stop.requested:
+        elif stop.raised:
             reason, outcome.secondary = "the job was asked to stop", "Stopped"
         else:
             failed = next((f for f in feeders if f.error is not None), None)
@@ -256,7 +242,7 @@ def upload_results(request: JobRequest, root: Path, workdir: Path, outcome: Outc
 
 def run_job(request: JobRequest, workdir: Path) -> dict:
     """Run ``request`` in ``workdir`` (its /opt/ml); the describe_training_job-like result."""
-    stop = StopRequest().install()
+    stop = StopFlag().install(signal.SIGTERM, signal.SIGINT)  # StopTrainingJob, or Ctrl-C
     level = gzip_level()  # a bad value is said before anything is downloaded
     if request.training_image:
         ensure_image(request.training_image)

@@ -24,8 +24,10 @@ class StopFlag:
         self.raised = False
         self.agree: Callable[[bool], bool] | None = None
 
-    def install(self) -> StopFlag:
-        signal.signal(signal.SIGTERM, self._handle)
+    def install(self, *signals: signal.Signals) -> StopFlag:
+        """Set the flag on ``signals`` (SIGTERM, as SageMaker sends it, unless others are named)."""
+        for signum in signals or (signal.SIGTERM,):
+            signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
