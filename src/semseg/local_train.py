@@ -11,11 +11,10 @@ The dataset is linked, not copied: a large zip costs no second copy.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
-from . import hyperparameters, paths
+from . import hyperparameters, paths, sm_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,12 +53,8 @@ def lay_out(dataset: Path, root: Path, values: dict[str, str]) -> Path:
     else:
         channel.mkdir()
         (channel / dataset.name).symlink_to(dataset)
-    paths.config_dir(root).mkdir(parents=True, exist_ok=True)
-    paths.hyperparameters_file(root).write_text(json.dumps(values, indent=2) + "\n")
-    paths.input_data_config_file(root).write_text(
-        json.dumps({paths.DATASET_CHANNEL: {"TrainingInputMode": "File", "ContentType": "application/zip"}}, indent=2)
-    )
-    paths.resource_config_file(root).write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
+    channels = {paths.DATASET_CHANNEL: {"TrainingInputMode": "File", "ContentType": "application/zip"}}
+    sm_config.write_config_files(root, values, channels, {"current_host": "algo-1", "hosts": ["algo-1"]})
     for directory in (paths.model_dir(root), paths.output_data_dir(root)):
         directory.mkdir(parents=True, exist_ok=True)
     return root

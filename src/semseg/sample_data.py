@@ -11,13 +11,12 @@ tests and the benchmarks; ``write_opt_ml_tree`` lays it out as a SageMaker train
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import classes, paths
+from . import classes, paths, sm_config
 
 NUM_CLASSES = 4
 CLASS_COLOURS = {1: (200, 60, 50), 2: (60, 180, 70), 3: (60, 80, 200)}
@@ -94,7 +93,6 @@ def write_opt_ml_tree(
         "optimizer": "sgd",
     }
     values.update({k: str(v) for k, v in (hyperparameters or {}).items()})
-    paths.hyperparameters_file(root).write_text(json.dumps(values, indent=2))
     channels = {
         name: {
             "TrainingInputMode": "File",
@@ -104,10 +102,8 @@ def write_opt_ml_tree(
         }
         for name in ("train", "train_annotation", "validation", "validation_annotation")
     }
-    paths.input_data_config_file(root).write_text(json.dumps(channels, indent=2))
-    paths.resource_config_file(root).write_text(
-        json.dumps({"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"})
-    )
+    resources = {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}
+    sm_config.write_config_files(root, values, channels, resources)
     for directory in (paths.model_dir(root), paths.output_data_dir(root), paths.checkpoints_dir(root)):
         directory.mkdir(parents=True, exist_ok=True)
     return root
