@@ -13,21 +13,19 @@ on until the job ends (the reader decides how many epochs there are).
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
 import random
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import paths
+from ..data.pipe_feed import make_fifo, open_writer, write_all
 from ..data.recordio import framed
 from ..errors import UserError
 from ..names import shown
@@ -37,8 +35,6 @@ from .s3 import S3Location, list_objects, parse_uri, read_object
 log = logging.getLogger("semseg")
 
 PREFETCH = 8  # objects fetched ahead of the one being written
-WRITE_CHUNK = 1 << 20
-OPEN_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -115,28 +111,6 @@ def fetched(items: list[Item], pool: ThreadPoolExecutor) -> Iterator[bytes]:
         yield head if isinstance(head, bytes) else head.result()
 
 
-def open_writer(path: Path, stopping: Callable[[], bool]) -> int | None:
-    """The FIFO opened for writing once a reader opened it; None if ``stopping()`` came first."""
-    while True:
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
-                raise
-            if stopping():
-                return None
-            time.sleep(OPEN_POLL_S)
-            continue
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        return fd
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view[:WRITE_CHUNK]) :]
-
-
 class PipeFeeder:
     """Feeds one Pipe-mode channel, epoch after epoch, in a thread, until ``stop()``."""
 
@@ -174,9 +148,7 @@ class PipeFeeder:
     def feed_epoch(self, epoch: int, pool: ThreadPoolExecutor) -> bool:
         """Stream one epoch; False when the job stopped before a reader came for it."""
         path = self.data_dir / paths.pipe_name(self.channel.name, epoch)
-        if path.is_fifo():  # left by an earlier run of the job; anything else there is never replaced
-            path.unlink()
-        os.mkfifo(path)
+        make_fifo(path)
         fd = open_writer(path, self._stop.is_set)
         if fd is None:
             return False
@@ -187,7 +159,7 @@ class PipeFeeder:
                     break
                 pieces = framed(payload)[1] if wrap else [payload]
                 for piece in pieces:
-                    _write_all(fd, piece)
+                    write_all(fd, piece)
                     self.bytes_fed += len(piece)
         except BrokenPipeError:
             pass  # the reader closed early, as SageMaker allows: the epoch ends there
