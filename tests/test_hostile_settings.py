@@ -404,9 +404,9 @@ def test_the_legend_isolates_and_truncates_long_or_bidi_class_names(browser, nam
     assert widths[2] < legend_width and widths[2] <= 400, widths  # the long name is cut, not the layout
 
 
-def test_the_readme_states_the_bounds_the_server_applies():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme.split("### Settings (environment)", 1)[1].split("\n\n", 1)[0]
+def test_the_serving_doc_states_the_bounds_the_server_applies():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    table = doc.split("## Settings (environment)\n", 1)[1].split("\n\n", 1)[0]
     rows = re.findall(r"^\| `(\w+)` \| [^|]* \| (\d+) to (\d+) \|", table, re.MULTILINE)
     assert len(rows) >= len(BOUNDED), table
     for variable, low, high in rows:
