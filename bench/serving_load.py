@@ -12,7 +12,7 @@ then two phases per worker class:
    reported: how many the server cut off, and after how long.
 
 ``--worker-class gthread`` runs gunicorn's stock threaded worker instead of serve's own, for the
-comparison the README quotes; ``both`` runs each, alternated ``--rounds`` times (machine load drifts).
+comparison docs/performance.md quotes; ``both`` runs each, alternated ``--rounds`` times (machine load drifts).
 A ping that fails or takes over 30 s counts as 30 s.
 
     .venv/bin/python bench/serving_load.py [--seconds 60] [--concurrency 8] [--worker-class both]

@@ -1,7 +1,7 @@
 """Where one training step's time goes: MXNet's profiler on ours against torch.profiler on torchvision's.
 
 One FCN-ResNet-50 training step (batch 2, crop 240, aux head, random data, SGD) after two warm-up
-steps, in our configuration ``--configuration`` (built by the product's ``setup.build``) and in
+steps, in our configuration ``--configuration`` (built by the product's ``parts.build``) and in
 torchvision's ``fcn_resnet50`` (its own Python, as in ``bench/train_speed.py``). Each profiler's
 per-operator self times are summed into the same categories (convolution forward and backward,
 BatchNorm, elementwise, casts and copies, resize, loss, optimizer), printed as shares of the step
@@ -65,7 +65,7 @@ def mxnet_profile(configuration: str) -> dict:
     import mxnet as mx
 
     from semseg.logs import setup_logging
-    from semseg.train import loop, setup
+    from semseg.train import loop, parts
     from semseg.train.stop import StopFlag
 
     setup_logging(level=40)
@@ -81,7 +81,7 @@ def mxnet_profile(configuration: str) -> dict:
             **CONFIGURATIONS[configuration],
         }
     )
-    training = setup.build(hp, StopFlag(), None, 3)
+    training = parts.build(hp, StopFlag(), None, 3)
     images = mx.nd.random.uniform(shape=(2, 3, 240, 240))
     labels = mx.nd.floor(mx.nd.random.uniform(0, 4, shape=(2, 240, 240)))
     for _ in range(2):

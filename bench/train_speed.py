@@ -2,7 +2,7 @@
 
 Method: a synthetic File-mode dataset of 320x240 JPEGs (semseg.sample_data) under a temporary
 /opt/ml tree. Each configuration of ours runs in its own worker process (AMP changes MXNet's
-operators process-wide) built by the product's own ``setup.build`` and fed by its real loader,
+operators process-wide) built by the product's own ``parts.build`` and fed by its real loader,
 ResNet-50 with random weights, aux head, the default loss and SGD. torchvision's
 ``fcn_resnet50`` and ``deeplabv3_resnet50`` (aux head, cross-entropy + 0.5 aux, SGD) run their
 training step on random tensors of the same batch and crop in their own Python, because PyTorch
@@ -86,7 +86,7 @@ def worker(configuration: str, algorithm: str, steps: int, crop: int, batch: int
     from semseg import hyperparameters
     from semseg.data.loaders import data_splits
     from semseg.logs import setup_logging
-    from semseg.train import loop, setup
+    from semseg.train import loop, parts
     from semseg.train.stop import StopFlag
 
     setup_logging(level=40)
@@ -105,7 +105,7 @@ def worker(configuration: str, algorithm: str, steps: int, crop: int, batch: int
         }
     )
     splits = data_splits(hp, {}, seed=0)
-    training = setup.build(hp, StopFlag(), None, steps)
+    training = parts.build(hp, StopFlag(), None, steps)
     threads = os.environ.get(cpu_threads.VARIABLE, "MXNet's")
     print(json.dumps({"precision": f"{training.precision.dtype}, {threads} threads"}), flush=True)
     try:

@@ -47,9 +47,10 @@ def gunicorn_argv() -> list[str]:
 
 
 def fetch_model(port: int) -> bool:
-    """Outside SageMaker, the model named by SEMSEG_MODEL_URI into an empty model directory (jobs.model_fetch)."""
+    """Outside SageMaker, the model named by SEMSEG_MODEL_URI into an empty model directory (``model_fetch``)."""
     from semseg import paths
-    from semseg.jobs import model_fetch
+
+    from . import model_fetch
 
     uri = model_fetch.wanted(paths.model_dir())
     if uri:

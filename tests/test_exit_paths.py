@@ -1,7 +1,7 @@
 """Every way ``train`` ends, with loader processes, exits within seconds of its last write.
 
 The short form of ``bench/exit_stress.py``: each ending once, beside one CPU hog so the timing is
-not that of an idle machine. The long form (50 runs beside a hog per core) is in the README.
+not that of an idle machine. The long form (50 runs beside a hog per core) is in docs/performance.md.
 """
 
 from __future__ import annotations

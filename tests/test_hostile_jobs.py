@@ -20,9 +20,10 @@ from harness.s3jobs import SEMSEG, request
 
 from semseg import paths, sm_config
 from semseg.errors import UserError
-from semseg.jobs import model_fetch, transfer
 from semseg.jobs import request as job_request
+from semseg.jobs import transfer
 from semseg.jobs.s3 import parse_uri
+from serve import model_fetch
 
 JOB_TIMEOUT_S = 300  # refusals come before training; a job that gets further must still end
 

@@ -7,7 +7,7 @@ import tarfile
 import pytest
 
 from semseg.errors import UserError
-from semseg.jobs.run import GZIP_LEVEL_VARIABLE, gzip_level, package
+from semseg.jobs.training_job import GZIP_LEVEL_VARIABLE, gzip_level, package
 
 MEGABYTE = 2**20
 

@@ -14,7 +14,7 @@ from semseg.errors import UserError
 from semseg.model.factory import build_from_hyperparameters
 from semseg.train import loop, precision
 from semseg.train.optim import lr_schedule, optimizer_settings
-from semseg.train.setup import Training, make_criterion
+from semseg.train.parts import Training, make_criterion
 from semseg.train.stop import StopFlag
 
 AMX = {"avx512f", "avx512_bf16", "amx_bf16"}

@@ -17,7 +17,7 @@ from harness.s3jobs import SEMSEG
 from harness.serving_helpers import Server, encoded, mask_of, sample_image
 
 from semseg.errors import UserError
-from semseg.jobs import model_fetch
+from serve import model_fetch
 
 pytestmark = pytest.mark.slow
 

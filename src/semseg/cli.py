@@ -139,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "job":
         from pathlib import Path
 
-        from .jobs.run import main as job_main
+        from .jobs.training_job import main as job_main
 
         return _user_command(job_main, Path(args.request), Path(args.workdir) if args.workdir else None)
     if args.command == "train" and (args.dataset or args.output or local_train.given_hyperparameters(args)):
-        os._exit(local_train.run(args))
+        os._exit(local_train.main(args))
     if args.command == "train":
         train_command()
     if args.command == "serve":
@@ -151,12 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "quantize":
         from pathlib import Path
 
-        from . import paths
-        from .train import int8_gate
+        from . import paths, quantize_command
 
         data = Path(args.data) if args.data else paths.data_dir()
         return _user_command(
-            int8_gate.quantize_command, args.model_dir, data, args.max_images or int8_gate.MAX_GATE_IMAGES
+            quantize_command.main, args.model_dir, data, args.max_images or quantize_command.MAX_GATE_IMAGES
         )
     if args.command == "sample-data":
         from .sample_data import write_opt_ml_tree

@@ -4,8 +4,8 @@ MXNet reads ``OMP_NUM_THREADS`` once, when it is imported, and its convolutions 
 OpenMP) run on that many threads. Left unset, MXNet 1.9.1 on Intel x86 takes *half* of the
 processors (``src/engine/openmp.cc`` assumes every core shows two hyperthreads). That is right on
 a host with hyperthreading and wrong on one without it: many virtual machines report one thread
-per core, and there MXNet leaves half of the cores idle. On this project's 2-core development VM
-that meant 1 thread; ``bench/train_speed.py`` measures what the second one gives a training step.
+per core, and there MXNet leaves half of the cores idle. ``bench/train_speed.py`` measures what
+the idle cores give a training step (figures in docs/performance.md).
 
 So ``train`` and ``serve`` set ``OMP_NUM_THREADS`` themselves, before MXNet is imported, from the
 machine's topology rather than from MXNet's assumption: the number of distinct physical cores

@@ -26,8 +26,8 @@ from . import classes, paths
 from .sample_data import CLASSES, make_pair, write_opt_ml_tree
 
 # Settings a CPU learns the sample task with in a few minutes (see tests/test_learning.py). 12 epochs,
-# not 8: on several threads runs are not bit-reproducible, and 8 epochs ended anywhere from 0.65 to
-# 0.84 mIoU (README, "Training" under Performance); 12 take about what 8 took on one thread.
+# not 8: on several threads runs are not bit-reproducible, and at 8 epochs one job's outcomes spread
+# too wide for the learning test's bar (docs/performance.md, "Two threads").
 DEMO_HYPERPARAMETERS = {
     "algorithm": "fcn",
     "backbone": "resnet-50",

@@ -84,12 +84,12 @@ TABLE: dict[str, Spec] = {
     "_aux_weight": Spec("float", 0.5, low=0),
     "_workers": Spec("int", 16, low=0),
     "_logging_frequency": Spec("int", 20, low=1),
-    "_hybrid": Spec("bool", True),  # ours: True (the built-in's False); measured faster, see the README
+    "_hybrid": Spec("bool", True),  # ours: True (the built-in's False); measured faster, docs/performance.md
     "_kvstore": Spec("str", "device"),
     "_num_kv_servers": Spec("str", "auto"),
     "_augmentation_type": Spec("str", "default", choices=("default",)),
     # Ours: bfloat16 and auto (bfloat16 where AMX makes it faster) beside the built-in's float32, which stays the
-    # default: the learning test fell just short of its bar in bfloat16 (README, Performance).
+    # default: the learning test fell just short of its bar in bfloat16 (docs/performance.md).
     "precision_dtype": Spec("str", "float32", choices=("float32", "bfloat16", "auto")),
     # Ours: the seed of every random choice in training, for reproducible runs.
     "_seed": Spec("int", 0, low=0),

@@ -60,7 +60,7 @@ def lay_out(dataset: Path, root: Path, values: dict[str, str]) -> Path:
     return root
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     """Lay out the tree, run the job in this process, say where its results are; the job's exit code."""
     if args.dataset is None or args.output is None:
         raise SystemExit("semseg train: --dataset and --output go together (without both, train runs on /opt/ml)")

@@ -5,7 +5,7 @@ A ``dataset`` channel (a CVAT export) is first written out as the four File-mode
 
 The training loop sees the same thing either way: two ``BatchLoader`` objects, the iterations of
 an epoch, and, in File mode, the sampler it can move to a resumed position. The loaders own
-processes, so whoever builds ``Splits`` must ``close()`` it on every way out (``train.loop.run``).
+processes, so whoever builds ``Splits`` must ``close()`` it on every way out (``train.loop.train``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The model server's settings, read from the environment in one place.
 
 SageMaker's own variables come first (``SAGEMAKER_*``, as the AWS inference toolkits name them);
-the ``SEMSEG_*`` ones are this server's additions. Each is documented in the README's serving
-section; a malformed value is a configuration error explained in one sentence. Nothing else
+the ``SEMSEG_*`` ones are this server's additions. Each is documented in docs/serving.md
+("Settings (environment)"); a malformed value is a configuration error explained in one sentence. Nothing else
 reads the environment for a serving setting: the HTTP server's configuration, its app and the
 engines all take a ``ServingSettings``.
 """
@@ -45,19 +45,19 @@ DEFAULT_ACCEPT = "image/png"
 DEFAULT_CLIENT_TIMEOUT_S = 30  # a request not fully received this long after its first byte is cut off
 MAX_CLIENT_TIMEOUT_S = 3600  # an hour: 100 MB at 28 KB/s; also the kernel send/receive timeout of a socket
 # Sliding windows when an image's longer side is more than this many times the inference size; 0
-# turns them off. bench/onnx_size_mapping.py: at 1.67x resize-and-pad was slightly better (mIoU
-# +0.005), from 2x on sliding windows far better (+0.09 to +0.29).
+# turns them off. Just below 2x resize-and-pad scores as well, from 2x on sliding windows score far
+# better (bench/onnx_size_mapping.py; the figures are in docs/performance.md).
 DEFAULT_SLIDING_WINDOW_FACTOR = 1.75
 # 100 already leaves images up to 100 S long (52 000 pixels at 520) to resize-and-pad; 0 turns windows off.
 MAX_SLIDING_WINDOW_FACTOR = 100
 # At most this many forward passes per image (a larger image is scaled down until it needs no more;
-# a flipped window counts twice): a 24-megapixel JPEG took 29 s through HTTP with an int8 FCN at 520
-# on a loaded 2-core machine (bench/serving.py), inside SageMaker's 60 s.
+# a flipped window counts twice), so that the largest image is answered inside a real-time endpoint's
+# 60 s even on a small CPU (measured: docs/performance.md, "A 24-megapixel JPEG through HTTP").
 DEFAULT_MAX_WINDOWS = 24
-# 256 windows take about 5 minutes at that pace, past what an endpoint (60 s) or most batch jobs wait.
+# 256 windows take ten times the default's time, past what an endpoint (60 s) or most batch jobs wait.
 MAX_WINDOWS_BOUND = 256
 WORKERS_VARIABLE = "SAGEMAKER_MODEL_SERVER_WORKERS"
-# Each worker loads its own copy of the model (about 0.6 GB at rest, the README's measure): 128
+# Each worker loads its own copy of the model (its memory: docs/performance.md): 128
 # covers one per GPU on any instance and one per core on all but the very largest CPU ones (where
 # the default stops at 128 too), while a typo such as 1000 is refused instead of exhausting memory.
 MAX_WORKERS = 128

@@ -34,10 +34,10 @@ def train_main() -> int:
         threads = cpu_threads.set_math_threads()  # before mxnet is imported, by distributed.start or the loop
         log.info("MXNet computes on %s CPU thread(s) (%s)", threads, cpu_threads.VARIABLE)
         cluster = distributed.start()
-        from .loop import run
+        from .loop import train
 
         try:
-            run(stop, cluster)
+            train(stop, cluster)
         except Stopped:
             log.warning("Received SIGTERM: training stopped before completion; model_best.params, if any, is kept")
             code = exit_codes.STOPPED

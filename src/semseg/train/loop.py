@@ -1,6 +1,6 @@
 """The ``train`` job: configuration -> data -> network -> epochs -> artifacts, in one readable place.
 
-``run()`` wires the parts together (``setup`` builds them, ``data.loaders`` feeds them,
+``train()`` wires the parts together (``parts`` builds them, ``data.loaders`` feeds them,
 ``checkpoint`` saves and resumes them); ``train_epochs`` with ``train_one_epoch`` and ``evaluate``
 is the loop. The log lines, metrics and files are those of SageMaker's built-in algorithm (see
 ``logs``). Beyond one run: a checkpoint at the end of every epoch and on SIGTERM, and a resume
@@ -26,11 +26,11 @@ from .. import classes, files, logs, paths, report, sm_config
 from ..data.loaders import Splits, data_splits
 from ..model import artifacts, export
 from ..report.examples import ValidationExamples
-from . import checkpoint, guards, int8_gate, kvstore, precision, setup
+from . import checkpoint, guards, int8_gate, kvstore, parts, precision
 from .checkpoint import EpochProgress, TrainingState
 from .early_stopping import EarlyStopping
 from .metrics import ConfusionMatrix
-from .setup import Training, seed_everything
+from .parts import Training, seed_everything
 from .stop import StopFlag, Stopped
 
 log = logging.getLogger("semseg")
@@ -44,7 +44,7 @@ class EpochStats:
 
 
 @dataclass
-class Run:
+class EpochLoop:
     """One run's moving parts, as the epoch loop uses them."""
 
     training: Training
@@ -173,9 +173,9 @@ def write_report(history: list[dict], best: dict | None, class_pixels: np.ndarra
     files.write_atomically(paths.output_data_dir() / "metrics.json", lambda tmp: Path(tmp).write_text(text))
 
 
-def train_epochs(run: Run) -> int:
+def train_epochs(loop: EpochLoop) -> int:
     """Every epoch from the resumed position to the last (or early stopping); returns the epochs done."""
-    training, splits, state, batches = run.training, run.splits, run.state, run.splits.train_batches
+    training, splits, state, batches = loop.training, loop.splits, loop.state, loop.splits.train_batches
     hp, iterations, epochs_done = training.hp, splits.iterations_per_epoch, state.epoch
     for epoch in range(state.epoch, state.epoch if state.early_stopped else hp["epochs"]):
         seed_everything(derived_seed(hp["_seed"], "epoch", epoch))
@@ -191,24 +191,24 @@ def train_epochs(run: Run) -> int:
                 kvstore.average_running_statistics(training.net, training.kvstore, training.hosts)
             examples = ValidationExamples() if training.writes_artifacts else None
             matrix, validation_speed = evaluate(training, splits.validation_loader, epoch, examples)
-            guards.warn_if_collapsed(matrix, epoch, list(run.class_table.names))
+            guards.warn_if_collapsed(matrix, epoch, list(loop.class_table.names))
         except Stopped:
             if (epoch, progress.done) != state.position:
-                state.move_to(epoch, progress, sampler_state, run.stopping)
-                run.saver.save(state)
+                state.move_to(epoch, progress, sampler_state, loop.stopping)
+                loop.saver.save(state)
             raise
         epochs_done = epoch + 1
         if training.class_pixels is not None:
-            setup.set_counted_weights(training, training.class_pixels)
-        end_epoch(run, epoch, stats, matrix, validation_speed, examples)
+            parts.set_counted_weights(training, training.class_pixels)
+        end_epoch(loop, epoch, stats, matrix, validation_speed, examples)
         if state.early_stopped:
-            log.info("Early stopping: validation mIOU has not improved for %d epochs", run.stopping.patience)
+            log.info("Early stopping: validation mIOU has not improved for %d epochs", loop.stopping.patience)
             break
     return epochs_done
 
 
 def end_epoch(
-    run: Run,
+    loop: EpochLoop,
     epoch: int,
     stats: EpochStats,
     matrix: ConfusionMatrix,
@@ -216,33 +216,33 @@ def end_epoch(
     examples: ValidationExamples | None = None,
 ) -> None:
     """Log and record the epoch, keep the best weights (and examples), write metrics.json and the checkpoint."""
-    training, state, model_dir = run.training, run.state, paths.model_dir()
+    training, state, model_dir = loop.training, loop.state, paths.model_dir()
     pixel_accuracy, miou, per_class_iou = matrix.pixel_accuracy(), matrix.mean_iou(), matrix.iou().tolist()
     logs.validation_end(training.host, epoch, pixel_accuracy, miou, validation_speed)
-    logs.per_class(training.host, epoch, run.class_table.names, per_class_iou, matrix.class_accuracy().tolist())
+    logs.per_class(training.host, epoch, loop.class_table.names, per_class_iou, matrix.class_accuracy().tolist())
     entry = {
         "epoch": epoch,
         "train_loss": stats.loss,
         "pixel_accuracy": pixel_accuracy,
         "mIOU": miou,
-        "learning_rate": training.schedule((epoch + 1) * run.splits.iterations_per_epoch - 1),
+        "learning_rate": training.schedule((epoch + 1) * loop.splits.iterations_per_epoch - 1),
         "per_class_iou": per_class_iou,
     }
     state.history.append(entry)
-    if run.stopping.update(miou):
+    if loop.stopping.update(miou):
         if training.writes_artifacts:
             artifacts.save_hyperparameters(training.hp, model_dir)
             logs.serializing(model_dir / paths.BEST_PARAMS)
             artifacts.save_parameters(training.net, model_dir / paths.BEST_PARAMS)
         state.best = {**entry, "confusion_matrix": matrix.matrix.tolist()}
-        run.best_examples = examples
+        loop.best_examples = examples
     if training.writes_artifacts:
-        write_report(state.history, state.best, run.splits.class_pixels)
+        write_report(state.history, state.best, loop.splits.class_pixels)
     logs.epochs_progress(training.host, epoch + 1, training.hp["epochs"])
-    state.early_stopped = run.stopping.should_stop(epoch + 1)
-    batches = run.splits.train_batches
-    state.move_to(epoch + 1, EpochProgress(), batches.sampler.state() if batches is not None else None, run.stopping)
-    run.saver.save(state)
+    state.early_stopped = loop.stopping.should_stop(epoch + 1)
+    batches = loop.splits.train_batches
+    state.move_to(epoch + 1, EpochProgress(), batches.sampler.state() if batches is not None else None, loop.stopping)
+    loop.saver.save(state)
 
 
 def save_model(training: Training) -> None:
@@ -258,24 +258,24 @@ def save_model(training: Training) -> None:
     int8_gate.quantize_after_training(training.hp, model_dir)
 
 
-def run(stop: StopFlag, cluster=None) -> None:
+def train(stop: StopFlag, cluster=None) -> None:
     """The whole job; its loader processes are ended here on every way out.
 
     ``cluster``: this host's place in a multi-host job (``distributed.Cluster``), None on one host.
     """
     start = time.time()
-    hp = setup.configure()
+    hp = parts.configure()
     seed_everything(hp["_seed"])
     rank, hosts = (cluster.rank, cluster.size) if cluster else (0, 1)
     splits = data_splits(hp, sm_config.read_input_data_config(), hp["_seed"], stop.check_here, shard=(rank, hosts))
     try:
         stop.check()
-        training = setup.build(hp, stop, cluster, splits.iterations_per_epoch, splits.class_pixels)
+        training = parts.build(hp, stop, cluster, splits.iterations_per_epoch, splits.class_pixels)
         if training.writes_artifacts:
             files.remove_partial_files(paths.model_dir())
         best_weights = paths.model_dir() / paths.BEST_PARAMS if training.writes_artifacts else None
         saver = checkpoint.Saver(training.host, training.net, training.trainer, best_weights)
-        stopping = setup.early_stopping(hp)
+        stopping = parts.early_stopping(hp)
         configuration = checkpoint.training_configuration(hp, splits.iterations_per_epoch, hosts)
         state = saver.resume(configuration, training.ctx, cluster.resume_position if cluster else checkpoint.NEWEST)
         state.restore_early_stopping(stopping)
@@ -286,8 +286,8 @@ def run(stop: StopFlag, cluster=None) -> None:
             stop.agree = training.any_host = kvstore.any_worker(training.kvstore)
         setup_seconds = time.time() - start
         class_table = classes.load(paths.model_dir(), hp["num_classes"])
-        job = Run(training, splits, saver, state, stopping, class_table)
-        epochs_done = train_epochs(job)
+        epoch_loop = EpochLoop(training, splits, saver, state, stopping, class_table)
+        epochs_done = train_epochs(epoch_loop)
         stop.check()  # collective in a multi-host job: every host makes it
         if training.writes_artifacts:
             save_model(training)
@@ -297,7 +297,7 @@ def run(stop: StopFlag, cluster=None) -> None:
                 state.best,
                 class_table,
                 splits.class_pixels.tolist(),
-                job.best_examples,
+                epoch_loop.best_examples,
             )
         else:
             log.info("Model artifacts are written by the first host, %s", cluster.hosts[0])

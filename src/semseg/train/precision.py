@@ -87,7 +87,7 @@ def choose(
     ``syncbn_devices``: how many devices SyncBatchNorm synchronizes (0 without it); MXNet documents it
     without low-precision support. ``amx``: whether AMX may be used (default: ask Linux when the CPU
     has it). ``auto`` picks bfloat16 only with AMX: measured here, MXNet's AVX-512 bfloat16 kernels
-    (without AMX) took twice float32's time, while AMX took half of it (README, Performance).
+    (without AMX) took twice float32's time, while AMX took half of it (docs/performance.md).
     Raises ``UserError`` for ``bfloat16`` where it cannot run: on GPUs, with syncbn, on CPUs without AVX-512.
     """
     if requested == "float32":

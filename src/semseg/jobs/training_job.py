@@ -173,10 +173,10 @@ def _train_env(request: JobRequest, root: Path) -> dict[str, str]:
     }
 
 
-Training = subprocess.Popen | ContainerTraining  # both are polled, stopped and killed alike
+TrainingProcess = subprocess.Popen | ContainerTraining  # both are polled, stopped and killed alike
 
 
-def start_training(request: JobRequest, root: Path) -> Training:
+def start_training(request: JobRequest, root: Path) -> TrainingProcess:
     """``train`` in ``TrainingImage`` when the request names one, else this environment's ``train``."""
     if request.training_image:
         return ContainerTraining(request.training_image, root, request.name, request.environment, STOP_GRACE_S)
@@ -185,7 +185,7 @@ def start_training(request: JobRequest, root: Path) -> Training:
 
 
 def supervise(
-    train: Training, request: JobRequest, outcome: Outcome, feeders: list[PipeFeeder], stop: StopFlag
+    train: TrainingProcess, request: JobRequest, outcome: Outcome, feeders: list[PipeFeeder], stop: StopFlag
 ) -> None:
     """Wait for ``train``; SIGTERM it (SIGKILL STOP_GRACE_S later) on MaxRuntime, a stop or a failed feed."""
     deadline = outcome.started + request.max_runtime_s if request.max_runtime_s else None

@@ -21,11 +21,11 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ..archives import extract_archive
-from ..errors import UserError
-from ..names import relative_path, shown
-from .s3 import S3Location, any_object_under, object_exists, parse_uri
-from .transfer import download, make_own_folder, remove_own_folder
+from semseg.archives import extract_archive
+from semseg.errors import UserError
+from semseg.jobs.s3 import S3Location, any_object_under, object_exists, parse_uri
+from semseg.jobs.transfer import download, make_own_folder, remove_own_folder
+from semseg.names import relative_path, shown
 
 log = logging.getLogger("semseg")
 
