@@ -25,9 +25,9 @@ from semseg.inference.settings import MAX_WORKERS, WORKERS_VARIABLE, ServingSett
 
 log = logging.getLogger("semseg")
 
-# One worker per core, each with one ONNX Runtime thread: bench/serving.py on 2 cores (int8 FCN at
-# 520, 512x512 JPEGs) gave 1.03 requests/s at concurrency 4 with 2 workers x 1 thread, 0.67 with
-# 1 worker x 2 threads, and 1.05 with 4 workers (oversubscribed, twice the memory: no gain).
+# One worker per core, each with one ONNX Runtime thread: more throughput than one worker on every
+# core, and as much as oversubscribing the cores with more workers at a fraction of the memory
+# (bench/serving.py; the figures are in docs/performance.md).
 CPU_CORES_PER_WORKER = 1
 
 
