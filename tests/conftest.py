@@ -9,6 +9,13 @@ import pytest
 from PIL import Image
 
 
+def pytest_runtest_setup(item):
+    """Before the test's fixtures: its markers, for the harness helpers that start training jobs."""
+    from harness import trainjob
+
+    trainjob.RUNNING_TEST_MARKERS = {marker.name for marker in item.iter_markers()}
+
+
 def save_mask(path: Path, values: np.ndarray, mode: str = "P") -> Path:
     mask = Image.fromarray(values.astype(np.uint8), mode="L")
     if mode == "P":

@@ -11,6 +11,8 @@ import random
 import pytest
 from harness.exitjob import Outcome, cpu_hogs, passed, run_one
 
+pytestmark = pytest.mark.slow  # every test here runs train
+
 BOUND_S = 10.0  # from the end marker (the #metrics line, the SIGTERM notice, the failure file) to exit
 STOP_BOUND_S = 60.0  # from SIGTERM to exit, one training step and a checkpoint included, on a loaded machine
 

@@ -19,6 +19,8 @@ from PIL import Image
 
 from semseg import paths
 
+pytestmark = pytest.mark.slow  # every test here runs train
+
 
 def assert_one_sentence_failure(job, *fragments: str) -> None:
     assert job.returncode == 1, job.log[-3000:]

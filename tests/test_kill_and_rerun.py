@@ -10,6 +10,8 @@ import random
 import pytest
 from harness.killjob import make_kill_tree, run_killed_then_rerun
 
+pytestmark = pytest.mark.slow  # every test here runs train
+
 
 @pytest.mark.parametrize("moment", ["checkpoint", "model_file", "export"])
 def test_a_job_killed_while_writing_is_rerun_cleanly(tmp_path, moment):

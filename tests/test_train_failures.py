@@ -15,6 +15,8 @@ import pytest
 from conftest import save_mask
 from harness.trainjob import BARE_ENV, make_tree, run_train, start_train
 
+pytestmark = pytest.mark.slow  # every test here runs train
+
 
 def assert_user_failure(job, message: str) -> None:
     assert job.returncode == 1, job.log[-2000:]
@@ -133,7 +135,6 @@ def test_a_failed_run_leaves_earlier_artifacts_untouched(tmp_path):
     assert {p.name: p.read_bytes() for p in (root / "model").iterdir()} == earlier
 
 
-@pytest.mark.slow
 def test_sigterm_stops_training_promptly_with_loader_processes(tmp_path):
     root = make_tree(tmp_path, epochs="50", _logging_frequency="1", _workers="2")
     process = start_train(root, env=BARE_ENV)

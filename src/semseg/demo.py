@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from . import classes, paths
+from .inference.settings import HOST_VARIABLE, LOCAL_HOST
 from .sample_data import CLASSES, make_pair, write_opt_ml_tree
 
 # Settings a CPU learns the sample task with in a few minutes (see tests/test_learning.py). 12 epochs,
@@ -83,7 +84,13 @@ def run_demo(workdir: str) -> int:
     url = f"http://127.0.0.1:{port}"
     print(f"3/3 Serving the model at {url} and segmenting a new image", flush=True)
     server = subprocess.Popen(
-        [_script("serve")], env={**env, "SAGEMAKER_BIND_TO_PORT": str(port), "SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
+        [_script("serve")],
+        env={
+            **env,
+            "SAGEMAKER_BIND_TO_PORT": str(port),
+            "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
+            HOST_VARIABLE: LOCAL_HOST,  # the demo's server is for this machine only
+        },
     )
     try:
         _wait_for_ping(url, server)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.trainjob import SEVERAL_EPOCHS, TRAIN
+from harness.trainjob import SEVERAL_EPOCHS, TRAIN, require_training_marker
 from semseg.sample_data import write_opt_ml_tree
 
 SCENARIOS = ("normal", "early_stopping", "loader_error", "sigterm")
@@ -73,6 +73,7 @@ def run_one(
     scenario: str, workdir: Path, rng: random.Random, hang: float, cap: float, command: list[str] | None = None
 ) -> Outcome:
     """One job; SIGTERM (scenario ``sigterm``) at a random moment of its expected life."""
+    require_training_marker()
     root = make_job_tree(workdir / "ml", scenario)
     log_path = workdir / "train.log"
     sigterm_at = rng.uniform(0.5, 25.0) if scenario == "sigterm" else None

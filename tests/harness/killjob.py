@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.trainjob import SEVERAL_EPOCHS, TRAIN, Job
+from harness.trainjob import SEVERAL_EPOCHS, TRAIN, Job, require_training_marker
 from semseg import paths
 from semseg.sample_data import write_opt_ml_tree
 
@@ -90,6 +90,7 @@ def broken_model_files(model_dir: Path) -> list[str]:
 
 
 def run_killed_then_rerun(root: Path, moment: str, rng: random.Random, timeout: float = 600) -> KillOutcome:
+    require_training_marker()
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(root)}
     start = time.monotonic()
     deadline = start + rng.uniform(2.0, 30.0)

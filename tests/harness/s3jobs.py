@@ -11,7 +11,7 @@ from pathlib import Path
 
 import boto3
 
-from harness.trainjob import TINY
+from harness.trainjob import TINY, require_training_marker
 from semseg.sample_data import write_opt_ml_tree
 
 SEMSEG = str(Path(sys.executable).parent / "semseg")
@@ -79,6 +79,7 @@ class JobRun:
 
 def run_job(body: dict, workdir: Path, env: dict, timeout: float = JOB_TIMEOUT_S) -> JobRun:
     """``semseg job`` on ``body`` in ``workdir``, as a user runs it."""
+    require_training_marker("semseg job")
     workdir.mkdir(parents=True, exist_ok=True)
     request_file = workdir.parent / f"{body['TrainingJobName']}.json"
     request_file.write_text(json.dumps(body))

@@ -60,11 +60,25 @@ def make_tree(root: Path, train: int = 6, validation: int = 4, **hyperparameters
 
 
 BARE_ENV = {"PATH": "/usr/bin:/bin"}  # little more than SageMaker gives a container
+# The markers of the test running now (conftest sets them before its fixtures): tests that train are
+# left out of `make test-fast` by their marker, so a helper that starts a training job checks for it.
+RUNNING_TEST_MARKERS: set[str] = set()
+TRAINING_MARKERS = {"slow", "long", "container"}
+
+
+def require_training_marker(what: str = "train") -> None:
+    """Under pytest, refuse to start ``what`` for a test not marked slow (or long, or container)."""
+    if "PYTEST_CURRENT_TEST" in os.environ and not RUNNING_TEST_MARKERS & TRAINING_MARKERS:
+        raise AssertionError(
+            f"{os.environ['PYTEST_CURRENT_TEST'].split(' ')[0]} runs {what} but is not marked slow: "
+            "add @pytest.mark.slow, so that make test-fast leaves it out"
+        )
 
 
 def start_train(root: Path, env: dict | None = None) -> subprocess.Popen:
     """``train`` started on ``root``, its log to be read line by line from ``stdout``; ``env``, when
     given, replaces the inherited environment."""
+    require_training_marker()
     return subprocess.Popen(
         [TRAIN],
         env={**(os.environ if env is None else env), "SAGEMAKER_BASE_DIR": str(root)},
@@ -75,6 +89,7 @@ def start_train(root: Path, env: dict | None = None) -> subprocess.Popen:
 
 
 def run_train(root: Path, timeout: float = 300, env: dict | None = None) -> Job:
+    require_training_marker()
     result = subprocess.run(
         [TRAIN],
         env={**os.environ, "SAGEMAKER_BASE_DIR": str(root), **(env or {})},
