@@ -37,7 +37,7 @@ def load_backbone(net: mx.gluon.Block, backbone: str, ctx) -> None:
     if not path.is_file():
         raise UserError(
             f"use_pretrained_model is True but the ImageNet weights for {backbone} are not staged at {path}; "
-            "build the image with the weights staged (see README, 'Pretrained weights'), copy the GluonCV "
+            "build the image with the weights staged (see docs/training.md, 'Pretrained weights'), copy the GluonCV "
             f"file {path.name} there, or set use_pretrained_model to False to train from scratch"
         )
     log.info("Loading ImageNet %s weights from %s", backbone, path)
