@@ -12,6 +12,7 @@ from semseg.demo import DEMO_HYPERPARAMETERS
 from semseg.sample_data import write_opt_ml_tree
 
 
+@pytest.mark.slow
 def test_a_job_whose_loss_is_never_finite_ends_with_one_sentence(tmp_path):
     # weights of 1e38 overflow the weighted sum to inf, and inf / inf is NaN: every iteration is non-finite
     root = make_tree(
@@ -38,6 +39,7 @@ LOSS_EPOCHS = 4
 LOSS_BARS = {"focal": 0.50, "dice": 0.60, "cross_entropy+dice": 0.55}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", sorted(LOSS_BARS))
 def test_each_new_loss_trains_a_real_job_with_finite_losses(loss, tmp_path):
     """The short form of the next test: one epoch of the tiny job, through the real ``train``."""

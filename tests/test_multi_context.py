@@ -22,6 +22,7 @@ def test_syncbn_trains_across_two_devices_and_saves_plain_gluoncv_weights(tmp_pa
     assert net(mx.nd.zeros((1, 3, 32, 32)))[0].shape == (1, 4, 32, 32)
 
 
+@pytest.mark.slow
 def test_a_batch_smaller_than_the_number_of_devices_is_a_user_error(tmp_path):
     job = run_train(make_tree(tmp_path, mini_batch_size="1", num_training_samples="2"), env=TWO_DEVICES)
     assert job.returncode == 1

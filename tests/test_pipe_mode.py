@@ -606,6 +606,7 @@ def pipe_tree(root: Path, **hyperparameters) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_the_train_command_fails_with_a_sentence_when_the_fifo_never_appears(tmp_path):
     root = pipe_tree(tmp_path, _pipe_wait_seconds="1")
     job = run_train(root)
@@ -616,6 +617,7 @@ def test_the_train_command_fails_with_a_sentence_when_the_fifo_never_appears(tmp
     )
 
 
+@pytest.mark.slow
 def test_sigterm_while_waiting_for_a_fifo_stops_the_job_promptly(tmp_path):
     root = pipe_tree(tmp_path)  # waits up to 600 s for train_0
     process = start_train(root)

@@ -189,6 +189,7 @@ def test_bfloat16_training_gives_the_same_losses_within_its_precision(initial_we
     assert hybridized != reference  # it did compute in bfloat16
 
 
+@pytest.mark.slow
 def test_a_bfloat16_job_says_so_and_writes_float32_artifacts(tmp_path):
     """A real ``train`` run with precision_dtype bfloat16, hybridized: the log names the precision and
     why, oneDNN ran bfloat16 kernels (on AMX where the log says so), and what it wrote is float32."""
