@@ -22,19 +22,18 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from harness.trainjob import TRAIN
 from PIL import Image, ImageDraw, ImageFont
 
 from semseg import paths
 from semseg.sample_data import write_opt_ml_tree
 
 CANVAS = 80
-TRAIN = str(Path(sys.executable).parent / "train")
 
 BASE = {
     "algorithm": "fcn",

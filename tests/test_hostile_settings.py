@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from harness.ports import free_port
-from harness.serving_helpers import BIN, Server, encoded, sample_image, trained_model
+from harness.serving_helpers import BIN, Server, encoded, named_model_server, sample_image
 from test_inference_page_browser import browser, run_on  # noqa: F401 (browser: a fixture used below)
 from test_serving_app import UniformEngine, png
 
@@ -367,19 +367,8 @@ def test_the_report_figures_draw_a_class_name_with_dollar_signs_as_text(tmp_path
 def named_server(tmp_path_factory):
     """``semseg serve --model ROOT`` on the test fcn model with hostile class names (the browser
     fixture, imported, quits before this server stops)."""
-    trained = trained_model(tmp_path_factory.getbasetemp() / "serving-models", "fcn") / "model"
-    root = tmp_path_factory.mktemp("hostile-named-model")
-    (root / "model").mkdir()
-    for file in trained.iterdir():
-        os.link(file, root / "model" / file.name)
-    classes.save(HOSTILE_TABLE, root / "model")
-    command = [str(BIN / "semseg"), "serve", "--model", str(root)]
-    server = Server(tmp_path_factory.mktemp("elsewhere"), root / "serve.log", command)
-    try:
-        assert server.wait_until_up().status_code == 200, server.log()
+    with named_model_server(tmp_path_factory, HOSTILE_TABLE) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.slow

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness.serving_helpers import BIN, Server, encoded, sample_image, trained_model
+from harness.serving_helpers import encoded, named_model_server, sample_image
 from PIL import Image
 
-from semseg import classes
 from semseg.sample_data import CLASSES as NAMED
 
 pytestmark = pytest.mark.slow
@@ -58,19 +57,8 @@ def browser(named_server, tmp_path_factory):
 @pytest.fixture(scope="module")
 def named_server(tmp_path_factory):
     """``semseg serve --model ROOT`` on the test fcn model, linked into a job root with a classes.json."""
-    trained = trained_model(tmp_path_factory.getbasetemp() / "serving-models", "fcn") / "model"
-    root = tmp_path_factory.mktemp("named-model")
-    (root / "model").mkdir()
-    for file in trained.iterdir():
-        os.link(file, root / "model" / file.name)  # the weights are not copied
-    classes.save(NAMED, root / "model")
-    command = [str(BIN / "semseg"), "serve", "--model", str(root)]
-    server = Server(tmp_path_factory.mktemp("elsewhere"), root / "serve.log", command)
-    try:
-        assert server.wait_until_up().status_code == 200, server.log()
+    with named_model_server(tmp_path_factory, NAMED) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def state_of(driver) -> str:

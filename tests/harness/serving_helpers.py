@@ -26,7 +26,8 @@ import requests
 from PIL import Image
 
 from harness.ports import free_port
-from harness.trainjob import TINY
+from harness.trainjob import TINY, require_training_marker
+from semseg import classes
 from semseg.sample_data import make_pair, write_opt_ml_tree
 
 BIN = Path(sys.executable).parent
@@ -38,11 +39,32 @@ def trained_model(cache: Path, algorithm: str) -> Path:
     """The /opt/ml root of a one-iteration training run of ``algorithm`` (run once per session)."""
     root = cache / algorithm
     if not (root / "model" / "model_best.params").exists():
+        require_training_marker()
         write_opt_ml_tree(root, train=4, validation=2, hyperparameters=dict(TINY_TRAINING, algorithm=algorithm))
         env = dict(os.environ, SAGEMAKER_BASE_DIR=str(root))
         done = subprocess.run([str(BIN / "train")], env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return root
+
+
+@contextmanager
+def named_model_server(tmp_path_factory, table) -> Iterator[Server]:
+    """``semseg serve --model ROOT`` on the session's test fcn model, linked into a job root with
+    ``table`` as its classes.json; stopped when the block ends."""
+    trained = trained_model(tmp_path_factory.getbasetemp() / "serving-models", "fcn") / "model"
+    root = tmp_path_factory.mktemp("named-model")
+    (root / "model").mkdir()
+    for file in trained.iterdir():
+        os.link(file, root / "model" / file.name)  # the weights are not copied
+    classes.save(table, root / "model")
+    server = Server(
+        tmp_path_factory.mktemp("elsewhere"), root / "serve.log", [str(BIN / "semseg"), "serve", "--model", str(root)]
+    )
+    try:
+        assert server.wait_until_up().status_code == 200, server.log()
+        yield server
+    finally:
+        server.stop()
 
 
 class Server:
