@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 
-from semseg import cpu_threads, logs
+from semseg import cpu_threads, exit_codes, logs
 from semseg.archives import max_extracted_bytes
 from semseg.errors import UserError
 from semseg.inference.settings import MAX_WORKERS, WORKERS_VARIABLE, ServingSettings, from_environment
@@ -78,11 +78,11 @@ def main() -> int:
         settings = checked_settings()
     except UserError as exc:
         print(f"serve: {exc}", file=sys.stderr, flush=True)
-        return 1
+        return exit_codes.FAILED
     if not fetch_model(settings.port):
-        return 1
+        return exit_codes.FAILED
     gpus = count_gpus()
-    cpus = os.cpu_count() or 1
+    cpus = cpu_threads.usable_cpu_count()
     workers = settings.workers or default_workers(gpus, cpus)
     os.environ[WORKERS_VARIABLE] = str(workers)  # read back by gunicorn_conf and the app
     if not gpus:
