@@ -35,8 +35,12 @@ PROTO = Path(__file__).resolve().parents[2] / "src" / "semseg" / "inference" / "
 TINY_TRAINING = {**TINY, "mini_batch_size": "4", "validation_mini_batch_size": "2"}
 
 
+TRAIN_LOG = "train.log"  # beside the /opt/ml tree of a trained_model run: what train printed
+
+
 def trained_model(cache: Path, algorithm: str) -> Path:
-    """The /opt/ml root of a one-iteration training run of ``algorithm`` (run once per session)."""
+    """The /opt/ml root of a one-iteration training run of ``algorithm`` (run once per session, shared
+    by every test file that needs a trained network of that algorithm)."""
     root = cache / algorithm
     if not (root / "model" / "model_best.params").exists():
         require_training_marker()
@@ -44,6 +48,7 @@ def trained_model(cache: Path, algorithm: str) -> Path:
         env = dict(os.environ, SAGEMAKER_BASE_DIR=str(root))
         done = subprocess.run([str(BIN / "train")], env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        (root / TRAIN_LOG).write_text(done.stdout)
     return root
 
 
