@@ -140,11 +140,12 @@ def test_serve_exits_with_one_sentence_when_the_model_object_is_missing(aws_env,
     np.testing.assert_equal(list((tmp_path / "model").glob("*")) if (tmp_path / "model").exists() else [], [])
 
 
-def test_predict_in_process_from_a_model_folder_lists_the_corrupt_image(s3_first_job, aws_env, tmp_path):
+def test_predict_in_process_from_a_jobs_root_lists_the_corrupt_image(s3_first_job, aws_env, tmp_path):
+    """``--model`` takes what ``semseg serve --model`` takes: here the job's /opt/ml root, whose model/ it uses."""
     _, _, job = s3_first_job
     assert job.returncode == 0, job.log[-3000:]
     sizes = _images(tmp_path / "in")
-    model = str(job.workdir / "model")
+    model = str(job.workdir)
 
     run = predict("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", model, env=aws_env)
 
