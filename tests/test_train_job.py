@@ -113,3 +113,11 @@ def test_the_resnet_101_backbone_trains(tmp_path):
     assert job.returncode == 0, job.log[-2000:]
     assert len(job.lines(METRIC_REGEXES["validation:mIOU"])) == 1
     assert MODEL_FILES <= {p.name for p in job.model_dir.iterdir()}
+
+
+def test_a_job_trains_with_the_strong_augmentation(tmp_path):
+    root = make_tree(tmp_path, _augmentation_type="strong", augment_rotation_degrees="20", augment_hue="0.1")
+    job = run_train(root)
+    assert job.returncode == 0, job.log[-2000:]
+    assert len(job.lines(METRIC_REGEXES["validation:mIOU"])) == 1
+    assert json.loads((job.model_dir / "hyperparams.json").read_text())["_augmentation_type"] == "strong"

@@ -25,6 +25,7 @@ BACKBONES = ("resnet-50", "resnet-101")
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "nag")
 LR_SCHEDULERS = ("poly", "cosine", "step")
 LOSSES = ("cross_entropy", "focal", "dice", "cross_entropy+dice")
+AUGMENTATIONS = ("default", "strong")  # default: the built-in's recipe; strong: data.transforms.strong_train_transform
 BACKBONE_ALIASES = {"resnet50": "resnet-50", "resnet101": "resnet-101"}
 
 # Keys that define the network: they must agree between a model and the run that continues it.
@@ -87,7 +88,15 @@ TABLE: dict[str, Spec] = {
     "_hybrid": Spec("bool", True),  # ours: True (the built-in's False); measured faster, docs/performance.md
     "_kvstore": Spec("str", "device"),
     "_num_kv_servers": Spec("str", "auto"),
-    "_augmentation_type": Spec("str", "default", choices=("default",)),
+    "_augmentation_type": Spec("str", "default", choices=AUGMENTATIONS),
+    # Ours: the pieces of the strong recipe (read only when _augmentation_type is strong; 0 turns one off).
+    "augment_vertical_flip": Spec("float", 0.5, low=0, high=1),  # probability
+    "augment_rotate90": Spec("float", 0.5, low=0, high=1),  # probability of a quarter, half or three-quarter turn
+    "augment_rotation_degrees": Spec("float", 15.0, low=0, high=180),  # a free turn within +- this
+    "augment_color_jitter": Spec("float", 0.3, low=0, high=1),  # brightness, contrast, saturation within 1 +- this
+    "augment_hue": Spec("float", 0.05, low=0, high=0.5),  # hue shift within +- this share of the colour wheel
+    "augment_scale_min": Spec("float", 0.25, low=0, high=4, low_open=True),  # long side x base_size, lowest
+    "augment_scale_max": Spec("float", 2.5, low=0, high=4, low_open=True),  # and highest
     # Ours: bfloat16 and auto (bfloat16 where AMX makes it faster) beside the built-in's float32, which stays the
     # default: the learning test fell just short of its bar in bfloat16 (docs/performance.md).
     "precision_dtype": Spec("str", "float32", choices=("float32", "bfloat16", "auto")),
@@ -273,6 +282,11 @@ def parse(provided: dict[str, Any]) -> dict[str, Any]:
         log.info("Ignoring hyperparameters this algorithm does not use: %s", ", ".join(unknown))
     final = {name: parse_one(name, provided) for name in TABLE}
     final["crop_size"] = round_up_to_multiple_of_8(final["crop_size"])
+    if final["augment_scale_min"] >= final["augment_scale_max"]:
+        raise UserError(
+            f"augment_scale_min ({to_string(final['augment_scale_min'])}) must be below augment_scale_max "
+            f"({to_string(final['augment_scale_max'])})"
+        )
     if final["lr_scheduler"] == "step" and not final["lr_scheduler_step"]:
         raise UserError(
             "The 'lr_scheduler_step' hyperparameter is required when 'lr_scheduler' is 'step', for example '10, 20'"

@@ -22,7 +22,7 @@ from ..errors import UserError
 from . import dataset_channel, file_mode, label_map, pipe_mode
 from .batch_loader import BatchLoader, no_stop
 from .dataset import EpochSampler, PairDataset, ValidationSampler, WorkerBatches
-from .transforms import train_transform, validation_transform
+from .transforms import training_transform, validation_transform
 
 log = logging.getLogger("semseg")
 
@@ -61,9 +61,7 @@ def _check_file_channels(channels: dict, streamed: set[str]) -> None:
 
 
 def _transform(hp: dict, split: str):
-    return (
-        train_transform(hp["base_size"], hp["crop_size"]) if split == "train" else validation_transform(hp["crop_size"])
-    )
+    return training_transform(hp) if split == "train" else validation_transform(hp["crop_size"])
 
 
 def _lookup_table(hp: dict, spec: dict, split: str) -> np.ndarray:

@@ -6,6 +6,12 @@ the long side is ``U[0.5, 2.0] x base_size`` (image bilinear, mask nearest); pad
 0); random ``crop_size`` square crop; Gaussian blur with p=0.5, radius U(0, 1); ImageNet
 normalisation.
 
+The strong recipe (``_augmentation_type=strong``, ``strong_train_transform``) adds to it, for data
+whose classes do not depend on orientation or exact colour (cells, aerial images, defects): a
+vertical flip, a quarter turn, a small free rotation (image bilinear on black, mask nearest on
+*ignore*, so the corners it uncovers teach nothing), colour jitter (brightness, contrast,
+saturation, hue) and a wider scale range, each set by an ``augment_*`` hyperparameter.
+
 Validation (``validation_transform``): resize so the short side is ``crop_size`` and take the
 centre ``crop_size`` square, as GluonCV's ``_val_sync_transform`` does. Validation mIoU is
 therefore measured on centre crops at training resolution.
@@ -19,7 +25,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter
 
 from .label_map import IGNORE_VALUE
 
@@ -44,11 +50,74 @@ class RandomHorizontalFlip:
         return image, mask
 
 
-class RandomScale:
-    """Resize so the long side is a random length in [0.5, 2.0] x base_size, keeping the aspect."""
+class RandomVerticalFlip:
+    def __init__(self, probability: float):
+        self.probability = probability
 
-    def __init__(self, base_size: int):
-        self.low, self.high = int(base_size * 0.5), int(base_size * 2.0)
+    def __call__(self, image, mask, rng):
+        if rng.random() < self.probability:
+            return image.transpose(Image.FLIP_TOP_BOTTOM), mask.transpose(Image.FLIP_TOP_BOTTOM)
+        return image, mask
+
+
+class RandomQuarterTurn:
+    """With ``probability``, a turn of 90, 180 or 270 degrees (exact: no pixel is resampled)."""
+
+    TURNS = (Image.ROTATE_90, Image.ROTATE_180, Image.ROTATE_270)
+
+    def __init__(self, probability: float):
+        self.probability = probability
+
+    def __call__(self, image, mask, rng):
+        if rng.random() < self.probability:
+            turn = rng.choice(self.TURNS)
+            return image.transpose(turn), mask.transpose(turn)
+        return image, mask
+
+
+class RandomRotation:
+    """A turn by U(-degrees, degrees) about the centre: the image bilinear, uncovered corners black;
+    the mask nearest, uncovered corners *ignore*."""
+
+    def __init__(self, degrees: float):
+        self.degrees = degrees
+
+    def __call__(self, image, mask, rng):
+        if not self.degrees:
+            return image, mask
+        angle = rng.uniform(-self.degrees, self.degrees)
+        return (
+            image.rotate(angle, resample=Image.BILINEAR, fillcolor=(0, 0, 0)),
+            mask.rotate(angle, resample=Image.NEAREST, fillcolor=IGNORE_VALUE),
+        )
+
+
+class ColorJitter:
+    """Brightness, contrast and saturation each scaled by U(1 - amount, 1 + amount), then the hue
+    turned by U(-hue, hue) of the colour wheel; the mask is untouched."""
+
+    ENHANCERS = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+
+    def __init__(self, amount: float, hue: float):
+        self.amount, self.hue = amount, hue
+
+    def __call__(self, image, mask, rng):
+        if self.amount:
+            for enhancer in self.ENHANCERS:
+                image = enhancer(image).enhance(rng.uniform(1 - self.amount, 1 + self.amount))
+        if self.hue:
+            hsv = np.asarray(image.convert("HSV")).copy()
+            hsv[..., 0] = (hsv[..., 0].astype(np.int16) + round(rng.uniform(-self.hue, self.hue) * 256)) % 256
+            image = Image.fromarray(hsv, mode="HSV").convert("RGB")
+        return image, mask
+
+
+class RandomScale:
+    """Resize so the long side is a random length in [low, high] x base_size (the built-in's 0.5 to
+    2.0 unless given), keeping the aspect."""
+
+    def __init__(self, base_size: int, low: float = 0.5, high: float = 2.0):
+        self.low, self.high = max(1, int(base_size * low)), int(base_size * high)
 
     def __call__(self, image, mask, rng):
         long_side = rng.randint(self.low, self.high)
@@ -130,6 +199,31 @@ def train_transform(base_size: int, crop_size: int) -> Compose:
             RandomGaussianBlur(),
         ]
     )
+
+
+def strong_train_transform(hp: dict) -> Compose:
+    """The built-in's recipe with the strong pieces added, each set by its ``augment_*`` hyperparameter."""
+    crop_size = hp["crop_size"]
+    return Compose(
+        [
+            RandomHorizontalFlip(),
+            RandomVerticalFlip(hp["augment_vertical_flip"]),
+            RandomQuarterTurn(hp["augment_rotate90"]),
+            RandomRotation(hp["augment_rotation_degrees"]),
+            ColorJitter(hp["augment_color_jitter"], hp["augment_hue"]),
+            RandomScale(hp["base_size"], hp["augment_scale_min"], hp["augment_scale_max"]),
+            PadToSize(crop_size),
+            RandomCrop(crop_size),
+            RandomGaussianBlur(),
+        ]
+    )
+
+
+def training_transform(hp: dict) -> Compose:
+    """The recipe ``_augmentation_type`` names: ``default`` (the built-in's, unchanged) or ``strong``."""
+    if hp["_augmentation_type"] == "strong":
+        return strong_train_transform(hp)
+    return train_transform(hp["base_size"], hp["crop_size"])
 
 
 def validation_transform(crop_size: int) -> Compose:
