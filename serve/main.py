@@ -46,7 +46,7 @@ def gunicorn_argv() -> list[str]:
     return [sys.executable, "-m", "gunicorn", "--config", "python:serve.gunicorn_conf"]
 
 
-def fetch_model(port: int) -> bool:
+def fetch_model(host: str, port: int) -> bool:
     """Outside SageMaker, the model named by SEMSEG_MODEL_URI into an empty model directory (``model_fetch``)."""
     from semseg import paths
 
@@ -55,7 +55,7 @@ def fetch_model(port: int) -> bool:
     uri = model_fetch.wanted(paths.model_dir())
     if uri:
         try:
-            model_fetch.fetch_while_answering_503(uri, paths.model_dir(), port)
+            model_fetch.fetch_while_answering_503(uri, paths.model_dir(), host, port)
         except UserError as exc:
             log.error("%s", exc)
             return False
@@ -79,7 +79,7 @@ def main() -> int:
     except UserError as exc:
         print(f"serve: {exc}", file=sys.stderr, flush=True)
         return exit_codes.FAILED
-    if not fetch_model(settings.port):
+    if not fetch_model(settings.host, settings.port):
         return exit_codes.FAILED
     gpus = count_gpus()
     cpus = cpu_threads.usable_cpu_count()

@@ -3,7 +3,7 @@
 SageMaker unpacks ``ModelDataUrl`` into /opt/ml/model before the container starts; on ECS,
 Kubernetes or a plain VM nobody does, so ``serve`` does it once, before any worker loads the model,
 when the model directory is empty and ``SEMSEG_MODEL_URI`` names an ``s3://`` object or a local
-tarball. The archive checks of ``model.artifacts`` apply (no absolute paths, ``..`` or links; a
+tarball. The archive checks of ``semseg.archives`` apply (no absolute paths, ``..`` or links; a
 size cap). Meanwhile a placeholder answers every request with 503 on the serving socket, which is
 then handed to gunicorn as it is (systemd's socket-passing convention, which gunicorn reads), so a
 health check never meets a closed port between the two.
@@ -106,10 +106,13 @@ class _NotReady(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def placeholder(port: int, message: str) -> Iterator[socket.socket]:
-    """Listen on ``port`` answering 503 with ``message`` until the block ends; yields the socket, still open."""
+def placeholder(host: str, port: int, message: str) -> Iterator[socket.socket]:
+    """Listen on ``host:port`` (the address gunicorn will serve on) answering 503 with ``message`` until
+    the block ends; yields the socket, still open."""
     handler = type("NotReady", (_NotReady,), {"message": message})
-    server = ThreadingHTTPServer(("0.0.0.0", port), handler)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_class = type("PlaceholderServer", (ThreadingHTTPServer,), {"address_family": family})
+    server = server_class((host, port), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
@@ -130,8 +133,8 @@ def pass_to_gunicorn(listener: socket.socket) -> None:
     os.environ["LISTEN_PID"] = str(os.getpid())  # exec keeps the process id
 
 
-def fetch_while_answering_503(uri: str, model_dir: Path, port: int) -> None:
-    """``fetch`` with the placeholder on ``port``; the socket is passed on for gunicorn to take over."""
-    with placeholder(port, f"The model is being fetched from {uri}") as listener:
+def fetch_while_answering_503(uri: str, model_dir: Path, host: str, port: int) -> None:
+    """``fetch`` with the placeholder on ``host:port``; the socket is passed on for gunicorn to take over."""
+    with placeholder(host, port, f"The model is being fetched from {uri}") as listener:
         fetch(uri, model_dir)
         pass_to_gunicorn(listener)

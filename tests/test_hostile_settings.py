@@ -31,7 +31,7 @@ from semseg.inference import settings
 from semseg.inference.predictor import Predictor
 from semseg.report import html as report_html
 from semseg.report import plots
-from serve import responses
+from serve import model_fetch, responses
 from serve.app import create_app
 
 REFUSAL_WAIT_S = 60  # a refusal takes about a second; a server that starts instead is stopped after this
@@ -208,6 +208,13 @@ def test_the_local_command_takes_host_and_port_and_defaults_to_loopback(tmp_path
         cli.local_serve_settings(None, 0, None, {})
     with pytest.raises(UserError, match=r"^--host is 'a b'; "):
         cli.local_serve_settings(None, None, "a b", {})
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_the_placeholder_of_a_model_being_fetched_listens_where_gunicorn_will(host):
+    """The 503 placeholder's socket is the one gunicorn inherits: it must be bound to the chosen host."""
+    with model_fetch.placeholder(host, free_port(), "fetching") as listener:
+        assert listener.getsockname()[0] == host
 
 
 def test_semseg_serve_listens_on_loopback_only_by_default(tmp_path):
