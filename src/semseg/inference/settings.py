@@ -33,7 +33,6 @@ DEFAULT_TIMEOUT_S = 60
 MAX_TIMEOUT_S = 3600  # batch transform's longest InvocationsTimeoutInSeconds (a real-time endpoint waits 60 s)
 DEFAULT_MAX_PAYLOAD_MB = 10  # what the built-in answers to /execution-parameters
 MAX_PAYLOAD_MB = 100  # SageMaker's largest MaxPayloadInMB; MaxPayloadInMB=0 asks for "no limit", which is this
-UNLIMITED_PAYLOAD_MB = MAX_PAYLOAD_MB
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000  # 8000x8000; a 50000x50000 decompression bomb is refused
 # 16000x16000: a worker decodes up to this many pixels at once, at up to 16 bytes a pixel (4 GB).
 MAX_IMAGE_PIXELS_BOUND = 256_000_000
@@ -170,7 +169,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> ServingSetting
         host=checked_host(host, f"The environment variable {HOST_VARIABLE}") if host else DEFAULT_HOST,
         workers=_integer(env, WORKERS_VARIABLE, None, 1, MAX_WORKERS),
         timeout_s=_integer(env, "SAGEMAKER_MODEL_SERVER_TIMEOUT", DEFAULT_TIMEOUT_S, 1, MAX_TIMEOUT_S),
-        max_payload_mb=payload_mb or UNLIMITED_PAYLOAD_MB,
+        max_payload_mb=payload_mb or MAX_PAYLOAD_MB,
         max_image_pixels=_integer(env, "SEMSEG_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS, 1, MAX_IMAGE_PIXELS_BOUND),
         inference_size=_integer(env, "SEMSEG_INFERENCE_SIZE", None, MIN_INFERENCE_SIZE, MAX_INFERENCE_SIZE),
         inference_threads=_integer(env, "SEMSEG_INFERENCE_THREADS", None, 1, MAX_INFERENCE_THREADS),

@@ -90,7 +90,6 @@ class _Finisher:
 
     def __init__(self, finish):
         self.finish = finish
-        self.done = False
         self.error: BaseException | None = None
 
     def __call__(self) -> None:
@@ -98,8 +97,6 @@ class _Finisher:
             self.finish()
         except BaseException as exc:  # raised by download once every transfer has ended
             self.error = exc
-        else:
-            self.done = True
 
 
 def _subscriber(progress: Progress, size: int | None = None, finisher: _Finisher | None = None):
