@@ -20,6 +20,8 @@ from pathlib import Path
 
 # GluonCV 0.10.5's model_store table: full SHA-1 of each .params file.
 SHA1 = {
+    "resnet18_v1b": "2d9d980c990442f826f20781ed039851e78dabe3",
+    "resnet34_v1b": "8e16b84814e84f64d897854003f049872991eaa6",
     "resnet50_v1s": "25a187fa281ddc98afbcd0cc0f0646885b874b80",
     "resnet101_v1s": "bd93a83c05f709a803b1221aeff0b028e6eebb03",
 }

@@ -20,13 +20,22 @@ from .errors import UserError
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("fcn", "psp", "deeplab")
-BACKBONES = ("resnet-50", "resnet-101")
+ALGORITHMS = ("fcn", "psp", "deeplab", "unet", "deeplabv3plus", "fastscnn")
+BACKBONES = ("resnet-18", "resnet-34", "resnet-50", "resnet-101")
+# The backbones each algorithm is built on; fastscnn has its own and ignores the hyperparameter.
+ALGORITHM_BACKBONES = {
+    "fcn": ("resnet-50", "resnet-101"),
+    "psp": ("resnet-50", "resnet-101"),
+    "deeplab": ("resnet-50", "resnet-101"),
+    "unet": BACKBONES,
+    "deeplabv3plus": BACKBONES,
+    "fastscnn": (),
+}
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "nag")
 LR_SCHEDULERS = ("poly", "cosine", "step")
 LOSSES = ("cross_entropy", "focal", "dice", "cross_entropy+dice")
 AUGMENTATIONS = ("default", "strong")  # default: the built-in's recipe; strong: data.transforms.strong_train_transform
-BACKBONE_ALIASES = {"resnet50": "resnet-50", "resnet101": "resnet-101"}
+BACKBONE_ALIASES = {"resnet18": "resnet-18", "resnet34": "resnet-34", "resnet50": "resnet-50", "resnet101": "resnet-101"}
 
 # Keys that define the network: they must agree between a model and the run that continues it.
 ARCHITECTURE_KEYS = ("backbone", "algorithm", "crop_size", "num_classes")
@@ -272,6 +281,16 @@ def parse_one(name: str, provided: dict[str, Any]) -> Any:
     return spec.default
 
 
+def check_backbone(algorithm: str, backbone: str) -> None:
+    """Refuse a backbone the algorithm is not built on, naming the ones it is."""
+    valid = ALGORITHM_BACKBONES[algorithm]
+    if valid and backbone not in valid:
+        names = ", ".join(f"'{name}'" for name in valid)
+        raise UserError(f"The algorithm '{algorithm}' is built on the backbones {names}, not '{backbone}'")
+    if not valid:
+        log.info("The algorithm '%s' has its own backbone: the backbone hyperparameter does not apply", algorithm)
+
+
 def parse(provided: dict[str, Any]) -> dict[str, Any]:
     """Validate ``provided`` (raw hyperparameters.json) against the table; return typed values.
 
@@ -287,6 +306,7 @@ def parse(provided: dict[str, Any]) -> dict[str, Any]:
             f"augment_scale_min ({to_string(final['augment_scale_min'])}) must be below augment_scale_max "
             f"({to_string(final['augment_scale_max'])})"
         )
+    check_backbone(final["algorithm"], final["backbone"])
     if final["lr_scheduler"] == "step" and not final["lr_scheduler_step"]:
         raise UserError(
             "The 'lr_scheduler_step' hyperparameter is required when 'lr_scheduler' is 'step', for example '10, 20'"

@@ -11,9 +11,9 @@ Why it is post-processed after ``mx.onnx.export_model``:
   onnx's newest opset; the file is stamped 13, which is what its operators are.
 - Weights must be initializers only, never also graph inputs: ONNX Runtime treats an initializer
   that is also an input as overridable, and then cannot fold batch norms into convolutions.
-PSPNet's pyramid uses adaptive average pooling with output sizes 2, 3 and 6, which ``mx.onnx``
-does not translate; at a fixed export size it is an exact fixed pooling (see ``_fixed_pool``), so
-the exported copy of the network pools that way.
+PSPNet's and Fast-SCNN's pyramids use adaptive average pooling with output sizes 2, 3 and 6, which
+``mx.onnx`` does not translate; at a fixed export size it is an exact fixed pooling (see
+``_fixed_pool``), so the exported copy of the network pools that way.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 from ..data.transforms import MEAN, STD
 from ..files import write_atomically
 from .artifacts import weights_file
+from . import fastscnn
 from .factory import build_network
 from .size import inference_size
 
@@ -86,9 +87,9 @@ def export_network(hp: dict, params_path: Path, size: int) -> mx.gluon.HybridBlo
     """A copy of the trained network without aux head, shaped for ``size``, pooling in fixed windows."""
     net = build_network(hp["algorithm"], hp["backbone"], hp["num_classes"], size, hp["base_size"], aux=False)
     net.load_parameters(str(params_path), ctx=mx.cpu(), ignore_extra=True)
-    if hp["algorithm"] == "psp":
-        pyramid = net.head.psp
-        pyramid.pool = types.MethodType(_fixed_pool, pyramid)
+    pyramid = {"psp": lambda: net.head.psp, "fastscnn": lambda: fastscnn.pyramid_pooling(net)}.get(hp["algorithm"])
+    if pyramid is not None:
+        pyramid().pool = types.MethodType(_fixed_pool, pyramid())
     return Probabilities(net)
 
 

@@ -14,12 +14,17 @@ from pathlib import Path
 import mxnet as mx
 
 from ..errors import UserError, one_line
-from .factory import PRETRAINED_BACKBONE_MODEL
+from .encoder import ENCODER_MODEL
 
 log = logging.getLogger(__name__)
 
 # GluonCV's published file names (name-sha1[:8]) for the ImageNet backbones we use.
-STAGED_FILE = {"resnet50_v1s": "resnet50_v1s-25a187fa.params", "resnet101_v1s": "resnet101_v1s-bd93a83c.params"}
+STAGED_FILE = {
+    "resnet18_v1b": "resnet18_v1b-2d9d980c.params",
+    "resnet34_v1b": "resnet34_v1b-8e16b848.params",
+    "resnet50_v1s": "resnet50_v1s-25a187fa.params",
+    "resnet101_v1s": "resnet101_v1s-bd93a83c.params",
+}
 
 
 def models_dir() -> Path:
@@ -28,7 +33,7 @@ def models_dir() -> Path:
 
 
 def staged_file(backbone: str) -> Path:
-    return models_dir() / STAGED_FILE[PRETRAINED_BACKBONE_MODEL[backbone]]
+    return models_dir() / STAGED_FILE[ENCODER_MODEL[backbone]]
 
 
 def load_backbone(net: mx.gluon.Block, backbone: str, ctx) -> None:
