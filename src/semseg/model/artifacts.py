@@ -17,7 +17,7 @@ from .. import paths
 from ..archives import extract_archive
 from ..errors import UserError
 from ..files import write_atomically
-from ..hyperparameters import ARCHITECTURE_KEYS, parse, to_string
+from ..hyperparameters import ALGORITHM_BACKBONES, ARCHITECTURE_KEYS, parse, to_string
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,14 @@ def weights_file(model_dir: Path) -> Path:
     return finals[0]
 
 
+def _ignored(key: str, new: dict, previous: dict) -> bool:
+    """The backbone of an algorithm with its own (fastscnn) is not part of its architecture."""
+    same_algorithm = new["algorithm"] == previous["algorithm"]
+    return key == "backbone" and same_algorithm and not ALGORITHM_BACKBONES.get(new["algorithm"], True)
+
+
 def check_same_architecture(new: dict, previous: dict) -> None:
-    mismatched = [k for k in ARCHITECTURE_KEYS if new[k] != previous[k]]
+    mismatched = [k for k in ARCHITECTURE_KEYS if new[k] != previous[k] and not _ignored(k, new, previous)]
     if mismatched:
         details = ", ".join(f"{k} is {new[k]!r} here but {previous[k]!r} in the model" for k in mismatched)
         raise UserError(
