@@ -17,6 +17,7 @@ from gluoncv.loss import MixSoftmaxCrossEntropyLoss
 
 from semseg import hyperparameters
 from semseg.errors import UserError
+from semseg.hyperparameters import CLASS_WEIGHT_RULES, parse
 from semseg.train import guards, losses
 from semseg.train.metrics import ConfusionMatrix
 
@@ -167,9 +168,39 @@ def test_a_nan_anywhere_reaches_the_checked_gradient_on_any_device():
 def test_a_validation_that_predicts_one_class_everywhere_is_named(caplog):
     matrix = ConfusionMatrix(3)
     matrix.update(np.array([0, 0, 1, 2, -1]), np.array([0, 0, 0, 0, 2]))  # the ignored pixel does not count
+    hp = parse({"num_classes": 3, "num_training_samples": 4})
     with caplog.at_level(logging.WARNING, logger="semseg"):
-        assert guards.warn_if_collapsed(matrix, 4, ["background", "road", "car"])
+        assert guards.warn_if_collapsed(matrix, 4, ["background", "road", "car"], hp)
     assert "predicted 'background' (class 0) for every pixel while the truth holds 3 classes" in caplog.text
+    assert "try algorithm=unet (its decoder sees fine detail), class_weights=auto, loss=" in caplog.text
     healthy = ConfusionMatrix(3)
     healthy.update(np.array([0, 1]), np.array([0, 1]))
-    assert not guards.warn_if_collapsed(healthy, 4, ["a", "b", "c"])
+    assert not guards.warn_if_collapsed(healthy, 4, ["a", "b", "c"], hp)
+
+
+def test_the_collapse_advice_leaves_out_what_the_job_already_does():
+    hp = parse(
+        {
+            "num_classes": 3,
+            "num_training_samples": 4,
+            "algorithm": "unet",
+            "backbone": "resnet-18",
+            "class_weights": "auto",
+            "loss": "cross_entropy+dice",
+            "lr_warmup_epochs": "2",
+            "learning_rate": "0.002",
+        }
+    )
+    assert guards.collapse_advice(hp) == ["a learning_rate below 0.002"]
+
+
+def test_the_class_weight_rules_by_hand():
+    counts = np.array([900, 90, 10, 0])  # frequencies 0.9, 0.09, 0.01; median of those present 0.09
+    np.testing.assert_allclose(losses.median_frequency(counts), [0.1, 1, 9, 9], rtol=1e-6)
+    np.testing.assert_allclose(losses.sqrt_median_frequency(counts), [0.1**0.5, 1, 3, 3], rtol=1e-6)
+    expected = 1 / np.log(1.02 + np.array([0.9, 0.09, 0.01, 0]))
+    np.testing.assert_allclose(losses.log_inverse(counts), expected, rtol=1e-6)
+    assert np.array_equal(losses.counted_weights("auto", counts), losses.counted_weights(losses.AUTO_RULE, counts))
+    assert set(losses.WEIGHT_RULES) == set(CLASS_WEIGHT_RULES)
+    for rule in ("auto", *CLASS_WEIGHT_RULES):
+        assert parse({"num_classes": 3, "num_training_samples": 4, "class_weights": rule})["class_weights"] == rule

@@ -34,8 +34,9 @@ ALGORITHM_BACKBONES = {
 OPTIMIZERS = ("sgd", "adam", "rmsprop", "adagrad", "nag")
 LR_SCHEDULERS = ("poly", "cosine", "step")
 LOSSES = ("cross_entropy", "focal", "dice", "cross_entropy+dice")
+CLASS_WEIGHT_RULES = ("median_frequency", "sqrt_median_frequency", "log_inverse")  # train.losses.WEIGHT_RULES
 AUGMENTATIONS = ("default", "strong")  # default: the built-in's recipe; strong: data.transforms.strong_train_transform
-BACKBONE_ALIASES = {"resnet18": "resnet-18", "resnet34": "resnet-34", "resnet50": "resnet-50", "resnet101": "resnet-101"}
+BACKBONE_ALIASES = {name.replace("-", ""): name for name in BACKBONES}  # resnet50 means resnet-50
 
 # Keys that define the network: they must agree between a model and the run that continues it.
 ARCHITECTURE_KEYS = ("backbone", "algorithm", "crop_size", "num_classes")
@@ -226,16 +227,21 @@ def _parse_epochs(name: str, raw: Any, spec: Spec) -> tuple[int, ...]:
 
 
 def _parse_class_weights(name: str, raw: Any, spec: Spec) -> str | tuple[float, ...]:
-    """``none``, ``auto`` (median-frequency weights from the training masks) or a list of numbers."""
+    """``none``, a rule that counts them from the training masks (``auto`` or one of
+    ``CLASS_WEIGHT_RULES``) or a list of numbers."""
     value = _unwrap(raw)
-    if isinstance(value, str) and value.strip().lower() in ("none", "auto"):
+    if isinstance(value, str) and value.strip().lower() in ("none", "auto") + CLASS_WEIGHT_RULES:
         return value.strip().lower()
     if isinstance(value, str):  # '[0.5, 2]' as JSON, or '0.5, 2' as hyperparams.json writes it back
         value = [item for item in value.strip().strip("[]").split(",") if item.strip()]
     numbers = [_number(item) for item in value] if isinstance(value, list) else []
     if not numbers or any(math.isnan(n) or n < 0 for n in numbers) or not any(n > 0 for n in numbers):
         raise _invalid(
-            name, raw, "'none', 'auto' or a JSON list of num_classes non-negative numbers, not all 0, e.g. '[0.5, 2]'"
+            name,
+            raw,
+            "'none', 'auto', "
+            + ", ".join(f"'{rule}'" for rule in CLASS_WEIGHT_RULES)
+            + " or a JSON list of num_classes non-negative numbers, not all 0, e.g. '[0.5, 2]'",
         )
     return tuple(numbers)
 

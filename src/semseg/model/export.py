@@ -28,8 +28,8 @@ import numpy as np
 
 from ..data.transforms import MEAN, STD
 from ..files import write_atomically
-from .artifacts import weights_file
 from . import fastscnn
+from .artifacts import weights_file
 from .factory import build_network
 from .size import inference_size
 

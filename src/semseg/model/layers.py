@@ -9,9 +9,7 @@ def conv_bn_relu(in_channels: int, channels: int, kernel: int = 3, norm_layer=nn
     """Convolution (no bias: the norm has one), normalisation, ReLU."""
     block = nn.HybridSequential()
     with block.name_scope():
-        block.add(
-            nn.Conv2D(channels, kernel_size=kernel, padding=kernel // 2, in_channels=in_channels, use_bias=False)
-        )
+        block.add(nn.Conv2D(channels, kernel_size=kernel, padding=kernel // 2, in_channels=in_channels, use_bias=False))
         block.add(norm_layer(in_channels=channels, **(norm_kwargs or {})))
         block.add(nn.Activation("relu"))
     return block

@@ -34,8 +34,10 @@ def initial_weights(net, hp: dict, ctx: list) -> None:
     if model_channel.is_dir() and any(model_channel.iterdir()):
         load_model_channel(net, hp, ctx, model_channel)
     elif hp["use_pretrained_model"] and not ALGORITHM_BACKBONES[hp["algorithm"]]:
-        log.info("%s has no ImageNet backbone: it starts from random weights (use_pretrained_model does not apply)",
-                 hp["algorithm"])
+        log.info(
+            "%s has no ImageNet backbone: it starts from random weights (use_pretrained_model does not apply)",
+            hp["algorithm"],
+        )
     elif hp["use_pretrained_model"]:
         pretrained.load_backbone(net, hp["backbone"], ctx)
     else:

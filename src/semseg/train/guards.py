@@ -76,20 +76,36 @@ def warn_if_unlabelled(labels, epoch: int, iteration: int) -> bool:
     return False
 
 
-def warn_if_collapsed(matrix: ConfusionMatrix, epoch: int, names: list[str]) -> bool:
+def collapse_advice(hp: dict) -> list[str]:
+    """What to try after a collapse, leaving out what the job already does (docs/choices.md)."""
+    advice = []
+    if hp["algorithm"] not in ("unet", "deeplabv3plus"):
+        advice.append("algorithm=unet (its decoder sees fine detail)")
+    if hp["class_weights"] == "none":
+        advice.append("class_weights=auto")
+    if hp["loss"] not in ("cross_entropy+dice", "dice"):
+        advice.append("loss=cross_entropy+dice")
+    if not hp["lr_warmup_epochs"]:
+        advice.append("lr_warmup_epochs=1")
+    advice.append(f"a learning_rate below {hp['learning_rate']:g}")
+    return advice
+
+
+def warn_if_collapsed(matrix: ConfusionMatrix, epoch: int, names: list[str], hp: dict) -> bool:
     """Warn when validation predicted one class for every pixel while the truth holds several."""
     predicted = np.flatnonzero(matrix.matrix.sum(axis=0))
     truth = np.flatnonzero(matrix.matrix.sum(axis=1))
     if len(predicted) != 1 or len(truth) < 2:
         return False
     only = int(predicted[0])
+    advice = collapse_advice(hp)
     log.warning(
         "Epoch[%d] Validation predicted '%s' (class %d) for every pixel while the truth holds %d classes: the "
-        "network has collapsed to one class. An imbalanced dataset often does this; try class_weights=auto, "
-        "loss=focal or loss=cross_entropy+dice, or a lower learning_rate",
+        "network has collapsed to one class. An imbalanced dataset often does this; try %s",
         epoch,
         names[only] if only < len(names) else f"class_{only}",
         only,
         len(truth),
+        ", ".join(advice[:-1]) + (" or " if len(advice) > 1 else "") + advice[-1],
     )
     return True

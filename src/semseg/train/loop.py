@@ -191,7 +191,7 @@ def train_epochs(loop: EpochLoop) -> int:
                 kvstore.average_running_statistics(training.net, training.kvstore, training.hosts)
             examples = ValidationExamples() if training.writes_artifacts else None
             matrix, validation_speed = evaluate(training, splits.validation_loader, epoch, examples)
-            guards.warn_if_collapsed(matrix, epoch, list(loop.class_table.names))
+            guards.warn_if_collapsed(matrix, epoch, list(loop.class_table.names), training.hp)
         except Stopped:
             if (epoch, progress.done) != state.position:
                 state.move_to(epoch, progress, sampler_state, loop.stopping)

@@ -178,6 +178,34 @@ def median_frequency(class_pixels: np.ndarray) -> np.ndarray:
     return weights.astype(np.float32)
 
 
+def sqrt_median_frequency(class_pixels: np.ndarray) -> np.ndarray:
+    """The square root of the median-frequency weights: a rare class still counts more, but a class
+    100 times rarer weighs 10 times more, not 100."""
+    return np.sqrt(median_frequency(class_pixels)).astype(np.float32)
+
+
+def log_inverse(class_pixels: np.ndarray) -> np.ndarray:
+    """ENet's weights, 1 / ln(1.02 + f_c): bounded by 1 / ln(1.02), about 50, for the rarest class."""
+    counts = np.asarray(class_pixels, dtype=np.float64)
+    frequency = counts / max(counts.sum(), 1)
+    return (1 / np.log(1.02 + frequency)).astype(np.float32)
+
+
+# The rules class_weights names; 'auto' is the one measured to help a rare class without costing the
+# others (docs/performance.md, "Class weights").
+WEIGHT_RULES = {
+    "median_frequency": median_frequency,
+    "sqrt_median_frequency": sqrt_median_frequency,
+    "log_inverse": log_inverse,
+}
+AUTO_RULE = "sqrt_median_frequency"
+
+
+def counted_weights(rule: str, class_pixels: np.ndarray) -> np.ndarray:
+    """The weights of ``rule`` (a WEIGHT_RULES name or ``auto``) from the training masks' pixel counts."""
+    return WEIGHT_RULES[AUTO_RULE if rule == "auto" else rule](class_pixels)
+
+
 def explicit_weights(hp: dict) -> np.ndarray | None:
     """The weights given as a list, checked against ``num_classes``; None for ``none`` and ``auto``."""
     given = hp["class_weights"]

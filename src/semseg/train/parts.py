@@ -131,22 +131,24 @@ def make_criterion(hp: dict, class_pixels: np.ndarray | None = None):
     waiting = False
     if weights is not None:
         losses.log_weights(weights, class_names(hp), "given")
-    elif hp["class_weights"] == "auto":
+    elif hp["class_weights"] != "none":
+        rule = hp["class_weights"]
         if class_pixels is not None and class_pixels.size:
-            weights = losses.median_frequency(class_pixels)
-            losses.log_weights(weights, class_names(hp), f"auto, from {int(class_pixels.sum())} training pixels")
+            weights = losses.counted_weights(rule, class_pixels)
+            losses.log_weights(weights, class_names(hp), f"{rule}, from {int(class_pixels.sum())} training pixels")
         else:
             weights, waiting = np.ones(hp["num_classes"], dtype=np.float32), True
-            log.info("Class weights (auto): 1 for the first epoch, then set from the pixel counts of its stream")
+            log.info("Class weights (%s): 1 for the first epoch, then set from the pixel counts of its stream", rule)
     log.info("Loss: %s", losses.describe(hp))
     return losses.make(hp, weights), waiting
 
 
 def set_counted_weights(training: Training, class_pixels: np.ndarray) -> None:
-    """``auto`` class weights in Pipe mode, from the pixels counted over this run's first epoch."""
-    weights = losses.median_frequency(class_pixels)
+    """Counted class weights in Pipe mode, from the pixels counted over this run's first epoch."""
+    rule = training.hp["class_weights"]
+    weights = losses.counted_weights(rule, class_pixels)
     training.criterion.set_class_weights(weights)
-    losses.log_weights(weights, class_names(training.hp), f"auto, from {int(class_pixels.sum())} streamed pixels")
+    losses.log_weights(weights, class_names(training.hp), f"{rule}, from {int(class_pixels.sum())} streamed pixels")
     training.class_pixels = None
 
 

@@ -1,0 +1,225 @@
+"""The tables users compare models by, one row per algorithm and backbone, all measured here.
+
+- ``params``: parameters of the network as trained (with its aux head), in millions.
+- ``speed``: training images/s of a real ``train`` job at crop 240, batch 4 (median of the logged
+  per-iteration speeds after the first).
+- ``latency``: HTTP latency of one 512x512 JPEG through a real ``serve`` (median of 10 after 3 warm-ups),
+  float32 (``model.onnx``) and int8 (``model.int8.onnx``, quantized from it here whatever its accuracy:
+  this table measures speed). The model is the speed job's, trained with ``base_size`` 512.
+- ``learning``: best validation mIoU and per-class IoU of a real job at one fixed budget from random
+  weights (no ImageNet weights can be fetched here), per synthetic task of ``tests/harness/tasks.py``.
+
+    .venv/bin/python bench/architectures.py                            # everything (about an hour)
+    .venv/bin/python bench/architectures.py --sections learning --tasks thin --models unet:resnet-18,fcn
+    .venv/bin/python bench/architectures.py --output /tmp/architectures.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from harness.serving_helpers import Server, encoded, sample_image
+from harness.tasks import CANVAS, TASKS, class_shares, write_task
+from harness.trainjob import run_train
+
+from semseg import paths
+from semseg.model import artifacts, quantize
+from semseg.model.export import ONNX_FILE
+from semseg.model.size import inference_size
+from semseg.train import int8_gate
+
+MODELS = [
+    ("fcn", "resnet-50"),
+    ("psp", "resnet-50"),
+    ("deeplab", "resnet-50"),
+    ("unet", "resnet-18"),
+    ("unet", "resnet-50"),
+    ("deeplabv3plus", "resnet-50"),
+    ("fastscnn", "resnet-50"),  # fastscnn has its own backbone; the name only fills the column
+]
+COMMON = {"use_pretrained_model": "False", "_workers": "1", "_int8": "False"}
+# The learning budget: the same for every model and task.
+LEARNING = {
+    **COMMON,
+    "crop_size": "64",
+    "base_size": str(CANVAS),
+    "mini_batch_size": "8",
+    "validation_mini_batch_size": "16",
+    "optimizer": "adam",
+    "learning_rate": "0.002",
+    "epochs": "10",
+}
+SPEED = {
+    **COMMON,
+    "crop_size": "240",
+    "base_size": "512",
+    "mini_batch_size": "4",
+    "validation_mini_batch_size": "4",
+    "epochs": "1",
+    "_logging_frequency": "1",
+}
+SPEED_PATTERN = r"#progress_notice\. epoch: \d+, iterations: \d+ speed: ([0-9.e+-]+) samples/sec"
+
+
+def label(model: tuple[str, str]) -> str:
+    algorithm, backbone = model
+    return "fastscnn" if algorithm == "fastscnn" else f"{algorithm} {backbone}"
+
+
+def parameters(model: tuple[str, str]) -> float:
+    import mxnet as mx
+
+    from semseg.model.factory import build_network
+
+    net = build_network(*model, 4, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, 3, 64, 64)))
+    return sum(p.data().size for p in net.collect_params().values()) / 1e6
+
+
+def speed_job(model: tuple[str, str], scratch: Path) -> tuple[float, Path]:
+    """Training images/s at crop 240, batch 4, and the job's root (its model serves the latency table)."""
+    algorithm, backbone = model
+    root = write_task("sample", scratch / "speed", 24, 4, {**SPEED, "algorithm": algorithm, "backbone": backbone})
+    job = run_train(root)
+    if job.returncode != 0:
+        raise SystemExit(f"{label(model)}: the speed job failed\n{job.log[-2000:]}")
+    speeds = [float(v) for v in job.lines(SPEED_PATTERN)][1:]
+    return statistics.median(speeds), root
+
+
+def latency(root: Path, scratch: Path) -> dict[str, float]:
+    """Median HTTP seconds of one 512x512 JPEG, float32 and int8."""
+    model_dir = paths.model_dir(base=root)
+    hp = artifacts.read_hyperparameters(model_dir)
+    calibration, table = int8_gate.file_mode_split(root / "input" / "data", "train", hp)
+    images = (image for image, _ in quantize.prepared(calibration, inference_size(hp), table))
+    quantize.quantize_file(model_dir / ONNX_FILE, model_dir / quantize.INT8_FILE, images)
+    body = encoded(sample_image(512, 512))
+    result = {}
+    for engine, settings in (("int8", {}), ("float32", {"SEMSEG_FORCE_FP32": "1"})):
+        server = Server(root, scratch / f"serve-{engine}.log", **settings)
+        try:
+            if server.wait_until_up().status_code != 200:
+                raise SystemExit(server.log()[-2000:])
+            times = []
+            for attempt in range(13):
+                start = time.perf_counter()
+                answer = server.invoke(body)
+                if answer.status_code != 200:
+                    raise SystemExit(answer.text)
+                if attempt >= 3:
+                    times.append(time.perf_counter() - start)
+            result[engine] = statistics.median(times)
+        finally:
+            server.stop()
+    return result
+
+
+def learning(model: tuple[str, str], task: str, scratch: Path, train: int, validation: int) -> dict:
+    algorithm, backbone = model
+    hyperparameters = {**LEARNING, "algorithm": algorithm, "backbone": backbone}
+    root = write_task(task, scratch / f"learn-{task}", train, validation, hyperparameters)
+    start = time.time()
+    job = run_train(root)
+    seconds = time.time() - start
+    if job.returncode != 0:
+        raise SystemExit(f"{label(model)} on {task}: the job failed\n{job.log[-2000:]}")
+    best = json.loads((paths.output_data_dir(base=root) / "metrics.json").read_text())["best_epoch"]
+    return {"mIoU": best["mIOU"], "per_class_iou": best["per_class_iou"], "seconds": seconds}
+
+
+def print_speed_table(rows: list[tuple[str, dict]]) -> None:
+    fcn = dict(rows).get("fcn resnet-50", {})
+    print("\n| model | parameters (M) | train images/s (240, batch 4) | x fcn | float32 ms | int8 ms | int8 / fcn |")
+    print("|---|---|---|---|---|---|---|")
+    for name, entry in rows:
+        speed, seconds = entry.get("train_images_per_s"), entry.get("latency_s", {})
+        speed_ratio = speed / fcn["train_images_per_s"] if speed and fcn.get("train_images_per_s") else None
+        int8_ratio = seconds["int8"] / fcn["latency_s"]["int8"] if "int8" in seconds and "latency_s" in fcn else None
+        cells = [
+            f"{entry['parameters_m']:.1f}" if "parameters_m" in entry else "",
+            f"{speed:.2f}" if speed else "",
+            f"{speed_ratio:.1f}" if speed_ratio else "",
+            f"{1000 * seconds['float32']:.0f}" if "float32" in seconds else "",
+            f"{1000 * seconds['int8']:.0f}" if "int8" in seconds else "",
+            f"{int8_ratio:.2f}" if int8_ratio else "",
+        ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def print_learning_table(rows: list[tuple[str, dict]], task: str) -> None:
+    names = TASKS[task][2]
+    print(f"\n{task} task: best mIoU and per-class IoU ({', '.join(names)})")
+    print("| model | mIoU | " + " | ".join(names) + " | s |")
+    print("|---|---|" + "---|" * len(names) + "---|")
+    for name, entry in rows:
+        figures = entry.get("learning", {}).get(task)
+        if figures:
+            ious = " | ".join(f"{v:.3f}" for v in figures["per_class_iou"])
+            print(f"| {name} | {figures['mIoU']:.3f} | {ious} | {figures['seconds']:.0f} |")
+
+
+def print_tables(results: dict, tasks: list[str]) -> None:
+    rows = list(results.items())
+    if any("parameters_m" in entry or "train_images_per_s" in entry for _, entry in rows):
+        print_speed_table(rows)
+    for task in tasks:
+        print_learning_table(rows, task)
+
+
+def parse_models(text: str | None) -> list[tuple[str, str]]:
+    if not text:
+        return MODELS
+    chosen = []
+    for item in text.split(","):
+        algorithm, _, backbone = item.partition(":")
+        chosen.append((algorithm, backbone or "resnet-50"))
+    return chosen
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default="params,speed,latency,learning")
+    parser.add_argument("--tasks", default="sample,thin,spots")
+    parser.add_argument("--models", help="algorithm[:backbone],... (default: the seven of the table)")
+    parser.add_argument("--train", type=int, default=96)
+    parser.add_argument("--validation", type=int, default=32)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    sections, tasks = args.sections.split(","), args.tasks.split(",")
+    steps = int(LEARNING["epochs"]) * (args.train // int(LEARNING["mini_batch_size"]))
+    print(f"learning budget: {args.train} training / {args.validation} validation images, {steps} steps, {LEARNING}")
+    results: dict[str, dict] = {}
+    for model in parse_models(args.models):
+        entry = results.setdefault(label(model), {})
+        with tempfile.TemporaryDirectory(prefix="bench-architectures-") as scratch_name:
+            scratch = Path(scratch_name)
+            if "params" in sections:
+                entry["parameters_m"] = parameters(model)
+            if "speed" in sections or "latency" in sections:
+                entry["train_images_per_s"], root = speed_job(model, scratch)
+                if "latency" in sections:
+                    entry["latency_s"] = latency(root, scratch)
+            for task in tasks if "learning" in sections else []:
+                entry.setdefault("learning", {})[task] = learning(model, task, scratch, args.train, args.validation)
+                if task == tasks[0] and len(results) == 1:
+                    shares = class_shares(scratch / f"learn-{task}", TASKS[task][0])
+                    print(f"{task}: pixel share per class (%): {', '.join(f'{100 * s:.2f}' for s in shares)}")
+        print(f"{label(model)}: {json.dumps(entry)}", flush=True)
+    print_tables(results, tasks if "learning" in sections else [])
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
