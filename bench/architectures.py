@@ -6,6 +6,10 @@
 - ``latency``: HTTP latency of one 512x512 JPEG through a real ``serve`` (median of 10 after 3 warm-ups),
   float32 (``model.onnx``) and int8 (``model.int8.onnx``, quantized from it here whatever its accuracy:
   this table measures speed). The model is the speed job's, trained with ``base_size`` 512.
+- ``ceiling``: the per-class IoU a perfect network could reach on each task if it predicts at output
+  stride 1, 2, 4 or 8 and upsamples bilinearly, as these do (fcn, psp, deeplab and fastscnn at 8,
+  deeplabv3plus at 4, unet at 1): the true masks averaged over stride cells, upsampled, argmax.
+  No training; it says which structures a design can draw at all.
 - ``learning``: best validation mIoU and per-class IoU of a real job at one fixed budget from random
   weights (no ImageNet weights can be fetched here), per synthetic task of ``tests/harness/tasks.py``.
 
@@ -24,9 +28,11 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 from harness.serving_helpers import Server, encoded, sample_image
-from harness.tasks import CANVAS, TASKS, class_shares, write_task
+from harness.tasks import LEARNING, TASKS, class_shares, write_task
 from harness.trainjob import run_train
+from PIL import Image
 
 from semseg import paths
 from semseg.model import artifacts, quantize
@@ -43,18 +49,7 @@ MODELS = [
     ("deeplabv3plus", "resnet-50"),
     ("fastscnn", "resnet-50"),  # fastscnn has its own backbone; the name only fills the column
 ]
-COMMON = {"use_pretrained_model": "False", "_workers": "1", "_int8": "False"}
-# The learning budget: the same for every model and task.
-LEARNING = {
-    **COMMON,
-    "crop_size": "64",
-    "base_size": str(CANVAS),
-    "mini_batch_size": "8",
-    "validation_mini_batch_size": "16",
-    "optimizer": "adam",
-    "learning_rate": "0.002",
-    "epochs": "10",
-}
+COMMON = {"use_pretrained_model": "False", "_workers": "1", "_int8": "False"}  # as in tasks.LEARNING
 SPEED = {
     **COMMON,
     "crop_size": "240",
@@ -137,6 +132,37 @@ def learning(model: tuple[str, str], task: str, scratch: Path, train: int, valid
     return {"mIoU": best["mIOU"], "per_class_iou": best["per_class_iou"], "seconds": seconds}
 
 
+OUTPUT_STRIDE = {"fcn": 8, "psp": 8, "deeplab": 8, "fastscnn": 8, "deeplabv3plus": 4, "unet": 1}
+CEILING_STRIDES = (1, 2, 4, 8)
+
+
+def stride_ceiling(task: str, stride: int, images: int = 64, seed: int = 7) -> list[float]:
+    """Per-class IoU of the true masks seen at ``stride`` and upsampled bilinearly back (see ``ceiling``)."""
+    num_classes, maker, _ = TASKS[task]
+    rng = np.random.RandomState(seed)
+    inter, union = np.zeros(num_classes), np.zeros(num_classes)
+    for _ in range(images):
+        mask = np.array(maker(rng)[1])
+        h, w = mask.shape
+        onehot = np.stack([(mask == c).astype(np.float32) for c in range(num_classes)])
+        coarse = onehot.reshape(num_classes, h // stride, stride, w // stride, stride).mean(axis=(2, 4))
+        drawn = np.stack([np.array(Image.fromarray(c).resize((w, h), Image.BILINEAR)) for c in coarse]).argmax(0)
+        for c in range(num_classes):
+            inter[c] += np.sum((drawn == c) & (mask == c))
+            union[c] += np.sum((drawn == c) | (mask == c))
+    return [float(i / u) if u else 1.0 for i, u in zip(inter, union)]
+
+
+def print_ceiling_table(task: str) -> None:
+    names = TASKS[task][2]
+    print(f"\n{task} task: per-class IoU ceiling at each output stride ({', '.join(names)})")
+    print("| output stride | algorithms | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for stride in CEILING_STRIDES:
+        algorithms = ", ".join(a for a, s in OUTPUT_STRIDE.items() if s == stride) or "-"
+        print(f"| {stride} | {algorithms} | " + " | ".join(f"{v:.3f}" for v in stride_ceiling(task, stride)) + " |")
+
+
 def print_speed_table(rows: list[tuple[str, dict]]) -> None:
     fcn = dict(rows).get("fcn resnet-50", {})
     print("\n| model | parameters (M) | train images/s (240, batch 4) | x fcn | float32 ms | int8 ms | int8 / fcn |")
@@ -188,7 +214,7 @@ def parse_models(text: str | None) -> list[tuple[str, str]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="params,speed,latency,learning")
+    parser.add_argument("--sections", default="params,speed,latency,ceiling,learning")
     parser.add_argument("--tasks", default="sample,thin,spots")
     parser.add_argument("--models", help="algorithm[:backbone],... (default: the seven of the table)")
     parser.add_argument("--train", type=int, default=96)
@@ -196,6 +222,12 @@ def main() -> int:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     sections, tasks = args.sections.split(","), args.tasks.split(",")
+    if "ceiling" in sections:
+        for task in tasks:
+            if TASKS[task][1] is not None:  # the sample task's large shapes are drawn by semseg.sample_data
+                print_ceiling_table(task)
+        if sections == ["ceiling"]:
+            return 0
     steps = int(LEARNING["epochs"]) * (args.train // int(LEARNING["mini_batch_size"]))
     print(f"learning budget: {args.train} training / {args.validation} validation images, {steps} steps, {LEARNING}")
     results: dict[str, dict] = {}

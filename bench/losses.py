@@ -1,6 +1,6 @@
 """Losses on imbalanced tasks: per-class IoU and mIoU after the same number of steps, per setting.
 
-Two of the synthetic tasks of ``tests/harness/tasks.py`` (``spots``, the default, and ``digits``),
+The synthetic tasks of ``tests/harness/tasks.py`` (``spots``, the default, ``digits``, ``sample``...),
 FCN-ResNet-50 from scratch, Adam, learning rate 0.002, as a new user would start.
 
 Each row is one real ``train`` job on the same data with the same seed and steps; the per-class IoU
@@ -8,7 +8,9 @@ is the last epoch's (``metrics.json`` history).
 
     .venv/bin/python bench/losses.py                       # the loss table on spots (8 jobs)
     .venv/bin/python bench/losses.py --table guards        # clip_gradient / lr_warmup_epochs (3 jobs)
+    .venv/bin/python bench/losses.py --table weights --task sample   # the class_weights rules (4 jobs)
     .venv/bin/python bench/losses.py --task digits --epochs 6 --train 160
+    .venv/bin/python bench/losses.py --table weights --model unet:resnet-18   # a model that can draw spots
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ TABLES = {
         for loss in ("cross_entropy", "focal", "dice", "cross_entropy+dice")
         for weights in ("none", "auto")
     ],
+    "weights": [
+        {"class_weights": rule} for rule in ("none", "median_frequency", "sqrt_median_frequency", "log_inverse")
+    ],
     "guards": [  # the defaults' row is the first of the loss table
         {"clip_gradient": "1.0"},
         {"lr_warmup_epochs": "1"},
@@ -65,20 +70,24 @@ def run_job(root: Path, timeout: float) -> tuple[int, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", choices=sorted(TABLES), default="losses")
-    parser.add_argument("--task", choices=("spots", "digits"), default="spots")
+    parser.add_argument("--task", choices=sorted(TASKS), default="spots")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--train", type=int, default=80)
     parser.add_argument("--validation", type=int, default=32)
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--model", default="fcn:resnet-50", help="algorithm:backbone")
     args = parser.parse_args()
+    algorithm, _, backbone = args.model.partition(":")
     steps = args.epochs * (args.train // int(BASE["mini_batch_size"]))
     num_classes = TASKS[args.task][0]
-    print(f"{args.task} task, {args.train} train / {args.validation} validation images, {args.epochs} epochs", end="")
-    print(f", {steps} steps")
+    print(f"{args.model}, {args.task} task, {args.train} train / {args.validation} validation images", end="")
+    print(f", {args.epochs} epochs, {steps} steps")
     rows = []
     for setting in TABLES[args.table]:
         hyperparameters = {
             **BASE,
+            "algorithm": algorithm,
+            "backbone": backbone or BASE["backbone"],
             **setting,
             "epochs": str(args.epochs),
         }

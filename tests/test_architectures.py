@@ -9,7 +9,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 from harness.serving_helpers import Server, encoded, mask_of, sample_image
-from harness.trainjob import MODEL_FILES, make_tree, run_train
+from harness.trainjob import MODEL_FILES, SYNCBN_ON_STAND_INS, TWO_DEVICES, make_tree, run_train
 
 from semseg.errors import UserError
 from semseg.hyperparameters import parse
@@ -109,3 +109,23 @@ def test_float32_and_int8_serve_odd_sizes_exactly(trained, tmp_path):
                 assert mask.shape == (height, width) and mask.max() < hp["num_classes"]
         finally:
             server.stop()
+
+
+@SYNCBN_ON_STAND_INS
+@pytest.mark.parametrize("algorithm, backbone", NEW, ids=[a for a, _ in NEW])
+def test_syncbn_on_two_devices_trains_each_new_algorithm(tmp_path, algorithm, backbone):
+    job = run_train(make_tree(tmp_path, algorithm=algorithm, backbone=backbone, syncbn="True"), env=TWO_DEVICES)
+    assert job.returncode == 0, job.log[-3000:]
+    assert "syncbn: BatchNorm statistics are synchronized across 2 devices" in job.log
+    net = build_network(algorithm, backbone, 4, 32)  # the saved weights are plain BatchNorm's
+    net.load_parameters(str(job.model_dir / "model_algo-1"))
+    assert net(mx.nd.zeros((1, 3, 32, 32)))[0].shape == (1, 4, 32, 32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm, backbone", NEW, ids=[a for a, _ in NEW])
+def test_bfloat16_trains_each_new_algorithm(tmp_path, algorithm, backbone):
+    job = run_train(make_tree(tmp_path, algorithm=algorithm, backbone=backbone, precision_dtype="bfloat16"))
+    assert job.returncode == 0, job.log[-3000:]
+    assert "Training precision: bfloat16" in job.log
+    assert len(job.lines(METRIC_REGEXES["validation:mIOU"])) == 1

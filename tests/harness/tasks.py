@@ -25,6 +25,20 @@ from semseg.sample_data import NUM_CLASSES as SAMPLE_CLASSES
 from semseg.sample_data import write_opt_ml_tree
 
 CANVAS = 80
+# The learning budget of bench/architectures.py, the same for every model and task (96 training images:
+# 120 steps), and of the learning tests whose bars come from its table.
+LEARNING = {
+    "use_pretrained_model": "False",
+    "_workers": "1",
+    "_int8": "False",
+    "crop_size": "64",
+    "base_size": str(CANVAS),
+    "mini_batch_size": "8",
+    "validation_mini_batch_size": "16",
+    "optimizer": "adam",
+    "learning_rate": "0.002",
+    "epochs": "10",
+}
 
 
 def canvas(rng: np.random.RandomState) -> Image.Image:

@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from semseg.logs import METRIC_REGEXES
 from semseg.sample_data import write_opt_ml_tree
 
@@ -27,6 +29,12 @@ TINY = {
 }
 # What every finished job leaves in model/ (the ONNX export and int8 copy come on top, when made).
 MODEL_FILES = {"hyperparams.json", "model_best.params", "model_algo-1"}
+TWO_DEVICES = {"SEMSEG_CPU_CONTEXTS": "2"}  # two CPU contexts stand in for two GPUs
+# SyncBatchNorm over CPU stand-ins is run by `make test-long` only: now and then one device's
+# SyncBatchNorm waits at its barrier for good while the other's never becomes ready (seen in gdb).
+# MXNet's CPU contexts share one pool of temporary workspace, where GPUs have one each, the likely
+# link; the GPU path GluonCV trains with is not affected by it.
+SYNCBN_ON_STAND_INS = pytest.mark.long
 # Long enough to be stopped, killed or resumed in the middle: three epochs of four iterations, loader processes.
 SEVERAL_EPOCHS = {**TINY, "epochs": "3", "_workers": "2", "num_training_samples": "8"}
 

@@ -71,7 +71,10 @@ def forward_backward(training: Training, images, labels) -> list:
 
     def one(x, y):
         with autograd.record():
-            loss = criterion(*net(x), y) if aux else criterion(net(x)[0], y)
+            # float32 for the loss, which bfloat16 training leaves unwrapped: a network that ends in a
+            # convolution (unet) hands it bfloat16 scores; a no-op on float32 ones
+            outputs = [output.astype("float32", copy=False) for output in net(x)]
+            loss = criterion(*outputs, y) if aux else criterion(outputs[0], y)
         loss.backward()
         return loss
 

@@ -8,6 +8,7 @@ the hosts of a multi-host job, see ``distributed``), gradients are summed throug
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -103,11 +104,17 @@ def check_batch_size(hp: dict, devices: int, hosts: int) -> None:
 
 
 def batch_norm_layer(hp: dict, ctx: list) -> dict:
-    """``syncbn`` on several devices: GluonCV's recipe, MXNet's SyncBatchNorm over ``len(ctx)`` devices."""
+    """``syncbn`` on several devices: GluonCV's recipe, MXNet's SyncBatchNorm over ``len(ctx)`` devices.
+
+    The device count is bound into the layer itself, not only passed in ``norm_kwargs``: GluonCV's
+    Fast-SCNN makes two of its norms without ``norm_kwargs``, and a SyncBatchNorm left to count the
+    devices itself counts the machine's GPUs, not the ones in use, so its barrier would never pair up.
+    """
     if not hp["syncbn"] or len(ctx) < 2:
         return {}
     log.info("syncbn: BatchNorm statistics are synchronized across %d devices", len(ctx))
-    return {"norm_layer": mx.gluon.contrib.nn.SyncBatchNorm, "norm_kwargs": {"num_devices": len(ctx)}}
+    layer = functools.partial(mx.gluon.contrib.nn.SyncBatchNorm, num_devices=len(ctx))
+    return {"norm_layer": layer, "norm_kwargs": {"num_devices": len(ctx)}}
 
 
 def finish_deferred_init(net, hp: dict, ctx: list) -> None:
