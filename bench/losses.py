@@ -10,6 +10,7 @@ is the last epoch's (``metrics.json`` history).
     .venv/bin/python bench/losses.py --table guards        # clip_gradient / lr_warmup_epochs (3 jobs)
     .venv/bin/python bench/losses.py --table weights --task sample   # the class_weights rules (4 jobs)
     .venv/bin/python bench/losses.py --task digits --epochs 6 --train 160
+    .venv/bin/python bench/losses.py --table schedule --task digits --train 160 --model unet:resnet-18
     .venv/bin/python bench/losses.py --table weights --model unet:resnet-18   # a model that can draw spots
 """
 
@@ -50,6 +51,12 @@ TABLES = {
     ],
     "weights": [
         {"class_weights": rule} for rule in ("none", "median_frequency", "sqrt_median_frequency", "log_inverse")
+    ],
+    "schedule": [  # what makes a shape task (digits) learn: the step size, warm-up, the optimizer
+        {},
+        {"learning_rate": "0.0005"},
+        {"lr_warmup_epochs": "2"},
+        {"optimizer": "sgd", "learning_rate": "0.01"},
     ],
     "guards": [  # the defaults' row is the first of the loss table
         {"clip_gradient": "1.0"},

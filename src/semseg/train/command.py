@@ -14,7 +14,7 @@ import sys
 
 from .. import cpu_threads, exit_codes, logs, sm_config
 from ..errors import UserError, one_line
-from .stop import StopFlag, Stopped
+from .stop import STOP_DEADLINE_S, StopFlag, Stopped
 
 log = logging.getLogger("semseg")
 
@@ -25,7 +25,8 @@ def train_main() -> int:
     With several hosts, ``distributed.start`` sets up the parameter server before mxnet is
     imported, and ``Cluster.finish`` ends the process so that every host ends together.
     """
-    stop = StopFlag().install()  # before anything slow: a SIGTERM during start-up is noticed too
+    # before anything slow: a SIGTERM during start-up is noticed too
+    stop = StopFlag().install(deadline=STOP_DEADLINE_S)
     logs.setup_logging()
     from . import distributed
 

@@ -9,8 +9,17 @@ stops at the same iteration (a host that went on alone would wait for the others
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
+import threading
+import time
 from collections.abc import Callable
+
+from .. import exit_codes
+
+log = logging.getLogger(__name__)
+STOP_DEADLINE_S = 90.0
 
 
 class Stopped(Exception):
@@ -24,11 +33,30 @@ class StopFlag:
         self.raised = False
         self.agree: Callable[[bool], bool] | None = None
 
-    def install(self, *signals: signal.Signals) -> StopFlag:
-        """Set the flag on ``signals`` (SIGTERM, as SageMaker sends it, unless others are named)."""
-        for signum in signals or (signal.SIGTERM,):
+    def install(self, *signals: signal.Signals, deadline: float | None = None) -> StopFlag:
+        """Set the flag on ``signals`` (SIGTERM, as SageMaker sends it, unless others are named);
+        with ``deadline``, also end the process that many seconds after one of them."""
+        chosen = signals or (signal.SIGTERM,)
+        for signum in chosen:
             signal.signal(signum, self._handle)
+        if deadline is None:
+            return self
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        watchdog = threading.Thread(target=self._watch, args=(read_end, set(chosen), deadline), daemon=True)
+        watchdog.start()
         return self
+
+    @staticmethod
+    def _watch(read_end: int, signums: set[int], deadline: float) -> None:
+        """Each byte on the wakeup pipe is a signal's number; after ours, wait out the deadline, then exit."""
+        while os.read(read_end, 1)[0] not in signums:
+            pass
+        time.sleep(deadline)
+        log.error("Training did not stop within %.0f s of SIGTERM; the process ends here", deadline)
+        logging.shutdown()
+        os._exit(exit_codes.STOPPED)
 
     def _handle(self, signum, frame) -> None:
         self.raised = True
