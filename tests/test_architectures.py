@@ -12,7 +12,7 @@ from harness.serving_helpers import Server, encoded, mask_of, sample_image
 from harness.trainjob import MODEL_FILES, SYNCBN_ON_STAND_INS, TWO_DEVICES, make_tree, run_train
 
 from semseg.errors import UserError
-from semseg.hyperparameters import parse
+from semseg.hyperparameters import MIN_CROP_SIZE, parse
 from semseg.inference.mxnet_engine import MXNetEngine
 from semseg.inference.onnx_engine import OnnxEngine
 from semseg.logs import METRIC_REGEXES
@@ -27,6 +27,13 @@ NEW = [("unet", "resnet-18"), ("deeplabv3plus", "resnet-34"), ("fastscnn", "resn
 ODD_SIZES = [(31, 17), (641, 480)]
 
 
+def tree(root, algorithm: str, backbone: str, **hyperparameters):
+    """``make_tree`` for ``algorithm``: fastscnn at its smallest crop (``MIN_CROP_SIZE``), the others at TINY's."""
+    if algorithm in MIN_CROP_SIZE:
+        hyperparameters = {"crop_size": str(MIN_CROP_SIZE[algorithm]), "base_size": "80", **hyperparameters}
+    return make_tree(root, algorithm=algorithm, backbone=backbone, **hyperparameters)
+
+
 def test_every_backbone_is_refused_or_built_as_the_table_says():
     with pytest.raises(UserError) as refused:
         parse({"num_classes": 3, "num_training_samples": 4, "algorithm": "psp", "backbone": "resnet-18"})
@@ -35,6 +42,17 @@ def test_every_backbone_is_refused_or_built_as_the_table_says():
     )
     hp = parse({"num_classes": 3, "num_training_samples": 4, "algorithm": "UNet", "backbone": "ResNet34"})
     assert (hp["algorithm"], hp["backbone"]) == ("unet", "resnet-34")
+
+
+def test_fastscnn_below_its_smallest_crop_is_one_sentence():
+    base = {"num_classes": 3, "num_training_samples": 4, "algorithm": "fastscnn"}
+    with pytest.raises(UserError) as refused:
+        parse({**base, "crop_size": 56})
+    assert str(refused.value) == (
+        "crop_size is 56 but the algorithm 'fastscnn' needs at least 64, "
+        "so that its stride-32 features are more than one pixel wide"
+    )
+    assert parse({**base, "crop_size": 64})["crop_size"] == 64
 
 
 @pytest.mark.parametrize("algorithm, backbone", NEW + [("unet", "resnet-50"), ("deeplabv3plus", "resnet-101")])
@@ -63,7 +81,7 @@ def test_incremental_training_across_algorithms_is_one_sentence():
 @pytest.fixture(scope="module", params=NEW, ids=[f"{a}-{b}" for a, b in NEW])
 def trained(request, tmp_path_factory):
     algorithm, backbone = request.param
-    root = make_tree(tmp_path_factory.mktemp(algorithm), algorithm=algorithm, backbone=backbone, epochs="2")
+    root = tree(tmp_path_factory.mktemp(algorithm), algorithm, backbone, epochs="2")
     job = run_train(root)
     assert job.returncode == 0, job.log[-3000:]
     return job
@@ -114,7 +132,7 @@ def test_float32_and_int8_serve_odd_sizes_exactly(trained, tmp_path):
 @SYNCBN_ON_STAND_INS
 @pytest.mark.parametrize("algorithm, backbone", NEW, ids=[a for a, _ in NEW])
 def test_syncbn_on_two_devices_trains_each_new_algorithm(tmp_path, algorithm, backbone):
-    job = run_train(make_tree(tmp_path, algorithm=algorithm, backbone=backbone, syncbn="True"), env=TWO_DEVICES)
+    job = run_train(tree(tmp_path, algorithm, backbone, syncbn="True"), env=TWO_DEVICES)
     assert job.returncode == 0, job.log[-3000:]
     assert "syncbn: BatchNorm statistics are synchronized across 2 devices" in job.log
     net = build_network(algorithm, backbone, 4, 32)  # the saved weights are plain BatchNorm's
@@ -131,7 +149,7 @@ BFLOAT16_CASES = [pytest.param(*NEW[0], marks=pytest.mark.slow)] + [
 
 @pytest.mark.parametrize("algorithm, backbone", BFLOAT16_CASES, ids=[a for a, _ in NEW])
 def test_bfloat16_trains_each_new_algorithm(tmp_path, algorithm, backbone):
-    job = run_train(make_tree(tmp_path, algorithm=algorithm, backbone=backbone, precision_dtype="bfloat16"))
+    job = run_train(tree(tmp_path, algorithm, backbone, precision_dtype="bfloat16"))
     assert job.returncode == 0, job.log[-3000:]
     assert "Training precision: bfloat16" in job.log
     assert len(job.lines(METRIC_REGEXES["validation:mIOU"])) == 1
