@@ -49,7 +49,7 @@ MODELS = [
     ("deeplabv3plus", "resnet-50"),
     ("fastscnn", "resnet-50"),  # fastscnn has its own backbone; the name only fills the column
 ]
-COMMON = {"use_pretrained_model": "False", "_workers": "1", "_int8": "False"}  # as in tasks.LEARNING
+COMMON = {key: LEARNING[key] for key in ("use_pretrained_model", "_workers", "_int8")}  # every job's
 SPEED = {
     **COMMON,
     "crop_size": "240",
