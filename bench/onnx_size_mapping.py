@@ -40,6 +40,7 @@ from PIL import Image
 from semseg import sample_data
 from semseg.data.transforms import normalize
 from semseg.demo import DEMO_HYPERPARAMETERS
+from semseg.evaluation.scores import ConfusionMatrix
 from semseg.inference.mxnet_engine import MXNetEngine
 from semseg.inference.onnx_engine import OnnxEngine, intra_op_threads
 from semseg.inference.predictor import Predictor
@@ -48,7 +49,6 @@ from semseg.model import artifacts, export, quantize
 from semseg.model.factory import build_network
 from semseg.model.size import inference_size
 from semseg.train import int8_gate
-from semseg.train.metrics import ConfusionMatrix
 
 HELD_OUT_SIZES = ((96, 96), (160, 112), (240, 180), (320, 240), (500, 375), (75, 50), (64, 192), (300, 100))
 

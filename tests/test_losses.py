@@ -17,9 +17,9 @@ from gluoncv.loss import MixSoftmaxCrossEntropyLoss
 
 from semseg import hyperparameters
 from semseg.errors import UserError
+from semseg.evaluation.scores import ConfusionMatrix
 from semseg.hyperparameters import CLASS_WEIGHT_RULES, parse
 from semseg.train import guards, losses
-from semseg.train.metrics import ConfusionMatrix
 
 LN2, LN4_3 = math.log(2), math.log(4 / 3)  # -ln p of the true class at pixels 0 and 1
 

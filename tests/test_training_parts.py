@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from semseg import hyperparameters
+from semseg.evaluation.scores import ConfusionMatrix
 from semseg.train.early_stopping import EarlyStopping
-from semseg.train.metrics import ConfusionMatrix
 from semseg.train.optim import lr_schedule, optimizer_settings
 
 

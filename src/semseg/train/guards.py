@@ -15,7 +15,7 @@ import logging
 import numpy as np
 
 from ..errors import UserError
-from .metrics import ConfusionMatrix
+from ..evaluation.scores import ConfusionMatrix
 
 log = logging.getLogger("semseg")
 

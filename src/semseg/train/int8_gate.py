@@ -23,10 +23,10 @@ from .. import paths
 from ..cpu_threads import usable_cpu_count
 from ..data import file_mode, label_map
 from ..data.file_mode import Sample
+from ..evaluation.scores import ConfusionMatrix
 from ..files import write_atomically
 from ..model.export import ONNX_FILE
 from ..model.quantize import INT8_FILE, evenly_spread, export_size, prepared, quantize_file
-from .metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from mxnet import autograd, gluon
 
 from .. import classes, files, logs, paths, report, sm_config
 from ..data.loaders import Splits, data_splits
+from ..evaluation.scores import ConfusionMatrix
 from ..model import artifacts, export
 from ..report.examples import ValidationExamples
 from . import checkpoint, guards, int8_gate, kvstore, parts, precision
 from .checkpoint import EpochProgress, TrainingState
 from .early_stopping import EarlyStopping
-from .metrics import ConfusionMatrix
 from .parts import Training, seed_everything
 from .stop import StopFlag, Stopped
 
