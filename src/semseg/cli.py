@@ -15,7 +15,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import exit_codes, local_train, logs
+from . import cross_validation, exit_codes, local_train, logs
 from .errors import UserError
 from .train.command import train_command
 
@@ -123,6 +123,35 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--model", help="a model directory, used in this process")
     predict.add_argument("--accept", default="image/png", help="answer type (default image/png)")
     predict.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    evaluate = commands.add_parser(
+        "evaluate", help="score a model on held-out data as its endpoint serves it, optionally against a baseline"
+    )
+    evaluate.add_argument("--model", required=True, help="a model directory, a model.tar.gz or a job's /opt/ml root")
+    evaluate.add_argument(
+        "--data",
+        required=True,
+        help="File-mode pairs (test/test_annotation or validation/validation_annotation), a dataset zip or "
+        "its folder, or an s3:// prefix of either",
+    )
+    evaluate.add_argument(
+        "--subset", help="the dataset subset or File-mode pair to score (default: test, else the validation split)"
+    )
+    evaluate.add_argument("--baseline", help="a second model, scored on the same images and compared")
+    evaluate.add_argument("--output", help="where the report and files go (default: ./evaluation)")
+    evaluate.add_argument(
+        "--engine", choices=("float32", "int8"), help="the engine (default: the one the server picks)"
+    )
+    evaluate.add_argument(
+        "--fail-below",
+        action="append",
+        metavar="FIGURE=VALUE",
+        help="exit with code 3 when a figure (mIoU, mean_dice, pixel_accuracy, frequency_weighted_iou) is below "
+        "VALUE; a bare VALUE is for mIoU; may be repeated",
+    )
+    cv = commands.add_parser(
+        "cv", help="cross-validation: train K models on K splits of a dataset, report each fold and mean ± std"
+    )
+    cross_validation.add_arguments(cv)
     quantize = commands.add_parser("quantize", help="write the int8 copy of a model's ONNX export, kept if accurate")
     quantize.add_argument("model_dir", help="a model directory (hyperparams.json, model_best.params, model.onnx)")
     quantize.add_argument(
@@ -136,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         from .jobs.predict import main as predict_main
 
         return _user_command(predict_main, args)
+    if args.command == "evaluate":
+        from .jobs.evaluate import main as evaluate_main
+
+        return _user_command(evaluate_main, args)
+    if args.command == "cv":
+        return _user_command(cross_validation.main, args)
     if args.command == "job":
         from pathlib import Path
 
