@@ -1,5 +1,6 @@
 """The 'dataset' channel read directly (no training): both layouts, zipped or not, RGB or index
-masks, subsets and the seeded split, the label map's classes, and the clear errors."""
+masks, subsets (each role in every spelling, the held-out test subset) and the seeded split, the
+label map's classes, and the clear errors."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from PIL import Image
 
 from semseg import classes, paths
 from semseg.data import dataset_channel
-from semseg.data.dataset_channel import labelmap_txt
+from semseg.data.dataset_channel import labelmap_txt, layouts
 from semseg.errors import UserError
 
 
@@ -83,11 +84,103 @@ def test_train_and_val_subsets_are_used_as_such_and_index_masks_are_kept(job, ca
     caplog.set_level("INFO")
     members, truth = cvat_members({"train": 5, "val": 3, "test": 2}, rgb=False, top="")
     write_zip(paths.channel_dir("dataset") / "export.zip", members)
+    assert dataset_channel.implied_hyperparameters({})["num_training_samples"] == "5"  # the test subset is not counted
     dataset_channel.prepare(hp(fraction=0.5))
     assert sorted(prepared_masks("validation")) == sorted(n for n in truth if n.split("/")[-1].startswith("val"))
-    for name, ids in prepared_masks("train").items():
+    for name, ids in {**prepared_masks("train"), **prepared_masks("test")}.items():
         np.testing.assert_array_equal(ids, truth[name])
-    assert "The dataset's subsets test are not used for training" in caplog.text
+    assert sorted(prepared_masks("test")) == ["test_000", "test_001"]
+    assert len(list((paths.prepared_dataset_dir() / "test").iterdir())) == 2
+    assert "The dataset's 'test' subset (2 pairs) is held out: it chooses no epoch" in caplog.text
+    assert "not used for training" not in caplog.text
+
+
+def pairs_of(*names: str) -> list[layouts.Pair]:
+    return [layouts.Pair(name, f"{name}.jpg", f"{name}.png") for name in names]
+
+
+@pytest.mark.parametrize(
+    "train, validation, test",
+    [("train", "val", "test"), ("Training", "Valid", "Testing"), ("TRAIN", "Validation", "TEST")],
+)
+def test_each_spelling_of_a_subset_takes_its_role(train, validation, test):
+    subsets = {train: pairs_of("a", "b", "c"), validation: pairs_of("d"), test: pairs_of("e", "f")}
+    chosen_train, chosen_validation, notes = layouts.choose_splits(subsets, 0.5, 0)
+    assert [pair.name for pair in chosen_train] == ["a", "b", "c"] and [p.name for p in chosen_validation] == ["d"]
+    assert layouts.test_subset(subsets) == (test, subsets[test])
+    assert notes == [
+        f"The dataset's '{test}' subset (2 pairs) is held out: it chooses no epoch and is scored once, at the end "
+        "of training",
+        f"The dataset's '{train}' subset trains, its '{validation}' subset validates",
+    ]
+
+
+@pytest.mark.parametrize("single", ["train", "default"])
+def test_a_subset_beside_only_a_test_subset_is_split_by_validation_fraction(single):
+    subsets = {single: pairs_of(*"abcdefghij"), "Test": pairs_of("x", "y")}
+    train, validation, notes = layouts.choose_splits(subsets, 0.2, 0)
+    assert len(train) == 8 and len(validation) == 2 and not {"x", "y"} & {p.name for p in train + validation}
+    assert f"The dataset's '{single}' subset (10 pairs) is split by validation_fraction=0.2" in notes[-1]
+    assert layouts.test_subset(subsets) == ("Test", subsets["Test"])
+
+
+def test_without_a_test_subset_nothing_is_held_out():
+    assert layouts.test_subset({"train": pairs_of("a", "b"), "val": pairs_of("c")}) is None
+
+
+@pytest.mark.parametrize("first, second", [("val", "Valid"), ("test", "Testing"), ("train", "training")])
+def test_two_subsets_of_one_role_are_refused_in_one_sentence(first, second):
+    subsets = {"train" if "train" not in (first, second) else "val": pairs_of("a", "b"), first: [], second: []}
+    with pytest.raises(UserError) as error:
+        layouts.choose_splits(subsets, 0.2, 0)
+    named = sorted((first, second))
+    assert str(error.value) == f"The dataset has both a '{named[0]}' and a '{named[1]}' subset; keep one of them"
+
+
+def platform_names(folders: dict[str, str], count: int = 2) -> list[str]:
+    """Member names of a platform tree: image folder -> mask folder, ``count`` pairs each."""
+    names = ["Dataset/labelmap.txt"]
+    for image_folder, mask_folder in folders.items():
+        for i in range(count):
+            names += [
+                f"Dataset/images/{image_folder}/{image_folder}{i}.jpg",
+                f"Dataset/masks/{mask_folder}/{image_folder}{i}.png",
+            ]
+    return names
+
+
+def test_the_platform_layout_takes_every_spelling_and_a_test_folder():
+    names = platform_names({"Training": "training", "Valid": "VALID", "test": "test"})
+    layout = layouts.find_layout(names, lambda name: "", "the zip")
+    assert layout.kind == "images/ and masks/ folders" and layout.root == "Dataset/"
+    assert sorted(layout.subsets) == ["Training", "Valid", "test"]
+    assert [pair.mask for pair in layout.subsets["Valid"]] == [
+        "Dataset/masks/VALID/Valid0.png",
+        "Dataset/masks/VALID/Valid1.png",
+    ]
+    train, validation, _ = layouts.choose_splits(layout.subsets, 0.2, 0)
+    assert {p.name for p in train} == {"Training0", "Training1"} and {p.name for p in validation} == {
+        "Valid0",
+        "Valid1",
+    }
+    assert [pair.image for pair in layouts.test_subset(layout.subsets)[1]] == [
+        "Dataset/images/test/test0.jpg",
+        "Dataset/images/test/test1.jpg",
+    ]
+
+
+def test_a_platform_test_folder_alone_beside_the_train_folder_is_found_from_its_landmark():
+    layout = layouts.find_layout(platform_names({"train": "train", "Test": "Test"}, count=3)[1:], lambda name: "", "z")
+    assert layout.root == "Dataset/" and sorted(layout.subsets) == ["Test", "train"]
+    train, validation, _ = layouts.choose_splits(layout.subsets, 0.34, 0)
+    assert len(train) == 2 and len(validation) == 1 and len(layouts.test_subset(layout.subsets)[1]) == 3
+
+
+def test_one_platform_split_in_two_cases_is_refused_in_one_sentence():
+    names = platform_names({"train": "train", "val": "val"}) + ["Dataset/images/Train/x.jpg"]
+    with pytest.raises(UserError) as error:
+        layouts.find_layout(names, lambda name: "", "the zip")
+    assert str(error.value) == "The dataset the zip has both images/Train/ and images/train/; keep one of them"
 
 
 def test_the_platform_layout_unzipped_in_the_channel(job):
@@ -154,9 +247,10 @@ def test_a_zip_of_something_else_names_both_layouts(job):
         dataset_channel.implied_hyperparameters({})
 
 
-def test_the_dataset_channel_does_not_mix_with_the_four_channels(job):
+@pytest.mark.parametrize("channel", ["train", "test_annotation"])
+def test_the_dataset_channel_does_not_mix_with_the_four_channels(job, channel):
     write_zip(paths.channel_dir("dataset") / "export.zip", cvat_members({"default": 3})[0])
-    paths.channel_dir("train").mkdir()
+    paths.channel_dir(channel).mkdir()
     with pytest.raises(UserError, match="The 'dataset' channel replaces the channels"):
         dataset_channel.prepare(hp())
 

@@ -87,9 +87,10 @@ def test_cvat_subset_names_are_matched_in_any_case(channel):  # noqa: F811
     lines = log_of(lambda: dataset_channel.prepare(HP))
 
     assert any("The dataset's 'Train' subset trains, its 'Validation' subset validates" in line for line in lines)
-    assert any("The dataset's subsets Test are not used for training" in line for line in lines)
+    assert any("The dataset's 'Test' subset (2 pairs) is held out" in line for line in lines)
     root = paths.prepared_dataset_dir()
     assert len(list((root / "train").iterdir())) == 3 and len(list((root / "validation").iterdir())) == 2
+    assert len(list((root / "test").iterdir())) == 2
 
 
 def test_two_subsets_that_differ_only_in_case_are_refused(channel):  # noqa: F811

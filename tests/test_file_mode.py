@@ -8,8 +8,10 @@ import pytest
 from conftest import save_image, save_mask
 from PIL import Image
 
-from semseg.data import file_mode, images
+from semseg import paths
+from semseg.data import file_mode, images, loaders
 from semseg.errors import UserError
+from semseg.sample_data import write_opt_ml_tree
 
 
 def test_pairs_by_base_name_and_skips_junk_and_unmatched(split_dirs, caplog):
@@ -126,3 +128,16 @@ def test_no_module_that_imports_gluoncv_leaves_truncated_images_on():
 def test_an_image_over_the_callers_limit_is_refused_from_its_header(tmp_path):
     with pytest.raises(images.ImageTooLarge, match="20x10 pixels, more than the limit of 199 pixels"):
         images.open_image(save_image(tmp_path / "a.png", 20, 10), max_pixels=199)
+
+
+@pytest.mark.parametrize("given", ["test", "test_annotation"])
+def test_a_test_channel_without_its_other_half_is_refused_before_training(tmp_path, monkeypatch, given):
+    """Found at the start: at the end of training the held-out figure would only be missing."""
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(write_opt_ml_tree(tmp_path, train=2, validation=1)))
+    paths.channel_dir(given).mkdir()
+    missing = "test_annotation" if given == "test" else "test"
+    with pytest.raises(UserError) as error:
+        loaders.data_splits({}, {}, 0)
+    assert str(error.value) == (
+        f"The '{given}' channel is given without the '{missing}' channel; a held-out test set needs both"
+    )

@@ -27,6 +27,7 @@ from .transforms import training_transform, validation_transform
 log = logging.getLogger("semseg")
 
 REQUIRED_CHANNELS = ("train", "train_annotation", "validation", "validation_annotation")
+TEST_CHANNELS = ("test", "test_annotation")  # optional: held out, scored once at the end (train.native_scores)
 
 
 @dataclass
@@ -58,6 +59,12 @@ def _check_file_channels(channels: dict, streamed: set[str]) -> None:
                 f"The '{name}' channel is missing; File mode needs the channels "
                 "train, train_annotation, validation and validation_annotation"
             )
+    given = [name for name in TEST_CHANNELS if name in channels or paths.channel_dir(name).is_dir()]
+    if len(given) == 1:  # found now, not after the last epoch, when the test figure would be missing
+        missing = next(name for name in TEST_CHANNELS if name not in given)
+        raise UserError(
+            f"The '{given[0]}' channel is given without the '{missing}' channel; a held-out test set needs both"
+        )
 
 
 def _transform(hp: dict, split: str):

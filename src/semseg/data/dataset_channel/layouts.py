@@ -3,14 +3,17 @@
 - CVAT's "Segmentation Mask 1.1" export: ``labelmap.txt``, ``SegmentationClass/<name>.png``,
   ``ImageSets/Segmentation/<subset>.txt`` (one name per line, no extension, maybe with
   sub-folders) and ``JPEGImages/<name>.<ext>``.
-- The annotation platform's: ``images/{train,val}/``, ``masks/{train,val}/`` (same base names),
-  ``labelmap.txt``.
+- The annotation platform's: ``images/{train,val,test}/``, ``masks/{train,val,test}/`` (same base
+  names), ``labelmap.txt``.
 
 The tree may start anywhere (a zip usually has one top-level folder): its root is the shallowest
-folder that holds a ``labelmap.txt`` or one of the layouts' folders. Subsets ``train`` and
-``val``/``validation``, in any case (CVAT suggests ``Train``, ``Validation`` and ``Test``), are used
-as such; a single subset (CVAT's ``default``) is split by ``validation_fraction``, seeded, so
-every run and every host of a job draws the same split.
+folder that holds a ``labelmap.txt`` or one of the layouts' folders. A subset's role comes from its
+name, in any case and in each of the spellings CVAT and its users write (``TRAIN_SUBSETS``,
+``VALIDATION_SUBSETS``, ``TEST_SUBSETS``; CVAT suggests ``Train``, ``Validation`` and ``Test``), in
+both layouts. The train and validation subsets are used as such; without a validation subset the
+train subset (or the only subset, CVAT's ``default``) is split by ``validation_fraction``, seeded,
+so every run and every host of a job draws the same split. A test subset is held out of both: no
+epoch is chosen by it, and it is scored once, at the end of training.
 Nothing here logs: what a person should read (skipped names, the split) is gathered as notes,
 which the job logs once, however often the dataset is opened.
 """
@@ -26,8 +29,10 @@ from ...names import has_unsafe_characters, shown
 
 LABEL_MAP = "labelmap.txt"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-VALIDATION_SUBSETS = ("val", "validation")
-PLATFORM_SPLITS = ("train", *VALIDATION_SUBSETS)
+TRAIN_SUBSETS = ("train", "training")
+VALIDATION_SUBSETS = ("val", "valid", "validation")
+TEST_SUBSETS = ("test", "testing")
+PLATFORM_SPLITS = (*TRAIN_SUBSETS, *VALIDATION_SUBSETS, *TEST_SUBSETS)  # images/<split>/, in any case
 CVAT_FOLDERS = ("SegmentationClass/", "ImageSets/", "JPEGImages/")
 
 
@@ -55,7 +60,7 @@ def _root_of(name: str) -> str | None:
     for i, part in enumerate(parts[:-1]):
         if part == "SegmentationClass" or (part == "ImageSets" and parts[i + 1 : i + 2] == ["Segmentation"]):
             return "/".join(parts[:i])
-        if part in ("images", "masks") and len(parts) > i + 2 and parts[i + 1] in PLATFORM_SPLITS:
+        if part in ("images", "masks") and len(parts) > i + 2 and parts[i + 1].lower() in PLATFORM_SPLITS:
             return "/".join(parts[:i])
     return None
 
@@ -66,7 +71,7 @@ def find_root(names: list[str], source: object) -> str:
         raise UserError(
             f"The dataset {source} has neither layout: expected CVAT's Segmentation Mask 1.1 export "
             "(labelmap.txt, SegmentationClass/, ImageSets/Segmentation/, JPEGImages/) or images/train, "
-            "images/val, masks/train, masks/val and labelmap.txt"
+            "images/val, masks/train, masks/val (and images/test, masks/test) and labelmap.txt"
         )
     depth = min(root.count("/") + bool(root) for root in roots)
     shallowest = sorted(root for root in roots if root.count("/") + bool(root) == depth)
@@ -135,13 +140,33 @@ def _cvat(names: list[str], root: str, read_text, source: object, notes: list[st
     }
 
 
+def _platform_folders(names: list[str], root: str, side: str, source: object) -> dict[str, str]:
+    """Lower-cased split -> the folder ``<root><side>/<split>/`` as the dataset spells it."""
+    found: dict[str, str] = {}
+    for name in names:
+        parts = name[len(root) :].split("/")
+        if not name.startswith(root) or len(parts) < 3 or parts[0] != side or parts[1].lower() not in PLATFORM_SPLITS:
+            continue
+        spelling = found.setdefault(parts[1].lower(), parts[1])
+        if spelling != parts[1]:
+            first, second = sorted((spelling, parts[1]))
+            raise UserError(
+                f"The dataset {source} has both {side}/{shown(first)}/ and {side}/{shown(second)}/; keep one of them"
+            )
+    return found
+
+
 def _platform(names: list[str], root: str, source: object, notes: list[str]) -> dict[str, list[Pair]]:
+    """One subset per split folder, named as ``images/`` spells it (``masks/`` may spell it in another case)."""
+    image_folders = _platform_folders(names, root, "images", source)
+    mask_folders = _platform_folders(names, root, "masks", source)
     subsets = {}
-    for split in PLATFORM_SPLITS:
-        images = _by_stem(names, f"{root}images/{split}/", IMAGE_EXTENSIONS, source)
-        masks = _by_stem(names, f"{root}masks/{split}/", (".png",), source)
+    for split in sorted(set(image_folders) | set(mask_folders)):
+        subset = image_folders.get(split) or mask_folders[split]
+        images = _by_stem(names, f"{root}images/{image_folders.get(split, subset)}/", IMAGE_EXTENSIONS, source)
+        masks = _by_stem(names, f"{root}masks/{mask_folders.get(split, subset)}/", (".png",), source)
         if images or masks:
-            subsets[split] = _pairs(split, sorted(set(images) | set(masks)), images, masks, notes)
+            subsets[subset] = _pairs(subset, sorted(set(images) | set(masks)), images, masks, notes)
     return subsets
 
 
@@ -198,39 +223,52 @@ def _name(pair: Pair) -> str:
 
 
 def _subsets_named(subsets: dict[str, list[Pair]], names: tuple[str, ...]) -> list[str]:
-    """The subsets called one of ``names``, in any case: CVAT suggests ``Train`` and ``Validation``."""
-    return sorted(subset for subset in subsets if subset.lower() in names)
+    """The subsets called one of ``names``, in any case; two of one role are refused (which would train?)."""
+    found = sorted(subset for subset in subsets if subset.lower() in names)
+    if len(found) > 1:
+        raise UserError(
+            f"The dataset has both a '{shown(found[0])}' and a '{shown(found[1])}' subset; keep one of them"
+        )
+    return found
+
+
+def test_subset(subsets: dict[str, list[Pair]]) -> tuple[str, list[Pair]] | None:
+    """The held-out test subset (its name and pairs), None when the dataset has none."""
+    found = _subsets_named(subsets, TEST_SUBSETS)
+    return (found[0], subsets[found[0]]) if found else None
 
 
 def choose_splits(
     subsets: dict[str, list[Pair]], fraction: float, seed: int
 ) -> tuple[list[Pair], list[Pair], list[str]]:
-    """(train, validation, notes): the train and val subsets as such, or one subset split by ``fraction``."""
-    validation_names = _subsets_named(subsets, VALIDATION_SUBSETS)
-    train_names = _subsets_named(subsets, ("train",))
-    for found in (train_names, validation_names):
-        if len(found) > 1:
-            raise UserError(
-                f"The dataset has both a '{shown(found[0])}' and a '{shown(found[1])}' subset; keep one of them"
-            )
+    """(train, validation, notes): the train and validation subsets as such, or the train subset (or
+    the only one besides a test subset) split by ``fraction``. The test subset is in neither."""
+    test = test_subset(subsets)
+    train_names, validation_names = _subsets_named(subsets, TRAIN_SUBSETS), _subsets_named(subsets, VALIDATION_SUBSETS)
+    others = sorted(set(subsets) - {test[0]} if test else set(subsets))
     if train_names:
-        train_name = train_names[0]
-    elif len(subsets) == 1:
-        train_name = next(iter(subsets))
+        train_name, validation_name = train_names[0], (validation_names or [None])[0]
+    elif len(others) == 1:  # CVAT's 'default' alone, or beside a test subset: split, whatever its name
+        train_name, validation_name = others[0], None
     else:
         raise UserError(
             f"The dataset has the subsets {', '.join(map(shown, sorted(subsets)))}; name them train and val, or "
             "export a single subset to be split by validation_fraction"
         )
-    unused = sorted(set(subsets) - {train_name, *validation_names})
+    unused = sorted(set(others) - {train_name, validation_name})
     notes = [f"The dataset's subsets {', '.join(map(shown, unused))} are not used for training"] if unused else []
+    if test:
+        notes.append(
+            f"The dataset's '{shown(test[0])}' subset ({len(test[1])} pairs) is held out: it chooses no epoch and "
+            "is scored once, at the end of training"
+        )
     train = subsets[train_name]
     if not train:
         raise UserError(f"The dataset's '{shown(train_name)}' subset has no image/mask pair")
-    if validation_names and subsets[validation_names[0]]:
+    if validation_name is not None and subsets[validation_name]:
         notes.append(
-            f"The dataset's '{shown(train_name)}' subset trains, its '{shown(validation_names[0])}' subset validates"
+            f"The dataset's '{shown(train_name)}' subset trains, its '{shown(validation_name)}' subset validates"
         )
-        return train, subsets[validation_names[0]], notes
+        return train, subsets[validation_name], notes
     train, validation, note = _split(train, fraction, seed, train_name)
     return train, validation, [*notes, note]

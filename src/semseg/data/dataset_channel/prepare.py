@@ -1,9 +1,10 @@
 """The ``dataset`` channel turned into what File mode trains on, so training has one code path.
 
 ``prepare`` writes each split's images (their bytes, unchanged) and masks (class ids, 255 =
-ignore) into ``paths.prepared_dataset_dir()`` as the four File-mode directories (whole or not at
-all: they are renamed into place once complete), which
-``data.loaders`` then reads like any channels, with the identity label map. RGB masks become
+ignore) into ``paths.prepared_dataset_dir()`` as the four File-mode directories, and ``test`` and
+``test_annotation`` when the dataset has a test subset (whole or not at all: they are renamed into
+place once complete), which ``data.loaders`` then reads like any channels, with the identity label
+map; the test pair is read only at the end of training (``train.native_scores``). RGB masks become
 palette PNGs whose palette is the label map's colours, so they still look like the CVAT masks
 in a viewer; one-channel masks (palette or grayscale) already hold class ids and are copied as
 they are. Converting once up front, rather than in every loader process at every draw, costs one
@@ -32,14 +33,22 @@ from ...errors import UserError, one_line
 from ...names import shown
 from ..images import MASK_MODES, ImageTooLarge, check_mask_size, describe, open_image, upright_size
 from . import labelmap_txt
-from .archive import Archive, open_channel
-from .layouts import Layout, Pair, choose_splits, find_layout
+from .archive import Archive, ZipArchive, open_channel
+from .layouts import Layout, Pair, choose_splits, find_layout, test_subset
 
 log = logging.getLogger("semseg")
 
 MAX_MASK_PIXELS = 1 << 26  # 8192 x 8192: a mask beyond is a decompression bomb, not an annotation
-REPLACED_CHANNELS = ("train", "train_annotation", "validation", "validation_annotation", "label_map")
-SPLITS = ("train", "validation")
+REPLACED_CHANNELS = (
+    "train",
+    "train_annotation",
+    "validation",
+    "validation_annotation",
+    "test",
+    "test_annotation",
+    "label_map",
+)
+SPLITS = ("train", "validation", "test")
 # A prepared file is named by its number and the dataset's name, '/' written as '~' and what a file
 # name should not hold (control characters, '#', spaces, anything beyond ASCII) as '_'.
 _FILE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._~-]")
@@ -78,7 +87,16 @@ def channel_dir() -> Path | None:
 
 
 def open_dataset(directory: Path) -> Dataset:
-    archive = open_channel(directory)
+    """The dataset of a channel directory: its one zip, else the tree in it."""
+    return _dataset_of(open_channel(directory))
+
+
+def open_dataset_at(path: Path) -> Dataset:
+    """A dataset zip itself, or a folder as the channel holds one (for ``semseg evaluate``)."""
+    return open_dataset(path) if path.is_dir() else _dataset_of(ZipArchive(path))
+
+
+def _dataset_of(archive: Archive) -> Dataset:
     try:
         layout = find_layout(archive.names, lambda name: _text(archive, name), archive.source)
         table = None
@@ -133,9 +151,10 @@ def prepare(hp: dict) -> Path | None:
                 "leave num_classes out to take it from the label map, or make them agree"
             )
         train, validation, notes = choose_splits(layout.subsets, hp["validation_fraction"], hp["_seed"])
+        test = (test_subset(layout.subsets) or ("", []))[1]
         for note in (*layout.notes, *notes):
             log.info("%s", note)
-        dataset.archive.check_size([member for pair in train + validation for member in (pair.image, pair.mask)])
+        dataset.archive.check_size([member for pair in train + validation + test for member in (pair.image, pair.mask)])
         root = paths.prepared_dataset_dir()
         partial = root.with_name(root.name + ".partial")
         for directory in (root, partial):
@@ -144,7 +163,9 @@ def prepare(hp: dict) -> Path | None:
         colours = table.colors if table is not None else tuple(classes.voc_colors()[: hp["num_classes"]])
         palette = (table or classes.default(hp["num_classes"])).palette()
         try:
-            for split, pairs in zip(SPLITS, (train, validation), strict=True):
+            for split, pairs in zip(SPLITS, (train, validation, test), strict=True):
+                if not pairs:  # an empty test subset: nothing to hold out
+                    continue
                 images, masks = partial / split, partial / f"{split}_annotation"
                 _write_split(dataset.archive, pairs, images, masks, colours, palette, split)
         except BaseException:  # a member that fails to read half-way leaves nothing behind
@@ -228,3 +249,11 @@ def _write_mask(
     image.putpalette(palette)
     image.save(target)
     return unknown
+
+
+def write_pairs(dataset: Dataset, pairs: list[Pair], images: Path, masks: Path, num_classes: int, split: str) -> None:
+    """``pairs`` of ``dataset`` as one File-mode pair of folders: images as they are, masks as class ids."""
+    table = dataset.table
+    colours = table.colors if table is not None else tuple(classes.voc_colors()[:num_classes])
+    palette = (table or classes.default(num_classes)).palette()
+    _write_split(dataset.archive, pairs, images, masks, colours, palette, split)
