@@ -544,6 +544,12 @@ def test_pipe_mode_trains_like_file_mode(file_and_pipe_runs):
             assert abs(file_values[epoch] - pipe_values[epoch]) <= 0.1, (name, file_values, pipe_values)
     report = json.loads((pipe_run.root / "output" / "data" / "metrics.json").read_text())
     assert [entry["epoch"] for entry in report["history"]] == [0, 1]
+    # the end of training's score at each image's own size needs the images as files: one line says why not
+    assert "native_validation" not in report
+    assert (
+        "No validation at each image's own size: the training and validation data are not in File mode here "
+        "(Pipe mode)" in pipe_log
+    )
 
 
 @pytest.mark.slow

@@ -70,6 +70,9 @@ def test_writes_history_and_a_per_class_report(fcn_job):
     assert [entry["epoch"] for entry in report["history"]] == [0, 1]
     best = report["best_epoch"]
     assert len(best["per_class_iou"]) == 4 and np.array(best["confusion_matrix"]).shape == (4, 4)
+    assert len(best["per_class_dice"]) == 4 and best["mean_dice"] == pytest.approx(np.mean(best["per_class_dice"]))
+    for iou, dice in zip(best["per_class_iou"], best["per_class_dice"], strict=True):
+        assert dice == pytest.approx(2 * iou / (1 + iou))  # the same counts: Dice = 2 IoU / (1 + IoU)
     logged = [float(v) for v in re.findall(METRIC_REGEXES["validation:mIOU"], fcn_job.log)]
     assert best["mIOU"] == pytest.approx(max(logged))
 

@@ -1,4 +1,6 @@
-"""The training report: figures and report.html in output/data after a real run, and its bounds.
+"""The training report: figures and report.html in output/data after a real run, and its bounds;
+Dice beside IoU; the end of training's figures as the endpoint serves (the validation split at each
+image's own size, and a dataset's held-out test subset, scored once).
 
 The job's model directory is given a ``classes.json`` before training starts, as training does when
 the data names its classes, so the report and the per-class log lines must show those names.
@@ -8,16 +10,21 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
-from harness.trainjob import make_tree, run_train
+from harness.cvat_export import cvat_members, write_zip
+from harness.trainjob import TINY, make_tree, run_train
 from PIL import Image
 
-from semseg import classes, report
-from semseg.logs import CLASS_IOU_REGEX
+from semseg import classes, logs, report
+from semseg.logs import CLASS_DICE_REGEX, CLASS_IOU_REGEX
+from semseg.report import html
 from semseg.report.examples import ValidationExamples
 
 NAMED = classes.ClassTable(
@@ -42,6 +49,11 @@ class References(HTMLParser):
         self.text.append(data)
 
 
+def plain_text(page: str) -> str:
+    """The page's text as a reader sees it: tags dropped, entities read."""
+    return unescape(re.sub(r"<[^>]+>", "", page))
+
+
 def references(page: Path) -> References:
     parser = References()
     parser.feed(page.read_text(encoding="utf-8"))
@@ -50,7 +62,7 @@ def references(page: Path) -> References:
 
 @pytest.fixture(scope="module")
 def named_job(tmp_path_factory):
-    root = make_tree(tmp_path_factory.mktemp("report"), epochs="2")
+    root = make_tree(tmp_path_factory.mktemp("report"), epochs="2", _native_validation="True")
     classes.save(NAMED, root / "model")
     job = run_train(root)
     assert job.returncode == 0, job.log[-3000:]
@@ -74,8 +86,34 @@ def test_a_training_run_writes_the_report_beside_metrics_json(named_job):
     for name in NAMED.names:
         assert name in text, name
     best = json.loads((data / "metrics.json").read_text())["best_epoch"]
-    assert f"{best['mIOU']:.4f}" in text
+    assert f"{best['mIOU']:.4f}" in text and f"mean Dice {best['mean_dice']:.4f}" in plain_text(page.read_text())
     assert "Training report: " + str(page) in named_job.log
+
+
+NATIVE_LINE = (
+    r"Validation at each image's own size, as the endpoint serves it \((onnxruntime .*)\): mIoU (\d\.\d{4}), "
+    r"mean Dice (\d\.\d{4}), pixel accuracy (\d\.\d{4}) \((\d+) images\)"
+)
+
+
+@pytest.mark.slow
+def test_the_validation_split_is_scored_once_more_as_the_endpoint_serves_it(named_job):
+    data = named_job.root / "output" / "data"
+    native = json.loads((data / "metrics.json").read_text())["native_validation"]
+    assert native["images"] == 4 and native["engine"].startswith("onnxruntime")  # the engine serve picks: model.onnx
+    for key in ("mIoU", "mean_dice", "pixel_accuracy"):
+        assert 0.0 <= native[key] <= 1.0, key
+    assert len(native["per_class_dice"]) == 4 and np.asarray(native["confusion_matrix"]).sum() > 0
+    [(engine, miou, dice, accuracy, images)] = re.findall(NATIVE_LINE, named_job.log)
+    assert (engine, float(miou), float(dice), int(images)) == (
+        native["engine"],
+        round(native["mIoU"], 4),
+        round(native["mean_dice"], 4),
+        4,
+    )
+    text = plain_text((data / report.REPORT_FILE).read_text())
+    assert "Validation as the endpoint serves it" in text and f"mIoU {native['mIoU']:.4f}" in text
+    assert "Test subset, held out" not in text  # the tree has no test split
 
 
 @pytest.mark.slow
@@ -84,9 +122,35 @@ def test_the_per_class_log_lines_name_the_classes(named_job):
     assert [(epoch, class_id, name) for epoch, class_id, name, _ in lines] == [
         (str(epoch), str(i), name) for epoch in range(2) for i, name in enumerate(NAMED.names)
     ]
-    best = json.loads((named_job.root / "output" / "data" / "metrics.json").read_text())["best_epoch"]
+    report_json = json.loads((named_job.root / "output" / "data" / "metrics.json").read_text())
+    best = report_json["best_epoch"]
     logged = [float(iou) for epoch, _, _, iou in lines if int(epoch) == best["epoch"]]
     assert logged == pytest.approx(best["per_class_iou"])
+    dices = [
+        float(dice) for epoch, _, dice in re.findall(CLASS_DICE_REGEX, named_job.log) if int(epoch) == best["epoch"]
+    ]
+    assert dices == pytest.approx(best["per_class_dice"]) and len(dices) == 4
+    for entry in report_json["history"]:
+        assert entry["mean_dice"] == pytest.approx(np.mean(entry["per_class_dice"]))
+
+
+def test_the_class_line_adds_dice_and_the_built_in_lines_are_unchanged(caplog):
+    caplog.set_level("INFO", logger="semseg")
+    logs.train_epoch_end("algo-1", 3, 0.25, 12.5)
+    logs.validation_end("algo-1", 3, 0.875, 0.5, 20.0)
+    logs.per_class("algo-1", 3, ["road"], [0.5], [0.75], [2 / 3])
+    assert [record.getMessage() for record in caplog.records] == [
+        "#quality_metric. host: algo-1, epoch: 3, train loss: 0.25 .",
+        "#throughput_metric. host: algo-1, epoch: 3, train throughput: 12.5 samples/sec.",
+        "#quality_metric. host: algo-1, epoch: 3, validation pixel_accuracy: 0.875 .",
+        "#quality_metric. host: algo-1, epoch: 3, validation mIOU: 0.5 .",
+        "#throughput_metric. host: algo-1, epoch: 3, validation throughput: 20.0 samples/sec.",
+        "#class_metric. host: algo-1, epoch: 3, class 0 (road): validation IoU: 0.5, pixel accuracy: 0.75, "
+        "validation Dice: 0.6666666666666666 .",
+    ]
+    line = caplog.records[-1].getMessage()
+    assert re.findall(CLASS_IOU_REGEX, line) == [("3", "0", "road", "0.5")]
+    assert re.findall(CLASS_DICE_REGEX, line) == [("3", "0", "0.6666666666666666")]
 
 
 def _history(epochs: int) -> list[dict]:
@@ -126,3 +190,75 @@ def test_a_figure_that_fails_is_left_out_with_a_warning(tmp_path, caplog):
     text = page.read_text()
     assert 'src="class_iou.png"' not in text and 'src="confusion.png"' in text and "Not drawn" in text
     assert "class_2" in text
+
+
+def served(miou: float, images: int, engine: str = "onnxruntime (cpu, float32, 2 threads)") -> dict:
+    """End-of-training figures as ``native_scores`` records them, for three classes."""
+    return {
+        "engine": engine,
+        "images": images,
+        "mIoU": miou,
+        "mean_dice": 0.625,
+        "pixel_accuracy": 0.875,
+        "per_class_iou": [miou] * 3,
+        "per_class_dice": [0.625] * 3,
+        "per_class_precision": [0.5] * 3,
+        "per_class_recall": [0.25] * 3,
+        "labelled_pixels": [10, 20, 30],
+    }
+
+
+def test_the_served_figures_have_their_own_sections_beside_the_centre_crop_figure():
+    best = {
+        **_history(2)[-1],
+        "per_class_iou": [0.5, 0.25, 0.125],
+        "per_class_dice": [0.75, 0.5, 0.25],
+        "mean_dice": 0.5,
+        "confusion_matrix": np.eye(3, dtype=int).tolist(),
+    }
+    page = html.render(_history(2), best, NAMED, [1, 1, 1], {}, served(0.4321, 7, "<engine>"), served(0.1234, 5))
+    text = plain_text(page)
+    assert "validation mIoU 0.3100, mean Dice 0.5000, pixel accuracy 0.5100 (centre crops at crop_size)" in text
+    assert "Validation as the endpoint serves it" in text and "(<engine>, 7 images): mIoU 0.4321" in text
+    assert "&lt;engine&gt;" in page and "<engine>" not in page  # escaped
+    assert "choose the best epoch" in text
+    assert "Test subset, held out" in text and "never used to choose an epoch" in text and "mIoU 0.1234" in text
+    assert page.index("Validation as the endpoint") < page.index("Test subset, held out") < page.index("Classes at")
+    assert "<td>0.7500</td>" in page  # the best epoch's Dice column
+
+    skipped = html.render(_history(2), best, NAMED, [1, 1, 1], {}, "the data is streamed (Pipe mode)", None)
+    assert "Not measured: the data is streamed (Pipe mode)." in skipped and "Test subset" not in skipped
+
+
+@pytest.mark.slow
+def test_a_cvat_zip_trains_on_train_validates_on_validation_and_scores_test_once(tmp_path):
+    """CVAT's suggested subsets Train, Validation and Test, through ``semseg train --dataset``: the test
+    subset is in neither split and is scored once, at the end, into metrics.json and the report."""
+    export = write_zip(tmp_path / "export.zip", cvat_members({"Train": 5, "Validation": 3, "Test": 4})[0])
+    settings = {**TINY, "use_pretrained_model": "False", "_native_validation": "True"}
+    command = [str(Path(sys.executable).parent / "semseg"), "train", "--dataset", str(export)]
+    command += [
+        "--output",
+        str(tmp_path / "job"),
+        *[arg for item in settings.items() for arg in (f"--{item[0]}", item[1])],
+    ]
+    run = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:]
+    log = run.stdout
+    assert "The dataset's 'Train' subset trains, its 'Validation' subset validates" in log
+    assert "The dataset's 'Test' subset (4 pairs) is held out: it chooses no epoch" in log
+    assert "train: 5 image/mask pairs" in log and "validation: 3 image/mask pairs" in log
+    assert "From the 'dataset' channel, unless given: {'num_training_samples': '5', 'num_classes': '4'}" in log
+    data = tmp_path / "job" / "output" / "data"
+    metrics = json.loads((data / "metrics.json").read_text())
+    test, native = metrics["test"], metrics["native_validation"]
+    assert (test["images"], native["images"]) == (4, 3) and test["engine"] == native["engine"]
+    assert all(0.0 <= figures[key] <= 1.0 for figures in (test, native) for key in ("mIoU", "mean_dice"))
+    [line] = [line for line in log.splitlines() if "Test subset, held out, at each image's own size" in line]
+    assert line.endswith(
+        f"mIoU {test['mIoU']:.4f}, mean Dice {test['mean_dice']:.4f}, "
+        f"pixel accuracy {test['pixel_accuracy']:.4f} (4 images)"
+    )
+    text = plain_text((data / report.REPORT_FILE).read_text())
+    assert "Test subset, held out" in text and f"4 images): mIoU {test['mIoU']:.4f}" in text
+    assert "Validation as the endpoint serves it" in text

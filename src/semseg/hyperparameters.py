@@ -114,6 +114,9 @@ TABLE: dict[str, Spec] = {
     "_seed": Spec("int", 0, low=0),
     # Ours: write the int8 copy of the ONNX export at the end of training (semseg.model.quantize).
     "_int8": Spec("bool", True),
+    # Ours: score the validation split once more at the end of training, each image at its own size through the
+    # engine the endpoint serves (semseg.train.native_scores); a held-out test split is scored either way.
+    "_native_validation": Spec("bool", True),
     # Ours: consecutive iterations with a non-finite loss or gradient (each skipped) that end the job.
     "_max_nonfinite_iterations": Spec("int", 10, low=1),
     # Ours, Pipe mode: seconds to wait for the FIFO <channel>_<epoch> to appear before failing, and how

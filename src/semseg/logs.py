@@ -25,8 +25,10 @@ METRIC_REGEXES = {
     "train:loss": r"#quality_metric\. host: \S+, epoch: \d+, train loss: " + _NUMBER,
 }
 
-# Beyond the built-in: each class's IoU at each epoch, with its id and name (groups: epoch, id, name, IoU).
+# Beyond the built-in: each class's IoU at each epoch, with its id and name (groups: epoch, id, name, IoU),
+# and its Dice, the line's last figure (groups: epoch, id, Dice).
 CLASS_IOU_REGEX = r"#class_metric\. host: \S+, epoch: (\d+), class (\d+) \((.*)\): validation IoU: " + _NUMBER
+CLASS_DICE_REGEX = r"#class_metric\. host: \S+, epoch: (\d+), class (\d+) .*, validation Dice: " + _NUMBER
 
 log = logging.getLogger("semseg")
 
@@ -108,17 +110,21 @@ def validation_end(host: str, epoch: int, pixel_accuracy: float, miou: float, th
     log.info("#throughput_metric. host: %s, epoch: %d, validation throughput: %s samples/sec.", host, epoch, throughput)
 
 
-def per_class(host: str, epoch: int, names: list[str], ious: list[float], accuracies: list[float]) -> None:
+def per_class(
+    host: str, epoch: int, names: list[str], ious: list[float], accuracies: list[float], dices: list[float]
+) -> None:
     """Beyond the built-in: one line per class, named as the model's class table names it."""
-    for class_id, (name, iou, accuracy) in enumerate(zip(names, ious, accuracies)):
+    for class_id, (name, iou, accuracy, dice) in enumerate(zip(names, ious, accuracies, dices)):
         log.info(
-            "#class_metric. host: %s, epoch: %d, class %d (%s): validation IoU: %s, pixel accuracy: %s .",
+            "#class_metric. host: %s, epoch: %d, class %d (%s): validation IoU: %s, pixel accuracy: %s, "
+            "validation Dice: %s .",
             host,
             epoch,
             class_id,
             name,
             iou,
             accuracy,
+            dice,
         )
 
 

@@ -3,8 +3,9 @@
 Written once at the end of a job into ``output/data/`` (which SageMaker uploads as
 ``output.tar.gz``) from what the job already holds: the per-epoch history, the best epoch's
 confusion matrix (its per-class IoU and the heatmap come from the metric's counts, not from
-pixels) and a few validation examples kept at the best epoch. A figure that fails is logged as a
-warning and left out of the page; the report never fails the job.
+pixels), a few validation examples kept at the best epoch, and the end of training's figures as
+the endpoint serves (the validation split at each image's own size, the held-out test split). A
+figure that fails is logged as a warning and left out of the page; the report never fails the job.
 """
 
 from __future__ import annotations
@@ -41,8 +42,14 @@ def write(
     table: ClassTable,
     train_pixels: list[int],
     examples: ValidationExamples | None,
+    native: dict | str | None = None,
+    test: dict | str | None = None,
 ) -> Path | None:
-    """Draw the figures and ``report.html`` into ``out_dir``; returns the page, None if it failed."""
+    """Draw the figures and ``report.html`` into ``out_dir``; returns the page, None if it failed.
+
+    ``native`` and ``test``: the validation and test splits scored as the endpoint serves them
+    (``ConfusionMatrix.summary()`` with ``engine`` and ``images``), or why they were not; None: no section.
+    """
     figures: dict[str, str | None] = {}
     if history:
         _draw("curves.png", lambda: plots.curves(history, out_dir / "curves.png"), figures)
@@ -62,7 +69,7 @@ def write(
         figures["examples.png"] = "the best epoch was validated before this job resumed from a checkpoint"
     page = out_dir / REPORT_FILE
     try:
-        text = html.render(history, best, table, train_pixels, figures)
+        text = html.render(history, best, table, train_pixels, figures, native, test)
         write_atomically(page, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     except Exception as exc:
         log.warning("The training report %s could not be written: %s: %s", page, type(exc).__name__, exc)

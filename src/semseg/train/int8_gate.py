@@ -130,6 +130,16 @@ def file_mode_split(
     return pairs, label_map.lookup_table(spec, hp["num_classes"], f"{split} label map")
 
 
+def training_data_root() -> Path:
+    """Where a job's File-mode splits are: the 'dataset' channel as training wrote it out, else the channels."""
+    return paths.prepared_dataset_dir() if paths.prepared_dataset_dir().is_dir() else paths.data_dir()
+
+
+def in_file_mode(data: Path) -> bool:
+    """Whether ``data`` holds the train and validation splits as File-mode directories (in Pipe mode it does not)."""
+    return (data / "train").is_dir() and (data / "validation").is_dir()
+
+
 def quantize_after_training(hp: dict, model_dir: Path) -> GateResult | None:
     """At the end of training: the int8 copy of ``model.onnx`` from the File-mode channels.
 
@@ -143,9 +153,8 @@ def quantize_after_training(hp: dict, model_dir: Path) -> GateResult | None:
     if not (model_dir / ONNX_FILE).is_file():
         log.info("No int8 model: there is no %s to quantize", ONNX_FILE)
         return None
-    # the File-mode channels, or the 'dataset' channel as training wrote it out in that layout
-    data = paths.prepared_dataset_dir() if paths.prepared_dataset_dir().is_dir() else paths.data_dir()
-    if not ((data / "train").is_dir() and (data / "validation").is_dir()):
+    data = training_data_root()
+    if not in_file_mode(data):
         log.info(
             "No int8 model: the training and validation data are not in File mode here; "
             "run 'semseg quantize MODEL_DIR --data DIR' with the data in File-mode layout"

@@ -27,7 +27,7 @@ from ..data.loaders import Splits, data_splits
 from ..evaluation.scores import ConfusionMatrix
 from ..model import artifacts, export
 from ..report.examples import ValidationExamples
-from . import checkpoint, guards, int8_gate, kvstore, parts, precision
+from . import checkpoint, guards, int8_gate, kvstore, native_scores, parts, precision
 from .checkpoint import EpochProgress, TrainingState
 from .early_stopping import EarlyStopping
 from .parts import Training, seed_everything
@@ -169,9 +169,10 @@ def evaluate(
     return matrix, samples / max(time.time() - start, 1e-9)
 
 
-def write_report(history: list[dict], best: dict | None, class_pixels: np.ndarray) -> None:
-    """Beyond the built-in: per-epoch history and the best epoch's per-class IoU and confusion matrix."""
-    report = {"history": history, "best_epoch": best, "train_class_pixels": class_pixels.tolist()}
+def write_report(history: list[dict], best: dict | None, class_pixels: np.ndarray, end: dict | None = None) -> None:
+    """Beyond the built-in: per-epoch history and the best epoch's per-class IoU, Dice and confusion
+    matrix; ``end``: what the end of training measured as the endpoint serves (``native_scores``)."""
+    report = {"history": history, "best_epoch": best, "train_class_pixels": class_pixels.tolist(), **(end or {})}
     text = json.dumps(report, indent=2)
     files.write_atomically(paths.output_data_dir() / "metrics.json", lambda tmp: Path(tmp).write_text(text))
 
@@ -221,8 +222,10 @@ def end_epoch(
     """Log and record the epoch, keep the best weights (and examples), write metrics.json and the checkpoint."""
     training, state, model_dir = loop.training, loop.state, paths.model_dir()
     pixel_accuracy, miou, per_class_iou = matrix.pixel_accuracy(), matrix.mean_iou(), matrix.iou().tolist()
+    per_class_dice = matrix.dice().tolist()
     logs.validation_end(training.host, epoch, pixel_accuracy, miou, validation_speed)
-    logs.per_class(training.host, epoch, loop.class_table.names, per_class_iou, matrix.class_accuracy().tolist())
+    accuracies = matrix.class_accuracy().tolist()
+    logs.per_class(training.host, epoch, loop.class_table.names, per_class_iou, accuracies, per_class_dice)
     entry = {
         "epoch": epoch,
         "train_loss": stats.loss,
@@ -230,6 +233,8 @@ def end_epoch(
         "mIOU": miou,
         "learning_rate": training.schedule((epoch + 1) * loop.splits.iterations_per_epoch - 1),
         "per_class_iou": per_class_iou,
+        "mean_dice": matrix.mean_dice(),
+        "per_class_dice": per_class_dice,
     }
     state.history.append(entry)
     if loop.stopping.update(miou):
@@ -294,6 +299,8 @@ def train(stop: StopFlag, cluster=None) -> None:
         stop.check()  # collective in a multi-host job: every host makes it
         if training.writes_artifacts:
             save_model(training)
+            end = native_scores.score_after_training(hp, paths.model_dir(), stop.check_here)
+            write_report(state.history, state.best, splits.class_pixels, end.figures)
             report.write(
                 paths.output_data_dir(),
                 state.history,
@@ -301,6 +308,8 @@ def train(stop: StopFlag, cluster=None) -> None:
                 class_table,
                 splits.class_pixels.tolist(),
                 epoch_loop.best_examples,
+                native=end.for_report(native_scores.VALIDATION_KEY),
+                test=end.for_report(native_scores.TEST_KEY),
             )
         else:
             log.info("Model artifacts are written by the first host, %s", cluster.hosts[0])
