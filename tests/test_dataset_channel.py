@@ -183,6 +183,14 @@ def test_one_platform_split_in_two_cases_is_refused_in_one_sentence():
     assert str(error.value) == "The dataset the zip has both images/Train/ and images/train/; keep one of them"
 
 
+def test_a_platform_zip_with_images_test_prepares_it_beside_the_splits(job):
+    write_zip(paths.channel_dir("dataset") / "export.zip", platform_members(train=4, val=2, test=3))
+    assert dataset_channel.implied_hyperparameters({})["num_training_samples"] == "4"
+    dataset_channel.prepare(hp())
+    assert sorted(prepared_masks("test")) == ["test000", "test001", "test002"]
+    assert sorted(prepared_masks("validation")) == ["val000", "val001"] and len(prepared_masks("train")) == 4
+
+
 def test_the_platform_layout_unzipped_in_the_channel(job):
     write_tree(paths.channel_dir("dataset"), platform_members(train=4, val=2, rgb=True))
     assert dataset_channel.implied_hyperparameters({})["num_training_samples"] == "4"

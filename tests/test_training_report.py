@@ -22,10 +22,11 @@ from harness.cvat_export import cvat_members, write_zip
 from harness.trainjob import TINY, make_tree, run_train
 from PIL import Image
 
-from semseg import classes, logs, report
+from semseg import classes, logs, paths, report
 from semseg.logs import CLASS_DICE_REGEX, CLASS_IOU_REGEX
 from semseg.report import html
 from semseg.report.examples import ValidationExamples
+from semseg.sample_data import write_split
 
 NAMED = classes.ClassTable(
     ("sky & sea", "disc", "rectangle", "<triangle>"),
@@ -63,6 +64,8 @@ def references(page: Path) -> References:
 @pytest.fixture(scope="module")
 def named_job(tmp_path_factory):
     root = make_tree(tmp_path_factory.mktemp("report"), epochs="2", _native_validation="True")
+    # a held-out test set as the File-mode channels test and test_annotation
+    write_split(paths.channel_dir("test", base=root), paths.channel_dir("test_annotation", base=root), 3, seed=9)
     classes.save(NAMED, root / "model")
     job = run_train(root)
     assert job.returncode == 0, job.log[-3000:]
@@ -113,7 +116,22 @@ def test_the_validation_split_is_scored_once_more_as_the_endpoint_serves_it(name
     )
     text = plain_text((data / report.REPORT_FILE).read_text())
     assert "Validation as the endpoint serves it" in text and f"mIoU {native['mIoU']:.4f}" in text
-    assert "Test subset, held out" not in text  # the tree has no test split
+
+
+@pytest.mark.slow
+def test_the_test_channels_are_scored_once_at_the_end(named_job):
+    metrics = json.loads((named_job.root / "output" / "data" / "metrics.json").read_text())
+    test = metrics["test"]
+    assert test["images"] == 3 and test["engine"] == metrics["native_validation"]["engine"]
+    assert 0.0 <= test["mIoU"] <= 1.0 and len(test["per_class_iou"]) == 4
+    assert "train: 6 image/mask pairs" in named_job.log and "validation: 4 image/mask pairs" in named_job.log
+    [line] = [line for line in named_job.log.splitlines() if "Test subset, held out, at each image's own size" in line]
+    assert line.endswith(
+        f"mIoU {test['mIoU']:.4f}, mean Dice {test['mean_dice']:.4f}, "
+        f"pixel accuracy {test['pixel_accuracy']:.4f} (3 images)"
+    )
+    text = plain_text((named_job.root / "output" / "data" / report.REPORT_FILE).read_text())
+    assert "Test subset, held out" in text and f"3 images): mIoU {test['mIoU']:.4f}" in text
 
 
 @pytest.mark.slow

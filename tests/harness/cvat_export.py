@@ -3,8 +3,8 @@
 CVAT's "Segmentation Mask 1.1": ``labelmap.txt`` (``# label:color_rgb:parts:actions``, then one
 ``name:r,g,b:parts:actions`` line per class, background first), ``SegmentationClass/<name>.png``
 (each pixel in its class's colour), ``ImageSets/Segmentation/<subset>.txt`` (names without
-extension), ``JPEGImages/<name>.jpg``. The platform's: ``images/{train,val}/``,
-``masks/{train,val}/`` and CVAT's ``labelmap.txt``. Masks are RGB (the label map's colours) or
+extension), ``JPEGImages/<name>.jpg``. The platform's: ``images/{train,val,test}/``,
+``masks/{train,val,test}/`` and CVAT's ``labelmap.txt``. Masks are RGB (the label map's colours) or
 one-channel PNGs of class ids.
 """
 
@@ -76,10 +76,11 @@ def cvat_members(
     return members, truth
 
 
-def platform_members(train: int, val: int, rgb: bool = True, top: str = "Dataset/") -> dict[str, bytes]:
+def platform_members(train: int, val: int, rgb: bool = True, top: str = "Dataset/", test: int = 0) -> dict[str, bytes]:
+    """The platform's zip: ``images/<split>/`` and ``masks/<split>/`` for train, val and (when ``test``) test."""
     members = {f"{top}labelmap.txt": LABELMAP.encode()}
-    pairs = iter(sample(train + val))
-    for split, count in (("train", train), ("val", val)):
+    pairs = iter(sample(train + val + test))
+    for split, count in (("train", train), ("val", val), ("test", test)):
         for i in range(count):
             jpeg, ids = next(pairs)
             members[f"{top}images/{split}/{split}{i:03d}.jpg"] = jpeg

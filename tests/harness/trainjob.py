@@ -26,7 +26,7 @@ TINY = {
     "num_training_samples": "4",
     "_workers": "0",
     "_int8": "False",  # the int8 copy costs half a minute a job; tests/test_quantize.py makes it
-    "_native_validation": "False",  # about 2 s a job; the report tests and the test-subset jobs make it
+    "_native_validation": "False",  # about 2.5 s a job; the report tests and the test-subset jobs make it
 }
 # What every finished job leaves in model/ (the ONNX export and int8 copy come on top, when made).
 MODEL_FILES = {"hyperparams.json", "model_best.params", "model_algo-1"}
