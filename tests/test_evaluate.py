@@ -188,3 +188,25 @@ def test_fail_below_gates_after_writing_and_bad_flags_are_one_sentence(learnt_mo
         assert "Traceback" not in done.stdout
     done, _ = evaluate(tmp_path, "--model", str(tmp_path / "absent"), "--data", data, name="refused")
     assert done.returncode == exit_codes.FAILED and "There is no model at" in done.stdout
+
+
+def test_an_s3_prefix_is_scored_like_the_same_folder(learnt_model, s3, tmp_path):
+    import boto3
+
+    bucket, data = s3.new_bucket(), learnt_model.root / "input" / "data"
+    client = boto3.client("s3")
+    for split in ("validation", "validation_annotation"):
+        for path in sorted((data / split).iterdir())[:6]:  # the first 6 images and their masks, by name
+            client.upload_file(str(path), bucket, f"held-out/{split}/{path.name}")
+    model = str(learnt_model.root)
+    done, remote = evaluate(tmp_path, "--model", model, "--data", f"s3://{bucket}/held-out/", name="s3")
+    assert done.returncode == 0, done.stdout[-3000:]
+    local = tmp_path / "local"
+    for split in ("validation", "validation_annotation"):
+        (local / split).mkdir(parents=True)
+        for path in sorted((data / split).iterdir())[:6]:
+            (local / split / path.name).write_bytes(path.read_bytes())
+    done, here = evaluate(tmp_path, "--model", model, "--data", str(local), name="here")
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert remote["images"] == here["images"] > 0
+    assert remote["model"]["confusion_matrix"] == here["model"]["confusion_matrix"]

@@ -35,7 +35,7 @@ from .names import shown
 log = logging.getLogger("semseg")
 
 RESULTS_FILE = "cv.json"
-FIGURES = ("mIOU", "pixel_accuracy", "mean_dice")  # of each fold's best epoch, as metrics.json holds them
+FIGURES = ("mIOU", "pixel_accuracy", "mean_dice", "native_mIoU")  # of each fold, as metrics.json holds them
 MIN_FOLDS, MAX_FOLDS = 2, 20
 
 
@@ -90,9 +90,11 @@ class _Children:
 
 
 def fold_figures(job: Path) -> dict:
-    """A fold's best-epoch figures from its ``metrics.json`` (a figure the job did not write is absent)."""
-    best = json.loads((job / "output" / "data" / "metrics.json").read_text())["best_epoch"] or {}
-    return {figure: best[figure] for figure in FIGURES if isinstance(best.get(figure), float | int)}
+    """A fold's figures from its ``metrics.json``: the best epoch's, and the mIoU at each image's own
+    size when the job measured it (``native_mIoU``); a figure the job did not write is absent."""
+    metrics = json.loads((job / "output" / "data" / "metrics.json").read_text())
+    found = {**(metrics.get("best_epoch") or {}), "native_mIoU": (metrics.get("native_validation") or {}).get("mIoU")}
+    return {figure: found[figure] for figure in FIGURES if isinstance(found.get(figure), float | int)}
 
 
 def summary(per_fold: list[dict]) -> dict:
@@ -114,6 +116,8 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"The dataset {args.dataset} does not exist")
     values = local_train.given_hyperparameters(args)
     output = args.output.resolve()
+    if output.exists() and any(output.iterdir()):
+        raise UserError(f"The output folder {output} is not empty; give cross-validation a new one")
     with open_dataset_at(args.dataset) as opened:
         pairs, held_out = pooled_pairs(opened.layout.subsets)
         if held_out:
