@@ -68,7 +68,8 @@ def test_the_miou_is_the_one_of_the_masks_invocations_returns(learnt_model, tmp_
     finally:
         server.stop()
     assert all(answer.status_code == 200 for answer in answers), answers[0].text
-    assert f"{engine}, " in server.log(), server.log()  # the engine it served with
+    served_log = server.log_path.read_text()
+    assert f"{engine}, " in served_log, served_log  # the engine it served with
     served = [np.asarray(Image.open(io.BytesIO(answer.content))) for answer in answers]
     expected = hand_miou(truths, served, 4)
 

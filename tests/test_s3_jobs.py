@@ -49,6 +49,24 @@ def test_a_file_mode_job_leaves_model_and_output_archives_at_sagemakers_keys(s3_
     ]
 
 
+def test_final_metrics_are_the_last_values_the_definitions_find_in_the_log(s3_first_job):
+    _, body, job = s3_first_job
+    log = (job.workdir / "training.log").read_text()
+    definitions = body["AlgorithmSpecification"]["MetricDefinitions"]
+    expected = {d["Name"]: float(re.findall(d["Regex"], log)[-1]) for d in definitions}
+    assert set(expected) == {"validation:mIOU", "validation:pixel_accuracy", "train:loss"}
+    final = {entry["MetricName"]: entry["Value"] for entry in job.description["FinalMetricDataList"]}
+    assert final == expected
+    timeline = json.loads((job.workdir / "metric_timeline.json").read_text())
+    assert [entry["MetricName"] for entry in timeline] == [
+        name for line in log.splitlines() for d in definitions if re.search(d["Regex"], line) for name in [d["Name"]]
+    ]
+    transitions = job.description["SecondaryStatusTransitions"]
+    assert [t["Status"] for t in transitions] == ["Starting", "Downloading", "Training", "Uploading", "Completed"]
+    assert all(t["StartTime"] <= t["EndTime"] for t in transitions)
+    assert "#quality_metric. host: algo-1, epoch: 0, validation mIOU:" in job.log  # passed on as it was logged
+
+
 def test_a_second_job_restores_the_synced_checkpoints_and_reads_the_model_channel(s3_first_job, aws_env, tmp_path):
     bucket, body, first = s3_first_job
     assert first.returncode == 0, first.log[-3000:]

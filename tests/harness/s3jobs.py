@@ -12,6 +12,7 @@ from pathlib import Path
 import boto3
 
 from harness.trainjob import TINY, require_training_marker
+from semseg.logs import METRIC_REGEXES
 from semseg.sample_data import write_opt_ml_tree
 
 SEMSEG = str(Path(sys.executable).parent / "semseg")
@@ -45,7 +46,11 @@ def request(name: str, bucket: str, channels: list[dict], checkpoints: str | Non
     body = {
         "TrainingJobName": name,
         "RoleArn": "arn:aws:iam::123456789012:role/SageMakerRole",
-        "AlgorithmSpecification": {"TrainingInputMode": "File", "MetricDefinitions": []},
+        # the README's MetricDefinitions, as a notebook for the built-in passes them
+        "AlgorithmSpecification": {
+            "TrainingInputMode": "File",
+            "MetricDefinitions": [{"Name": name, "Regex": regex} for name, regex in METRIC_REGEXES.items()],
+        },
         "HyperParameters": {
             "num_classes": "4",
             "use_pretrained_model": "False",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,10 @@ from typing import Any
 
 from .. import paths
 from ..errors import UserError
+from ..logs import METRIC_REGEXES
 from ..names import shown
+from . import builtin_image
+from .metric_log import MetricDefinition
 from .s3 import S3Location, parse_uri
 
 log = logging.getLogger("semseg")
@@ -54,6 +58,8 @@ TEXT_MAX = 256  # ContentType and each of AttributeNames: strings of at most 256
 IMAGE_MAX = 255  # AlgorithmSpecification.TrainingImage
 ENVIRONMENT_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Environment's keys
 ENVIRONMENT_MAX = 512  # Environment's keys and values: at most 512 characters each
+METRIC_DEFINITIONS_MAX = 40  # MetricDefinitions: at most 40 entries
+METRIC_NAME_MAX, METRIC_REGEX_MAX = 255, 500  # MetricDefinition.Name and .Regex
 URI_SCHEMES = ("s3://", "file://")  # file:// stands for a local folder, as the SageMaker SDK's local mode allows
 
 
@@ -95,6 +101,8 @@ class JobRequest:
     max_runtime_s: int | None = None
     environment: dict[str, str] = field(default_factory=dict)
     training_image: str | None = None  # None: train in this environment
+    builtin: bool = False  # the request named SageMaker's built-in Semantic Segmentation image
+    metric_definitions: tuple[MetricDefinition, ...] = ()
 
     def model_uri(self) -> S3Location:
         return self.output_path.child(self.name, "output", "model.tar.gz")
@@ -277,16 +285,49 @@ def _environment(raw: dict) -> dict[str, str]:
     return dict(environment)
 
 
-def _image(algorithm: dict) -> str | None:
-    image = algorithm.get("TrainingImage") or None
+def _metric_definitions(algorithm: dict, builtin: bool) -> tuple[MetricDefinition, ...]:
+    """The request's MetricDefinitions; for the built-in's image without any, the algorithm's own."""
+    entries = _list(algorithm.get("MetricDefinitions"), "AlgorithmSpecification.MetricDefinitions")
+    if len(entries) > METRIC_DEFINITIONS_MAX:
+        raise UserError(
+            f"AlgorithmSpecification.MetricDefinitions lists {len(entries)} metrics; "
+            f"CreateTrainingJob takes at most {METRIC_DEFINITIONS_MAX}"
+        )
+    if not entries and builtin:
+        entries = [{"Name": name, "Regex": regex} for name, regex in METRIC_REGEXES.items()]
+    definitions = []
+    for entry in entries:
+        entry = _dict(entry, "Each of AlgorithmSpecification.MetricDefinitions")
+        name = _string(entry.get("Name"), "A MetricDefinition's Name", METRIC_NAME_MAX)
+        regex = _string(entry.get("Regex"), f"The Regex of the metric {_quoted(name)}", METRIC_REGEX_MAX)
+        try:
+            compiled = re.compile(regex)
+        except re.error as exc:
+            raise UserError(f"The Regex of the metric {_quoted(name)} is not a regular expression ({exc})") from None
+        if compiled.groups < 1:
+            raise UserError(f"The Regex of the metric {_quoted(name)} needs a group, (...), around the value")
+        definitions.append(MetricDefinition(name, compiled))
+    return tuple(definitions)
+
+
+def _image(algorithm: dict) -> tuple[str | None, bool]:
+    """(the image training runs in, None for this environment's ``train``; whether the request named the built-in's)."""
+    image, note = builtin_image.standing_in(_image_name(algorithm.get("TrainingImage") or None), os.environ)
+    if note:
+        log.info("%s", note)
+        return _image_name(image, f"${builtin_image.IMAGE_VARIABLE}"), True
+    return image, False
+
+
+def _image_name(image, where: str = "AlgorithmSpecification.TrainingImage") -> str | None:
     if image is not None and not isinstance(image, str):
-        raise UserError(f"AlgorithmSpecification.TrainingImage must be an image name, not {type(image).__name__}")
+        raise UserError(f"{where} must be an image name, not {type(image).__name__}")
     if image is None:
         return None
-    image = _string(image, "AlgorithmSpecification.TrainingImage", IMAGE_MAX)
+    image = _string(image, where, IMAGE_MAX)
     if image.startswith("-") or any(c.isspace() for c in image) or shown(image) != image:
         # the name is one argument of docker's command line, where a leading '-' would read as an option
-        raise UserError(f"AlgorithmSpecification.TrainingImage {_quoted(image)} is not an image name")
+        raise UserError(f"{where} {_quoted(image)} is not an image name")
     return image
 
 
@@ -301,8 +342,8 @@ def parse(raw: Any) -> JobRequest:
         )
     _ignore("", raw, HANDLED)
     algorithm = _dict(raw.get("AlgorithmSpecification"), "AlgorithmSpecification")
-    image = _image(algorithm)
-    _ignore("AlgorithmSpecification.", algorithm, {"TrainingInputMode", "TrainingImage"})
+    image, builtin = _image(algorithm)
+    _ignore("AlgorithmSpecification.", algorithm, {"TrainingInputMode", "TrainingImage", "MetricDefinitions"})
     default_mode = _choice(
         algorithm.get("TrainingInputMode") or "File", "AlgorithmSpecification.TrainingInputMode", INPUT_MODES
     )
@@ -329,6 +370,8 @@ def parse(raw: Any) -> JobRequest:
         else _integer(runtime, "StoppingCondition.MaxRuntimeInSeconds", MAX_RUNTIME),
         environment=_environment(raw),
         training_image=image,
+        builtin=builtin,
+        metric_definitions=_metric_definitions(algorithm, builtin),
     )
 
 

@@ -87,7 +87,14 @@ class ContainerTraining:
             command += ["-e", f"{key}={value}"]
         command += [image, "train"]
         log.info("Training in TrainingImage %s (container %s)", shown(image), self.name)
-        self.client = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self.client = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+        self.stdout = self.client.stdout  # the container's log, as the training process's output
 
     def poll(self) -> int | None:
         return self.client.poll()

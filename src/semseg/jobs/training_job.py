@@ -16,7 +16,7 @@ or in one an earlier ``semseg job`` made (it holds ``JOB_MARK``): no folder of a
 
 from __future__ import annotations
 
-import datetime
+import json
 import logging
 import os
 import shutil
@@ -34,6 +34,7 @@ from ..names import shown
 from ..processes import die_with_parent
 from ..train.stop import StopFlag
 from .checkpoint_sync import CheckpointSync
+from .metric_log import LOG_FILE, TIMELINE_FILE, MetricLog, iso
 from .pipe_source import PipeFeeder
 from .request import JobRequest
 from .training_image import CONTAINER_ML, ContainerTraining, ensure_image
@@ -60,20 +61,33 @@ class Outcome:
     exit_code: int | None = None
     started: float = field(default_factory=time.time)
     ended: float | None = None
+    transitions: list[dict] = field(default_factory=list)  # SecondaryStatusTransitions, oldest first
+
+    def __post_init__(self) -> None:
+        self.transitions.append({"Status": self.secondary, "StartTime": iso(self.started)})
+
+    def __setattr__(self, name: str, value) -> None:
+        """Each change of ``secondary`` ends the current transition and starts the next, as SageMaker lists them."""
+        if name == "secondary" and "transitions" in self.__dict__ and value != self.secondary:
+            now = iso(time.time())
+            self.transitions[-1]["EndTime"] = now
+            self.transitions.append({"Status": value, "StartTime": now})
+        super().__setattr__(name, value)
+
+    def close_transitions(self) -> None:
+        """At the job's end: its last status ends too."""
+        if self.transitions:
+            self.transitions[-1].setdefault("EndTime", iso(time.time()))
 
 
-def _iso(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat()
-
-
-def describe(request: JobRequest, outcome: Outcome) -> dict:
+def describe(request: JobRequest, outcome: Outcome, final_metrics: list[dict] | None = None) -> dict:
     """The fields of ``describe_training_job``'s answer that a local job has."""
     description = {
         "TrainingJobName": request.name,
         "TrainingJobStatus": outcome.status,
         "SecondaryStatus": outcome.secondary,
         "OutputDataConfig": {"S3OutputPath": request.output_path.uri},
-        "TrainingStartTime": _iso(outcome.started),
+        "TrainingStartTime": iso(outcome.started),
     }
     if outcome.status in ("Completed", "Stopped"):
         description["ModelArtifacts"] = {"S3ModelArtifacts": request.model_uri().uri}
@@ -81,8 +95,11 @@ def describe(request: JobRequest, outcome: Outcome) -> dict:
         description["FailureReason"] = outcome.failure
     if request.checkpoint_uri:
         description["CheckpointConfig"] = {"S3Uri": request.checkpoint_uri.uri}
+    description["SecondaryStatusTransitions"] = outcome.transitions
+    if final_metrics:
+        description["FinalMetricDataList"] = final_metrics
     if outcome.ended is not None:
-        description["TrainingEndTime"] = _iso(outcome.ended)
+        description["TrainingEndTime"] = iso(outcome.ended)
         description["TrainingTimeInSeconds"] = int(round(outcome.ended - outcome.started))
     return description
 
@@ -181,7 +198,13 @@ def start_training(request: JobRequest, root: Path) -> TrainingProcess:
     if request.training_image:
         return ContainerTraining(request.training_image, root, request.name, request.environment, STOP_GRACE_S)
     train_command = str(Path(sys.executable).parent / "train")
-    return subprocess.Popen([train_command], env=_train_env(request, root), preexec_fn=die_with_parent)
+    return subprocess.Popen(
+        [train_command],
+        env=_train_env(request, root),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,
+    )
 
 
 def supervise(
@@ -219,7 +242,7 @@ def _judge(outcome: Outcome, root: Path) -> None:
     elif outcome.secondary in ("MaxRuntimeExceeded", "Stopped"):
         outcome.status = "Stopped"
     elif outcome.exit_code == 0:
-        outcome.status, outcome.secondary = "Completed", "Completed"
+        outcome.status = "Completed"  # its secondary status moves on through Uploading (``upload_results``)
     else:
         failure = paths.output_dir(root) / "failure"
         reason = failure.read_text().strip() if failure.exists() else "training exited without a failure file"
@@ -262,7 +285,9 @@ def run_job(request: JobRequest, workdir: Path) -> dict:
         sync.restore()
     feeders = [PipeFeeder(c, paths.data_dir(root)) for c in request.channels if c.is_pipe]
     outcome.secondary = "Training"
+    metric_log = MetricLog(request.metric_definitions, workdir / LOG_FILE)
     with start_training(request, root) as train:
+        metric_log.follow(train.stdout)
         for feeder in feeders:
             feeder.start()
         if sync:
@@ -275,18 +300,22 @@ def run_job(request: JobRequest, workdir: Path) -> dict:
                 train.wait()
             for feeder in feeders:
                 feeder.stop()
+            metric_log.join()  # before the pipe is closed with the process
     outcome.ended = time.time()
     _judge(outcome, root)
     if sync:
         sync.stop()
     upload_results(request, root, workdir, outcome, level)
-    return describe(request, outcome)
+    outcome.close_transitions()
+    timeline = json.dumps(metric_log.timeline, indent=2)
+    (workdir / TIMELINE_FILE).write_text(timeline)
+    if request.metric_definitions:
+        log.info("Metric timeline (%d values): %s", len(metric_log.timeline), workdir / TIMELINE_FILE)
+    return describe(request, outcome, metric_log.final())
 
 
 def main(request_path: Path, workdir: Path | None) -> int:
     """The ``semseg job`` command: 0 when the job completed, 1 otherwise (the description says why)."""
-    import json
-
     from .request import load
 
     request = load(request_path)

@@ -1,0 +1,92 @@
+"""A request written for SageMaker's built-in algorithm: its image name means this product, and its
+MetricDefinitions (or, for the built-in's image without any, the algorithm's own) are read."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from semseg.errors import UserError
+from semseg.jobs import builtin_image
+from semseg.jobs.request import parse
+from semseg.logs import METRIC_REGEXES
+
+US_EAST_1 = "811284229777.dkr.ecr.us-east-1.amazonaws.com/semantic-segmentation:1"  # image_uris.retrieve's answer
+
+
+def request(**algorithm) -> dict:
+    return {
+        "TrainingJobName": "builtin",
+        "AlgorithmSpecification": {"TrainingInputMode": "File", **algorithm},
+        "OutputDataConfig": {"S3OutputPath": "s3://bucket/jobs"},
+    }
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        US_EAST_1,
+        "811284229777.dkr.ecr.us-east-1.amazonaws.com/semantic-segmentation:latest",
+        "811284229777.dkr.ecr.us-east-1.amazonaws.com/semantic-segmentation",
+        "390948362332.dkr.ecr.cn-north-1.amazonaws.com.cn/semantic-segmentation:1",
+        "685385470294.dkr.ecr.eu-west-1.amazonaws.com/semantic-segmentation@sha256:" + "ab" * 32,
+    ],
+)
+def test_the_builtin_image_of_any_region_and_tag_runs_this_environments_train(image, monkeypatch, caplog):
+    monkeypatch.delenv(builtin_image.IMAGE_VARIABLE, raising=False)
+    with caplog.at_level(logging.INFO, logger="semseg"):
+        parsed = parse(request(TrainingImage=image))
+    assert parsed.training_image is None and parsed.builtin
+    assert f"TrainingImage {image} is SageMaker's built-in Semantic Segmentation image" in caplog.text
+    assert "this product trains in its place, with this environment's train" in caplog.text
+
+
+def test_an_image_setting_stands_in_for_the_builtin_image(monkeypatch, caplog):
+    monkeypatch.setenv(builtin_image.IMAGE_VARIABLE, "semseg:cpu")
+    with caplog.at_level(logging.INFO, logger="semseg"):
+        parsed = parse(request(TrainingImage=US_EAST_1))
+    assert parsed.training_image == "semseg:cpu" and parsed.builtin
+    assert "with the image semseg:cpu (SEMSEG_BUILTIN_IMAGE)" in caplog.text
+    monkeypatch.setenv(builtin_image.IMAGE_VARIABLE, "-v /:/host")
+    with pytest.raises(UserError, match=r"^\$SEMSEG_BUILTIN_IMAGE '-v /:/host' is not an image name$"):
+        parse(request(TrainingImage=US_EAST_1))
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/semantic-segmentation:1",  # another account: someone's own
+        "811284229777.dkr.ecr.us-west-2.amazonaws.com/semantic-segmentation:1",  # us-east-1's account elsewhere
+        "811284229777.dkr.ecr.us-east-1.amazonaws.com/object-detection:1",
+        "semseg:cpu",
+    ],
+)
+def test_other_images_are_run_as_they_are(image, monkeypatch):
+    monkeypatch.setenv(builtin_image.IMAGE_VARIABLE, "semseg:cpu")
+    parsed = parse(request(TrainingImage=image))
+    assert parsed.training_image == image and not parsed.builtin
+
+
+def test_the_builtin_image_without_metric_definitions_gets_the_algorithms_own(monkeypatch):
+    monkeypatch.delenv(builtin_image.IMAGE_VARIABLE, raising=False)
+    definitions = parse(request(TrainingImage=US_EAST_1)).metric_definitions
+    assert {d.name: d.regex.pattern for d in definitions} == METRIC_REGEXES
+    assert parse(request()).metric_definitions == ()  # this environment's train, named by no image: none asked for
+    given = parse(request(MetricDefinitions=[{"Name": "loss", "Regex": "train loss: ([0-9.]+)"}])).metric_definitions
+    assert [(d.name, d.regex.pattern) for d in given] == [("loss", "train loss: ([0-9.]+)")]
+
+
+@pytest.mark.parametrize(
+    "definitions, sentence",
+    [
+        ([{"Name": "loss", "Regex": "train loss: [0-9.]+"}], "The Regex of the metric 'loss' needs a group, (...)"),
+        ([{"Name": "loss", "Regex": "train loss: ([0-9.]+"}], "The Regex of the metric 'loss' is not a regular"),
+        ([{"Regex": "(x)"}], "A MetricDefinition's Name must be a string, not null"),
+        ({"Name": "loss"}, "AlgorithmSpecification.MetricDefinitions must be a JSON array, not an object"),
+        ([{"Name": "m", "Regex": "(x)"}] * 41, "AlgorithmSpecification.MetricDefinitions lists 41 metrics; Create"),
+    ],
+)
+def test_bad_metric_definitions_are_one_sentence(definitions, sentence):
+    with pytest.raises(UserError, match="^" + sentence.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        parse(request(MetricDefinitions=definitions))
