@@ -104,12 +104,13 @@ def aws_env(moto_server, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def s3_first_job(aws_env, moto_server, tmp_path_factory):
-    """One tiny File-mode job from S3 channels, with checkpoints synced, run once for the session's S3 tests."""
+    """One tiny File-mode job from S3 channels, with checkpoints synced, run once for the session's S3 tests:
+    its request built by the SageMaker SDK for the built-in algorithm's image, as a user's notebook builds it."""
     from harness import s3jobs
 
     tmp = tmp_path_factory.mktemp("first-job")
     bucket = moto_server.new_bucket()
     s3jobs.upload_dataset(bucket, "data", tmp / "dataset")
-    channels = s3jobs.file_mode_channels(bucket, "data")
-    body = s3jobs.request("first", bucket, channels, checkpoints=f"s3://{bucket}/checkpoints/run")
+    checkpoints = f"s3://{bucket}/checkpoints/run"
+    body = s3jobs.sdk_file_mode_request("first", bucket, "data", aws_env, tmp, checkpoint_s3_uri=checkpoints)
     return bucket, body, s3jobs.run_job(body, tmp / "first", aws_env)

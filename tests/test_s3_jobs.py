@@ -16,7 +16,18 @@ from pathlib import Path
 
 import boto3
 import pytest
-from harness.s3jobs import CHANNELS, file_channel, file_mode_channels, keys, request, run_job, tar_members
+from harness.s3jobs import (
+    CHANNELS,
+    content_type,
+    file_channel,
+    file_mode_channels,
+    keys,
+    request,
+    run_job,
+    sdk_built,
+    tar_members,
+    upload_dataset,
+)
 from harness.trainjob import MODEL_FILES
 from test_pipe_mode import sample_pairs
 
@@ -26,6 +37,7 @@ from semseg.sample_data import write_opt_ml_tree
 pytestmark = pytest.mark.slow
 
 MAX_RUNTIME_S = 15
+BUILTIN_IMAGE = "811284229777.dkr.ecr.us-east-1.amazonaws.com/semantic-segmentation:1"
 STOP_BOUND_S = 100  # start-up, the stop at the next step and packing, on a loaded machine
 
 
@@ -42,6 +54,10 @@ def test_a_file_mode_job_leaves_model_and_output_archives_at_sagemakers_keys(s3_
     config = job.workdir / "input" / "config"
     assert json.loads((config / "inputdataconfig.json").read_text())["train"]["TrainingInputMode"] == "File"
     assert json.loads((config / "hyperparameters.json").read_text())["epochs"] == "1"
+    assert body["AlgorithmSpecification"]["TrainingImage"] == BUILTIN_IMAGE  # sagemaker.image_uris.retrieve's
+    assert f"TrainingImage {BUILTIN_IMAGE} is SageMaker's built-in Semantic Segmentation image" in job.log
+    assert "Ignoring DebugHookConfig: it does not apply" in job.log  # the SDK's extras
+    assert "Ignoring ProfilerConfig: it does not apply" in job.log
     assert "Ignoring RoleArn: it does not apply" in job.log
     assert "Ignoring ResourceConfig: it does not apply" in job.log
     assert sorted(p.name for p in (job.workdir / "input" / "data" / "train").iterdir()) == [
@@ -52,7 +68,8 @@ def test_a_file_mode_job_leaves_model_and_output_archives_at_sagemakers_keys(s3_
 def test_final_metrics_are_the_last_values_the_definitions_find_in_the_log(s3_first_job):
     _, body, job = s3_first_job
     log = (job.workdir / "training.log").read_text()
-    definitions = body["AlgorithmSpecification"]["MetricDefinitions"]
+    assert "MetricDefinitions" not in body["AlgorithmSpecification"]  # the SDK sends none for the built-in's image:
+    definitions = [{"Name": name, "Regex": regex} for name, regex in logs.METRIC_REGEXES.items()]  # its own apply
     expected = {d["Name"]: float(re.findall(d["Regex"], log)[-1]) for d in definitions}
     assert set(expected) == {"validation:mIOU", "validation:pixel_accuracy", "train:loss"}
     final = {entry["MetricName"]: entry["Value"] for entry in job.description["FinalMetricDataList"]}
@@ -65,6 +82,32 @@ def test_final_metrics_are_the_last_values_the_definitions_find_in_the_log(s3_fi
     assert [t["Status"] for t in transitions] == ["Starting", "Downloading", "Training", "Uploading", "Completed"]
     assert all(t["StartTime"] <= t["EndTime"] for t in transitions)
     assert "#quality_metric. host: algo-1, epoch: 0, validation mIOU:" in job.log  # passed on as it was logged
+
+
+def test_a_manifest_file_channel_downloads_the_keys_it_lists(aws_env, moto_server, tmp_path):
+    """ManifestFile channels (a JSON array of a prefix and keys), in the request the SDK builds."""
+    bucket = moto_server.new_bucket()
+    upload_dataset(bucket, "listed", tmp_path / "dataset", train=5, validation=2)
+    channels = {}
+    for channel in CHANNELS:
+        names = sorted(key.rsplit("/", 1)[1] for key in keys(bucket, f"listed/{channel}/"))
+        listed = names[:4] if channel.startswith("train") else names  # the fifth training pair is left out
+        manifest = [{"prefix": f"s3://{bucket}/listed/{channel}/"}, *listed]
+        boto3.client("s3").put_object(Bucket=bucket, Key=f"manifests/{channel}.json", Body=json.dumps(manifest))
+        uri = f"s3://{bucket}/manifests/{channel}.json"
+        channels[channel] = {"s3_data": uri, "s3_data_type": "ManifestFile", "content_type": content_type(channel)}
+    body = sdk_built("listed", bucket, channels, aws_env, tmp_path)
+    assert {c["DataSource"]["S3DataSource"]["S3DataType"] for c in body["InputDataConfig"]} == {"ManifestFile"}
+
+    job = run_job(body, tmp_path / "listed", aws_env)
+
+    assert job.returncode == 0, job.log[-3000:]
+    assert job.description["TrainingJobStatus"] == "Completed"
+    assert sorted(p.name for p in (job.workdir / "input" / "data" / "train").iterdir()) == [
+        f"000{i}.jpg" for i in range(4)
+    ]
+    assert "train: 4 image/mask pairs" in job.log
+    assert "jobs/listed/output/model.tar.gz" in keys(bucket, "jobs/listed/")
 
 
 def test_a_second_job_restores_the_synced_checkpoints_and_reads_the_model_channel(s3_first_job, aws_env, tmp_path):
@@ -99,33 +142,23 @@ def _manifest(bucket: str, prefix: str, pairs) -> str:
     return f"s3://{bucket}/{prefix}/manifest.jsonl"
 
 
-def pipe_channel(name: str, manifest: str, seed: int | None = None) -> dict:
-    channel = {
-        "ChannelName": name,
-        "DataSource": {
-            "S3DataSource": {
-                "S3DataType": "AugmentedManifestFile",
-                "S3Uri": manifest,
-                "AttributeNames": ["source-ref", "label-ref"],
-            }
-        },
-        "InputMode": "Pipe",
-        "RecordWrapperType": "RecordIO",
-        "ContentType": "application/x-recordio",
-    }
-    if seed is not None:
-        channel["ShuffleConfig"] = {"Seed": seed}
-    return channel
-
-
 def test_a_pipe_mode_job_streams_an_s3_augmented_manifest_over_several_epochs(aws_env, moto_server, tmp_path):
+    """The request as the SageMaker SDK builds it for the built-in's image, with Pipe-mode TrainingInputs."""
     bucket = moto_server.new_bucket()
     train = _manifest(bucket, "pipe/train", sample_pairs(4, seed=1))
     validation = _manifest(bucket, "pipe/validation", sample_pairs(2, seed=2))
-    body = request("piped", bucket, [pipe_channel("train", train, seed=7), pipe_channel("validation", validation)])
-    body["AlgorithmSpecification"]["TrainingInputMode"] = "Pipe"
+    piped = {
+        "s3_data_type": "AugmentedManifestFile",
+        "attribute_names": ["source-ref", "label-ref"],
+        "input_mode": "Pipe",
+        "record_wrapping": "RecordIO",
+        "content_type": "application/x-recordio",
+    }
+    channels = {"train": {"s3_data": train, **piped, "shuffle_seed": 7}, "validation": {"s3_data": validation, **piped}}
+    body = sdk_built("piped", bucket, channels, aws_env, tmp_path, epochs=3, input_mode="Pipe")
+    assert body["InputDataConfig"][0]["ShuffleConfig"] == {"Seed": 7}
 
-    job = run_job({**body, "HyperParameters": {**body["HyperParameters"], "epochs": "3"}}, tmp_path / "piped", aws_env)
+    job = run_job(body, tmp_path / "piped", aws_env)
 
     assert job.returncode == 0, job.log[-3000:]
     assert len(re.findall(logs.METRIC_REGEXES["validation:mIOU"], job.log)) == 3

@@ -67,11 +67,31 @@ def request(name: str, bucket: str, channels: list[dict], checkpoints: str | Non
     return body
 
 
+def sdk_file_mode_request(name: str, bucket: str, prefix: str, env: dict, scratch: Path, **spec) -> dict:
+    """The request the SageMaker SDK builds for the built-in's image with the four channels under
+    ``s3://bucket/prefix/`` (the hyperparameters of ``request``), as a notebook for the built-in sends it."""
+    channels = {
+        channel: {"s3_data": f"s3://{bucket}/{prefix}/{channel}", "content_type": content_type(channel)}
+        for channel in CHANNELS
+    }
+    return sdk_built(name, bucket, channels, env, scratch, **spec)
+
+
+def sdk_built(name: str, bucket: str, channels: dict, env: dict, scratch: Path, epochs: int = 1, **spec) -> dict:
+    """The SDK's request for the built-in's image with ``channels`` (name -> TrainingInput arguments)."""
+    from harness.sagemaker_sdk import sdk_request
+
+    hyperparameters = {"num_classes": "4", "use_pretrained_model": "False", **TINY, "epochs": str(epochs)}
+    spec = {"job_name": name, "bucket": bucket, "output_path": f"s3://{bucket}/jobs", "channels": channels, **spec}
+    return sdk_request({**spec, "hyperparameters": hyperparameters}, env, scratch)
+
+
+def content_type(channel: str) -> str:
+    return "image/png" if "annotation" in channel else "image/jpeg"
+
+
 def file_mode_channels(bucket: str, prefix: str) -> list[dict]:
-    return [
-        file_channel(name, f"s3://{bucket}/{prefix}/{name}", "image/png" if "annotation" in name else "image/jpeg")
-        for name in CHANNELS
-    ]
+    return [file_channel(name, f"s3://{bucket}/{prefix}/{name}", content_type(name)) for name in CHANNELS]
 
 
 @dataclass

@@ -36,7 +36,7 @@ HANDLED = {
     "Environment",
 }
 INPUT_MODES = ("File", "Pipe", "FastFile")
-DATA_TYPES = ("S3Prefix", "AugmentedManifestFile")
+DATA_TYPES = ("S3Prefix", "ManifestFile", "AugmentedManifestFile")
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,8 @@ def _channel(raw: Any, default_mode: str) -> Channel:
     if mode == "FastFile":
         log.info("%s is in FastFile mode: a local job downloads it as in File mode", where)
         mode = "File"
+    if data_type == "ManifestFile" and mode != "File":
+        raise UserError(f"{where} is a ManifestFile, which a local job reads in File mode; give it InputMode File")
     if data_type == "AugmentedManifestFile" and mode != "Pipe":
         raise UserError(f"{where} is an AugmentedManifestFile, which this algorithm reads in Pipe mode only")
     attributes = _attributes(s3, where)

@@ -278,7 +278,8 @@ def run_job(request: JobRequest, workdir: Path) -> dict:
     for channel in request.channels:
         if not channel.is_pipe:
             destination = paths.channel_dir(channel.name, root)
-            download(channel.source, destination, channel_staging(root, channel.name), shown(channel.name))
+            staging = channel_staging(root, channel.name)
+            download(channel.source, destination, staging, shown(channel.name), channel.data_type == "ManifestFile")
     sync = None
     if request.checkpoint_uri:
         sync = CheckpointSync(paths.checkpoints_dir(root), request.checkpoint_uri, root / STAGING / "checkpoints")

@@ -15,6 +15,7 @@ is refused in one sentence instead of losing a file. Folders made for files in f
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import shutil
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from ..errors import UserError, one_line
 from ..names import relative_paths, shown
-from .s3 import ObjectInfo, S3Location, client, explain, explained, list_objects
+from .s3 import ObjectInfo, S3Location, client, explain, explained, list_objects, parse_uri, read_object
 
 log = logging.getLogger("semseg")
 
@@ -141,6 +142,36 @@ def objects_of(source: S3Location) -> tuple[list[ObjectInfo], str]:
     return list_objects(folder), folder.key
 
 
+def manifest_objects(manifest: S3Location) -> tuple[S3Location, list[ObjectInfo], str]:
+    """A ``ManifestFile`` channel: (where its objects are, the objects, the key prefix their paths are relative to).
+
+    The manifest is SageMaker's JSON array: ``{"prefix": "s3://bucket/prefix/"}``, then one key per
+    entry, relative to that prefix (each object's key is the prefix followed by the entry).
+    """
+    where = f"The manifest {shown(manifest.uri)}"
+    try:
+        entries = json.loads(read_object(manifest))
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{where} is not JSON; a ManifestFile is a JSON array of a prefix and keys") from None
+    first = entries[0] if isinstance(entries, list) and entries else None
+    if not isinstance(first, dict) or not isinstance(first.get("prefix"), str):
+        raise UserError(f'{where} must be a JSON array that starts with {{"prefix": "s3://bucket/prefix/"}}')
+    if not all(isinstance(entry, str) and entry for entry in entries[1:]):
+        raise UserError(f"{where} lists something that is not a key; after the prefix, every entry is a relative key")
+    root = parse_uri(first["prefix"], f"{where}'s prefix")
+    if root.is_local:
+        raise UserError(f"{where}'s prefix must be an s3:// URI")
+    wanted = [root.key + entry for entry in entries[1:]]
+    found = {obj.key: obj for obj in list_objects(root)}
+    missing = [key for key in wanted if key not in found]
+    if missing:
+        raise UserError(
+            f"{where} lists {len(missing)} keys that do not exist (first: s3://{root.bucket}/{shown(missing[0])})"
+        )
+    relative_to = root.key[: root.key.rfind("/") + 1]  # the prefix's folder: "data/" of "data/" and "data/img"
+    return root, [found[key] for key in dict.fromkeys(wanted)], relative_to
+
+
 def _is_current(path: Path, obj: ObjectInfo) -> bool:
     try:
         stat = path.stat()
@@ -194,17 +225,23 @@ def remove_own_folder(folder: Path) -> None:
     folder.rmdir()
 
 
-def download(source: S3Location, destination: Path, staging: Path, label: str = "download") -> TransferSummary:
-    """Everything ``source`` names into ``destination``, skipping files already there and current.
+def download(
+    source: S3Location, destination: Path, staging: Path, label: str = "download", manifest: bool = False
+) -> TransferSummary:
+    """Everything ``source`` names (or, with ``manifest``, the manifest at ``source`` lists) into
+    ``destination``, skipping files already there and current.
 
     ``staging`` holds the files being fetched (made afresh: whatever a killed run left there is
     incomplete); it must be on the same file system as ``destination``. Every key is checked
     before anything is written.
     """
-    if source.is_local:
+    if source.is_local and not manifest:
         return copy_local(source.local, destination)
     started = time.monotonic()
-    objects, prefix = objects_of(source)
+    if manifest:
+        source, objects, prefix = manifest_objects(source)
+    else:
+        objects, prefix = objects_of(source)
     if not objects:
         raise UserError(f"There are no objects under {shown(source.uri)}")
     todo, summary = [], TransferSummary()
