@@ -90,3 +90,36 @@ def test_the_builtin_image_without_metric_definitions_gets_the_algorithms_own(mo
 def test_bad_metric_definitions_are_one_sentence(definitions, sentence):
     with pytest.raises(UserError, match="^" + sentence.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         parse(request(MetricDefinitions=definitions))
+
+
+@pytest.mark.parametrize(
+    "change, sentence",
+    [
+        ({"HyperParameters": {"epochs": 10}}, "Invalid type for parameter HyperParameters.epochs, value: 10"),
+        ({"Tagz": []}, 'Unknown parameter in input: "Tagz", must be one of: TrainingJobName'),
+        ({"VpcConfig": {"Subnets": ["subnet-1"]}}, 'Missing required parameter in VpcConfig: "SecurityGroupIds"'),
+        ({"EnableManagedSpotTraining": "yes"}, "Invalid type for parameter EnableManagedSpotTraining, value: yes"),
+    ],
+)
+def test_what_botocore_refuses_is_refused_in_one_sentence_naming_the_field(change, sentence):
+    with pytest.raises(UserError) as refused:
+        parse({**request(), **change})
+    message = str(refused.value)
+    assert message.startswith("The request does not fit CreateTrainingJob's input, as botocore checks it: ")
+    assert sentence in message and "\n" not in message
+
+
+def test_the_fields_that_find_machines_may_be_left_out_here_and_are_checked_when_given():
+    parse(request())  # no RoleArn, ResourceConfig or StoppingCondition: nothing to find here
+    full = {
+        **request(),
+        "RoleArn": "arn:aws:iam::123456789012:role/SageMakerRole",
+        "ResourceConfig": {"InstanceType": "ml.p3.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+        "EnableManagedSpotTraining": True,
+        "RetryStrategy": {"MaximumRetryAttempts": 2},
+        "Environment": {"SEED": "1"},
+    }
+    assert parse(full).environment == {"SEED": "1"}
+    with pytest.raises(UserError, match=r"ResourceConfig\.InstanceCount, value: one"):
+        parse({**full, "ResourceConfig": {**full["ResourceConfig"], "InstanceCount": "one"}})

@@ -313,16 +313,18 @@ def test_a_request_that_is_not_an_object_is_said_to_be_so(tmp_path, text):
     assert "TrainingJobName" not in str(caught.value)
 
 
-def test_good_values_are_kept_and_unknown_fields_are_named_in_a_log_line(caplog):
+def test_good_values_are_kept_and_fields_that_do_not_apply_are_named_in_a_log_line(caplog):
     body = _with(_set("InputDataConfig.0.ShuffleConfig", {"Seed": 2**63 - 1}))
     body["StoppingCondition"]["MaxRuntimeInSeconds"] = 1
     body["OutputDataConfig"]["S3OutputPath"] = "s3://b/jobs/"
-    body["SomeNewField"] = {"x": 1}
+    body["Tags"] = [{"Key": "team", "Value": "vision"}]
     with caplog.at_level("INFO", logger="semseg"):
         parsed = job_request.parse(body)
     assert (parsed.max_runtime_s, parsed.channels[0].shuffle_seed) == (1, 2**63 - 1)
     assert parsed.output_path.uri == "s3://b/jobs/"
-    assert any("Ignoring SomeNewField" in r.getMessage() for r in caplog.records)
+    assert any("Ignoring Tags: it does not apply" in r.getMessage() for r in caplog.records)
+    with pytest.raises(UserError, match='Unknown parameter in input: "SomeNewField"'):  # as boto3 refuses it
+        job_request.parse({**body, "SomeNewField": {"x": 1}})
 
 
 def test_the_bounds_checked_are_those_of_sagemakers_own_api_model():

@@ -18,7 +18,7 @@ from .. import paths
 from ..errors import UserError
 from ..logs import METRIC_REGEXES
 from ..names import shown
-from . import builtin_image
+from . import builtin_image, request_schema
 from .metric_log import MetricDefinition
 from .s3 import S3Location, parse_uri
 
@@ -361,7 +361,7 @@ def parse(raw: Any) -> JobRequest:
     _ignore("StoppingCondition.", stopping, {"MaxRuntimeInSeconds"})
     runtime = stopping.get("MaxRuntimeInSeconds")
     hyperparameters = _dict(raw.get("HyperParameters"), "HyperParameters")
-    return JobRequest(
+    request = JobRequest(
         name=name,
         hyperparameters={str(k): str(v) for k, v in hyperparameters.items()},
         channels=channels,
@@ -375,6 +375,8 @@ def parse(raw: Any) -> JobRequest:
         builtin=builtin,
         metric_definitions=_metric_definitions(algorithm, builtin),
     )
+    request_schema.check(raw)  # after the checks above, whose sentences say more about the fields they know
+    return request
 
 
 def load(path: Path) -> JobRequest:
