@@ -123,3 +123,12 @@ def test_the_fields_that_find_machines_may_be_left_out_here_and_are_checked_when
     assert parse(full).environment == {"SEED": "1"}
     with pytest.raises(UserError, match=r"ResourceConfig\.InstanceCount, value: one"):
         parse({**full, "ResourceConfig": {**full["ResourceConfig"], "InstanceCount": "one"}})
+
+
+def test_spot_training_and_retries_say_what_holds_here(caplog):
+    with caplog.at_level(logging.INFO, logger="semseg"):
+        parse({**request(), "EnableManagedSpotTraining": True, "CheckpointConfig": {"S3Uri": "s3://b/ckpt"}})
+        parse({**request(), "EnableManagedSpotTraining": True, "RetryStrategy": {"MaximumRetryAttempts": 3}})
+    assert "never interrupted for capacity; its checkpoints are synced with CheckpointConfig.S3Uri" in caplog.text
+    assert "without CheckpointConfig an interrupted spot job would start over" in caplog.text
+    assert "RetryStrategy: a job run here runs once" in caplog.text

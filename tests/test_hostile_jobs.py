@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -368,3 +369,37 @@ def test_a_model_uri_naming_nothing_says_so(s3, tmp_path):
     with pytest.raises(UserError, match=rf"^There are no objects under s3://{bucket}/none/model.tar.gz$"):
         model_fetch.fetch(f"s3://{bucket}/none/model.tar.gz", work / "model")
     assert list(work.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "changes, sentence",
+    [
+        ({"ResourceConfig.InstanceCount": 9}, "ResourceConfig.InstanceCount is '9'; a job run here has 1 to 8"),
+        ({"ResourceConfig.InstanceCount": 2, "AlgorithmSpecification.TrainingImage": "semseg:cpu"}, "in TrainingImage"),
+        ({"ResourceConfig.InstanceCount": 2, "InputDataConfig.0.InputMode": "Pipe"}, "with Pipe-mode channels"),
+        ({"ResourceConfig.InstanceCount": 2, "CheckpointConfig": {"S3Uri": "s3://b/c"}}, "with CheckpointConfig"),
+        ({"InputDataConfig.0.CompressionType": "Gzip"}, "has CompressionType Gzip, which SageMaker applies in Pipe"),
+        ({"InputDataConfig.0.CompressionType": "Zip"}, "CompressionType is 'Zip'; use one of None, Gzip"),
+    ],
+)
+def test_what_several_instances_and_compression_cannot_do_here_is_one_sentence(changes, sentence):
+    def change(body):
+        for path, value in changes.items():
+            _set(path, value)(body)
+
+    with pytest.raises(UserError, match=re.escape(sentence)):
+        job_request.parse(_with(change))
+
+
+def test_several_instances_and_gzip_in_pipe_mode_are_kept():
+    def change(body):
+        _set("ResourceConfig.InstanceCount", 3)(body)
+        _set("InputDataConfig.0.DataSource.S3DataSource.S3DataDistributionType", "ShardedByS3Key")(body)
+
+    parsed = job_request.parse(_with(change))
+    assert parsed.instance_count == 3 and parsed.channels[0].distribution == "ShardedByS3Key"
+    piped = job_request.parse(
+        _with(lambda body: [_set(p, v)(body) for p, v in (("InputDataConfig.0.InputMode", "Pipe"),
+                                                          ("InputDataConfig.0.CompressionType", "Gzip"))])
+    )  # fmt: skip
+    assert piped.channels[0].compression == "Gzip"

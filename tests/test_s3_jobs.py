@@ -8,6 +8,7 @@ is stopped. Learning quality is not the point here.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import time
@@ -59,7 +60,7 @@ def test_a_file_mode_job_leaves_model_and_output_archives_at_sagemakers_keys(s3_
     assert "Ignoring DebugHookConfig: it does not apply" in job.log  # the SDK's extras
     assert "Ignoring ProfilerConfig: it does not apply" in job.log
     assert "Ignoring RoleArn: it does not apply" in job.log
-    assert "Ignoring ResourceConfig: it does not apply" in job.log
+    assert "Ignoring ResourceConfig.InstanceType: it does not apply" in job.log
     assert sorted(p.name for p in (job.workdir / "input" / "data" / "train").iterdir()) == [
         f"000{i}.jpg" for i in range(4)
     ]
@@ -110,6 +111,36 @@ def test_a_manifest_file_channel_downloads_the_keys_it_lists(aws_env, moto_serve
     assert "jobs/listed/output/model.tar.gz" in keys(bucket, "jobs/listed/")
 
 
+def test_two_instances_each_train_on_their_share_of_a_sharded_channel(aws_env, moto_server, tmp_path):
+    """InstanceCount 2 from the SDK's Estimator: two hosts on this machine, ShardedByS3Key training channels."""
+    bucket = moto_server.new_bucket()
+    upload_dataset(bucket, "shared", tmp_path / "dataset", train=6, validation=2)
+    channels = {}
+    for channel in CHANNELS:
+        sharded = {"distribution": "ShardedByS3Key"} if channel.startswith("train") else {}
+        channels[channel] = {"s3_data": f"s3://{bucket}/shared/{channel}", "content_type": content_type(channel)}
+        channels[channel].update(sharded)
+    body = sdk_built("pair", bucket, channels, aws_env, tmp_path, instance_count=2)
+    assert body["ResourceConfig"]["InstanceCount"] == 2
+
+    job = run_job(body, tmp_path / "pair", aws_env)
+
+    assert job.returncode == 0, job.log[-3000:]
+    assert job.description["TrainingJobStatus"] == "Completed"
+    every = [f"000{i}.jpg" for i in range(6)]
+    for rank, host in enumerate(("algo-1", "algo-2")):
+        assert f"{host} train: this host's share, 3 of the 6 objects (ShardedByS3Key)" in job.log
+        data = job.workdir / "hosts" / host / "input" / "data"
+        assert sorted(p.name for p in (data / "train").iterdir()) == every[rank::2]
+        assert len(list((data / "validation").iterdir())) == 2  # FullyReplicated: every host has it all
+    second = (job.workdir / "training-algo-2.log").read_text()
+    assert "train: 3 image/mask pairs" in second and "Model artifacts are written by the first host, algo-1" in second
+    assert "train: 3 image/mask pairs" in job.log  # the first host's log is the job's
+    assert not (job.workdir / "hosts" / "algo-2" / "model" / "model_best.params").exists()
+    assert keys(bucket, "jobs/pair/") == ["jobs/pair/output/model.tar.gz", "jobs/pair/output/output.tar.gz"]
+    assert MODEL_FILES <= set(tar_members(bucket, "jobs/pair/output/model.tar.gz"))
+
+
 def test_a_second_job_restores_the_synced_checkpoints_and_reads_the_model_channel(s3_first_job, aws_env, tmp_path):
     bucket, body, first = s3_first_job
     assert first.returncode == 0, first.log[-3000:]
@@ -130,7 +161,7 @@ def test_a_second_job_restores_the_synced_checkpoints_and_reads_the_model_channe
     assert "jobs/second/output/model.tar.gz" in keys(bucket, "jobs/second/")
 
 
-def _manifest(bucket: str, prefix: str, pairs) -> str:
+def _manifest(bucket: str, prefix: str, pairs, gzipped: bool = False) -> str:
     s3 = boto3.client("s3")
     lines = []
     for index, (image, mask) in enumerate(pairs):
@@ -138,15 +169,16 @@ def _manifest(bucket: str, prefix: str, pairs) -> str:
         s3.put_object(Bucket=bucket, Key=f"{prefix}/masks/{index}.png", Body=mask)
         ref = f"s3://{bucket}/{prefix}"
         lines.append(json.dumps({"source-ref": f"{ref}/images/{index}.jpg", "label-ref": f"{ref}/masks/{index}.png"}))
-    s3.put_object(Bucket=bucket, Key=f"{prefix}/manifest.jsonl", Body="\n".join(lines).encode())
-    return f"s3://{bucket}/{prefix}/manifest.jsonl"
+    body, name = "\n".join(lines).encode(), "manifest.jsonl.gz" if gzipped else "manifest.jsonl"
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=gzip.compress(body) if gzipped else body)
+    return f"s3://{bucket}/{prefix}/{name}"
 
 
 def test_a_pipe_mode_job_streams_an_s3_augmented_manifest_over_several_epochs(aws_env, moto_server, tmp_path):
     """The request as the SageMaker SDK builds it for the built-in's image, with Pipe-mode TrainingInputs."""
     bucket = moto_server.new_bucket()
     train = _manifest(bucket, "pipe/train", sample_pairs(4, seed=1))
-    validation = _manifest(bucket, "pipe/validation", sample_pairs(2, seed=2))
+    validation = _manifest(bucket, "pipe/validation", sample_pairs(2, seed=2), gzipped=True)
     piped = {
         "s3_data_type": "AugmentedManifestFile",
         "attribute_names": ["source-ref", "label-ref"],
@@ -154,9 +186,13 @@ def test_a_pipe_mode_job_streams_an_s3_augmented_manifest_over_several_epochs(aw
         "record_wrapping": "RecordIO",
         "content_type": "application/x-recordio",
     }
-    channels = {"train": {"s3_data": train, **piped, "shuffle_seed": 7}, "validation": {"s3_data": validation, **piped}}
+    channels = {
+        "train": {"s3_data": train, **piped, "shuffle_seed": 7},
+        "validation": {"s3_data": validation, **piped, "compression": "Gzip"},  # a gzipped manifest
+    }
     body = sdk_built("piped", bucket, channels, aws_env, tmp_path, epochs=3, input_mode="Pipe")
     assert body["InputDataConfig"][0]["ShuffleConfig"] == {"Seed": 7}
+    assert body["InputDataConfig"][1]["CompressionType"] == "Gzip"
 
     job = run_job(body, tmp_path / "piped", aws_env)
 

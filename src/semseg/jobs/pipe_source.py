@@ -4,7 +4,9 @@ For an ``AugmentedManifestFile`` channel every manifest line gives one record pe
 ``AttributeNames``, in that order: the object an ``-ref`` attribute points at, or the attribute's
 value as text. With ``RecordWrapperType: RecordIO`` each record is RecordIO-framed (the one framing
 of ``data.recordio``), as SageMaker does; an ``S3Prefix`` channel streams its objects one after another.
-``ShuffleConfig.Seed`` reshuffles the lines (or objects) at the start of every epoch.
+``ShuffleConfig.Seed`` reshuffles the lines (or objects) at the start of every epoch. With
+``CompressionType: Gzip`` every object the channel names (the manifest itself, or each object of an
+``S3Prefix`` channel) is gunzipped as it is read; the images a manifest refers to are sent as they are.
 
 Objects are not staged on disk: a few are fetched ahead in parallel, held in memory and written
 out in order. Epoch N's FIFO appears when epoch N-1's is closed, as on SageMaker, and feeding goes
@@ -13,11 +15,13 @@ on until the job ends (the reader decides how many epochs there are).
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
 import random
 import threading
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,15 +43,33 @@ PREFETCH = 8  # objects fetched ahead of the one being written
 
 @dataclass(frozen=True)
 class Item:
-    """One record of the stream: an object to fetch, or literal bytes."""
+    """One record of the stream: an object to fetch (``gzipped``: to gunzip), or literal bytes."""
 
     source: S3Location | None = None
     literal: bytes = b""
+    gzipped: bool = False
+
+    def read(self) -> bytes:
+        data = read_object(self.source)
+        return _gunzipped(data, self.source) if self.gzipped else data
+
+
+def _gunzipped(data: bytes, source: S3Location) -> bytes:
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error):
+        raise UserError(f"{shown(source.uri)} is not gzip data, but its channel's CompressionType is Gzip") from None
+
+
+def read_channel_object(channel: Channel, source: S3Location) -> bytes:
+    """An object the channel itself names, gunzipped when its CompressionType is Gzip."""
+    data = read_object(source)
+    return _gunzipped(data, source) if channel.compression == "Gzip" else data
 
 
 def manifest_lines(channel: Channel) -> list[list[Item]]:
     """The records of each line of an augmented manifest, in the order of ``AttributeNames``."""
-    text = read_object(channel.source).decode("utf-8", errors="replace")
+    text = read_channel_object(channel, channel.source).decode("utf-8", errors="replace")
     lines = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -78,11 +100,12 @@ def prefix_objects(channel: Channel) -> list[list[Item]]:
     if channel.source.is_local:
         root = channel.source.local
         files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        return [[Item(source=S3Location("", "", p))] for p in files]
+        return [[Item(source=S3Location("", "", p), gzipped=channel.compression == "Gzip")] for p in files]
     objects = list_objects(channel.source)
     if not objects:
         raise UserError(f"There are no objects under {shown(channel.source.uri)}")
-    return [[Item(source=S3Location(channel.source.bucket, o.key))] for o in objects]
+    gzipped = channel.compression == "Gzip"
+    return [[Item(source=S3Location(channel.source.bucket, o.key), gzipped=gzipped)] for o in objects]
 
 
 def epoch_items(channel: Channel, units: list[list[Item]], epoch: int) -> list[Item]:
@@ -101,7 +124,7 @@ def fetched(items: list[Item], pool: ThreadPoolExecutor) -> Iterator[bytes]:
     def submit() -> None:
         item = next(pending, None)
         if item is not None:
-            ahead.append(pool.submit(read_object, item.source) if item.source else item.literal)
+            ahead.append(pool.submit(item.read) if item.source else item.literal)
 
     for _ in range(PREFETCH):
         submit()

@@ -6,6 +6,7 @@ one log line saying it does not apply here, so a request made for SageMaker runs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from ..errors import UserError
 from ..logs import METRIC_REGEXES
 from ..names import shown
 from . import builtin_image, request_schema
+from .hosts import MAX_HOSTS
 from .metric_log import MetricDefinition
 from .s3 import S3Location, parse_uri
 
@@ -34,6 +36,9 @@ HANDLED = {
     "CheckpointConfig",
     "StoppingCondition",
     "Environment",
+    "EnableManagedSpotTraining",  # said by _say_what_applies
+    "RetryStrategy",
+    "ResourceConfig",  # InstanceCount, by _with_instances
 }
 INPUT_MODES = ("File", "Pipe", "FastFile")
 DATA_TYPES = ("S3Prefix", "ManifestFile", "AugmentedManifestFile")
@@ -54,6 +59,7 @@ MAX_CHANNELS = 20  # InputDataConfig: a list of at most 20 channels
 S3_URI_MAX = 1024  # S3Uri and S3OutputPath: strings of at most 1024 characters, s3:// or https://
 RECORD_WRAPPERS = ("None", "RecordIO")  # RecordWrapperType's enum
 DISTRIBUTIONS = ("FullyReplicated", "ShardedByS3Key")  # S3DataDistributionType's enum
+COMPRESSIONS = ("None", "Gzip")  # CompressionType's enum
 TEXT_MAX = 256  # ContentType and each of AttributeNames: strings of at most 256 characters
 IMAGE_MAX = 255  # AlgorithmSpecification.TrainingImage
 ENVIRONMENT_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Environment's keys
@@ -74,6 +80,7 @@ class Channel:
     record_wrapper: str = "None"
     distribution: str = "FullyReplicated"
     shuffle_seed: int | None = None
+    compression: str = "None"  # Gzip: Pipe mode streams what the objects hold gunzipped
 
     @property
     def is_pipe(self) -> bool:
@@ -103,6 +110,7 @@ class JobRequest:
     training_image: str | None = None  # None: train in this environment
     builtin: bool = False  # the request named SageMaker's built-in Semantic Segmentation image
     metric_definitions: tuple[MetricDefinition, ...] = ()
+    instance_count: int = 1
 
     def model_uri(self) -> S3Location:
         return self.output_path.child(self.name, "output", "model.tar.gz")
@@ -225,12 +233,9 @@ def _channel(raw: Any, default_mode: str) -> Channel:
     distribution = _choice(
         s3.get("S3DataDistributionType", "FullyReplicated"), f"{where}'s S3DataDistributionType", DISTRIBUTIONS
     )
-    if distribution == "ShardedByS3Key":
-        log.info("%s is ShardedByS3Key: a local job is one host, which gets every object", where)
-    if raw.get("CompressionType") not in (None, "None"):
-        raise UserError(
-            f"{where} has CompressionType {_quoted(raw['CompressionType'])}, which a local job does not support"
-        )
+    compression = _choice(raw.get("CompressionType") or "None", f"{where}'s CompressionType", COMPRESSIONS)
+    if compression == "Gzip" and mode != "Pipe":
+        raise UserError(f"{where} has CompressionType Gzip, which SageMaker applies in Pipe mode only")
     content_type = raw.get("ContentType")
     _ignore(f"{where}'s ", raw, {"ChannelName", "DataSource", "InputMode", "ContentType", "RecordWrapperType",
                                   "ShuffleConfig", "CompressionType"})  # fmt: skip
@@ -244,6 +249,7 @@ def _channel(raw: Any, default_mode: str) -> Channel:
         record_wrapper=_choice(raw.get("RecordWrapperType") or "None", f"{where}'s RecordWrapperType", RECORD_WRAPPERS),
         distribution=distribution,
         shuffle_seed=_seed(raw, where),
+        compression=compression,
     )
 
 
@@ -285,6 +291,21 @@ def _environment(raw: dict) -> dict[str, str]:
                 f"The Environment variable {key} must be a string of at most {ENVIRONMENT_MAX} characters without NUL"
             )
     return dict(environment)
+
+
+def _say_what_applies(raw: dict, checkpoint: dict) -> None:
+    """Spot training and retries, which a SageMaker job may be asked for: what of them holds here."""
+    if raw.get("EnableManagedSpotTraining") is True:
+        kept = (
+            "its checkpoints are synced with CheckpointConfig.S3Uri as on SageMaker"
+            if checkpoint.get("S3Uri")
+            else ("without CheckpointConfig an interrupted spot job would start over, here as on SageMaker")
+        )
+        log.info("EnableManagedSpotTraining: a job run here is never interrupted for capacity; %s", kept)
+    if raw.get("RetryStrategy"):
+        log.info(
+            "RetryStrategy: a job run here runs once; run it again in the same folder to resume from its checkpoints"
+        )
 
 
 def _metric_definitions(algorithm: dict, builtin: bool) -> tuple[MetricDefinition, ...]:
@@ -355,6 +376,7 @@ def parse(raw: Any) -> JobRequest:
         raise UserError("OutputDataConfig.S3OutputPath is required: where model.tar.gz and output.tar.gz go")
     _ignore("OutputDataConfig.", output, {"S3OutputPath"})
     checkpoint = _dict(raw.get("CheckpointConfig"), "CheckpointConfig")
+    _say_what_applies(raw, checkpoint)
     if checkpoint.get("LocalPath"):
         log.info("CheckpointConfig.LocalPath is the job folder's checkpoints/ on this machine")
     stopping = _dict(raw.get("StoppingCondition"), "StoppingCondition")
@@ -376,7 +398,37 @@ def parse(raw: Any) -> JobRequest:
         metric_definitions=_metric_definitions(algorithm, builtin),
     )
     request_schema.check(raw)  # after the checks above, whose sentences say more about the fields they know
-    return request
+    resources = _dict(raw.get("ResourceConfig"), "ResourceConfig")
+    _ignore("ResourceConfig.", resources, {"InstanceCount"})
+    return _with_instances(request, resources.get("InstanceCount", 1))
+
+
+def _with_instances(request: JobRequest, count) -> JobRequest:
+    """``ResourceConfig.InstanceCount`` hosts, each a process of this machine (``hosts``), in File mode."""
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_HOSTS:
+        raise UserError(
+            f"ResourceConfig.InstanceCount is {_quoted(count)}; a job run here has 1 to {MAX_HOSTS} instances, "
+            "each a process of this machine"
+        )
+    if count > 1:
+        problems = [
+            (request.training_image, f"in TrainingImage {request.training_image}, which runs one container"),
+            (any(c.is_pipe for c in request.channels), "with Pipe-mode channels; give them InputMode File"),
+            (request.checkpoint_uri, "with CheckpointConfig, whose files each host would write"),
+        ]
+        for problem, what in problems:
+            if problem:
+                raise UserError(
+                    f"ResourceConfig.InstanceCount is {count}, which a job run here does not support {what}"
+                )
+    for channel in request.channels:
+        if channel.distribution == "ShardedByS3Key":
+            log.info(
+                "The '%s' channel is ShardedByS3Key: each of the %d host(s) gets its share of the objects",
+                channel.name,
+                count,
+            )
+    return dataclasses.replace(request, instance_count=count)
 
 
 def load(path: Path) -> JobRequest:

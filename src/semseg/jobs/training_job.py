@@ -16,6 +16,7 @@ or in one an earlier ``semseg job`` made (it holds ``JOB_MARK``): no folder of a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from ..names import shown
 from ..processes import die_with_parent
 from ..train.stop import StopFlag
 from .checkpoint_sync import CheckpointSync
+from .hosts import Host, HostGroup, environ_for, free_port_pair, hosts_of, resource_config
 from .metric_log import LOG_FILE, TIMELINE_FILE, MetricLog, iso
 from .pipe_source import PipeFeeder
 from .request import JobRequest
@@ -134,7 +136,7 @@ def channel_staging(root: Path, channel: str) -> Path:
     return root / STAGING / "channels" / paths.check_channel_name(channel)
 
 
-def prepare(request: JobRequest, root: Path) -> None:
+def prepare(request: JobRequest, root: Path, host: Host | None = None, group: list[Host] | None = None) -> None:
     """The job folder as SageMaker leaves /opt/ml before ``train`` starts, less the data itself.
 
     Only ever called on a folder ``claim`` made this job's; every path removed is a fixed part of the
@@ -153,12 +155,11 @@ def prepare(request: JobRequest, root: Path) -> None:
     if request.checkpoint_uri:
         seen_by_training = CONTAINER_ML if request.training_image else root
         checkpoint = {"LocalPath": str(paths.checkpoints_dir(seen_by_training)), "S3Uri": request.checkpoint_uri.uri}
+    hyperparameters, resources = request.hyperparameters, RESOURCE_CONFIG
+    if host is not None and group is not None and len(group) > 1:
+        resources = resource_config(host, group)
     sm_config.write_config_files(
-        root,
-        request.hyperparameters,
-        {c.name: c.input_data_config() for c in request.channels},
-        RESOURCE_CONFIG,
-        checkpoint,
+        root, hyperparameters, {c.name: c.input_data_config() for c in request.channels}, resources, checkpoint
     )
 
 
@@ -180,31 +181,39 @@ def package(directory: Path, archive: Path, level: int = GZIP_LEVEL_DEFAULT) -> 
     return archive
 
 
-def _train_env(request: JobRequest, root: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        **request.environment,
-        "SAGEMAKER_BASE_DIR": str(root),
-        "TRAINING_JOB_NAME": request.name,
-        "PYTHONUNBUFFERED": "1",
-    }
+TrainingProcess = subprocess.Popen | ContainerTraining | HostGroup  # all polled, stopped and killed alike
 
 
-TrainingProcess = subprocess.Popen | ContainerTraining  # both are polled, stopped and killed alike
-
-
-def start_training(request: JobRequest, root: Path) -> TrainingProcess:
-    """``train`` in ``TrainingImage`` when the request names one, else this environment's ``train``."""
+def start_training(request: JobRequest, group: list[Host], workdir: Path) -> TrainingProcess:
+    """``train`` in ``TrainingImage`` when the request names one, else this environment's ``train``, on
+    each host: the first host's output is the job's log, the others' go to ``training-<host>.log``."""
     if request.training_image:
+        root = group[0].root
         return ContainerTraining(request.training_image, root, request.name, request.environment, STOP_GRACE_S)
     train_command = str(Path(sys.executable).parent / "train")
-    return subprocess.Popen(
-        [train_command],
-        env=_train_env(request, root),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        preexec_fn=die_with_parent,
-    )
+    processes = []
+    for host in group:
+        output = subprocess.PIPE if host.rank == 0 else open(workdir / f"training-{host.name}.log", "wb")
+        processes.append(
+            subprocess.Popen(
+                [train_command],
+                env=environ_for(request.environment, host, group, request.name),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+            )
+        )
+        if output is not subprocess.PIPE:
+            output.close()  # the child holds its own copy
+    if len(group) > 1:
+        log.info(
+            "%d hosts train (%s); each one's log but the first's: %s",
+            len(group),
+            ", ".join(h.name for h in group),
+            workdir / "training-<host>.log",
+        )
+        return HostGroup(processes)
+    return processes[0]
 
 
 def supervise(
@@ -264,7 +273,7 @@ def upload_results(request: JobRequest, root: Path, workdir: Path, outcome: Outc
 
 
 def run_job(request: JobRequest, workdir: Path) -> dict:
-    """Run ``request`` in ``workdir`` (its /opt/ml); the describe_training_job-like result."""
+    """Run ``request`` in ``workdir`` (its /opt/ml, or its hosts' under ``hosts/``); what describe_training_job says."""
     stop = StopFlag().install(signal.SIGTERM, signal.SIGINT)  # StopTrainingJob, or Ctrl-C
     level = gzip_level()  # a bad value is said before anything is downloaded
     if request.training_image:
@@ -272,14 +281,29 @@ def run_job(request: JobRequest, workdir: Path) -> dict:
     outcome = Outcome()
     root = workdir.absolute()
     claim(root)
-    prepare(request, root)
-    log.info("Job %s in %s", request.name, root)
+    group = hosts_of(root, request.instance_count)
+    if len(group) > 1:
+        port = str(free_port_pair())  # one parameter server for the job, on this machine
+        request = dataclasses.replace(request, hyperparameters={"_ps_port": port, **request.hyperparameters})
+    for host in group:
+        prepare(request, host.root, host, group)
+    root = group[0].root  # the first host's tree holds the job's model and output
+    log.info("Job %s in %s", request.name, workdir.absolute())
     outcome.secondary = "Downloading"
-    for channel in request.channels:
-        if not channel.is_pipe:
-            destination = paths.channel_dir(channel.name, root)
-            staging = channel_staging(root, channel.name)
-            download(channel.source, destination, staging, shown(channel.name), channel.data_type == "ManifestFile")
+    for host in group:
+        for channel in request.channels:
+            if channel.is_pipe:
+                continue
+            share = (host.rank, len(group)) if channel.distribution == "ShardedByS3Key" else None
+            label = shown(channel.name) if len(group) == 1 else f"{host.name} {shown(channel.name)}"
+            download(
+                channel.source,
+                paths.channel_dir(channel.name, host.root),
+                channel_staging(host.root, channel.name),
+                label,
+                channel.data_type == "ManifestFile",
+                share,
+            )
     sync = None
     if request.checkpoint_uri:
         sync = CheckpointSync(paths.checkpoints_dir(root), request.checkpoint_uri, root / STAGING / "checkpoints")
@@ -287,7 +311,7 @@ def run_job(request: JobRequest, workdir: Path) -> dict:
     feeders = [PipeFeeder(c, paths.data_dir(root)) for c in request.channels if c.is_pipe]
     outcome.secondary = "Training"
     metric_log = MetricLog(request.metric_definitions, workdir / LOG_FILE)
-    with start_training(request, root) as train:
+    with start_training(request, group, workdir) as train:
         metric_log.follow(train.stdout)
         for feeder in feeders:
             feeder.start()

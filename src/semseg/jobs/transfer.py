@@ -226,16 +226,23 @@ def remove_own_folder(folder: Path) -> None:
 
 
 def download(
-    source: S3Location, destination: Path, staging: Path, label: str = "download", manifest: bool = False
+    source: S3Location,
+    destination: Path,
+    staging: Path,
+    label: str = "download",
+    manifest: bool = False,
+    share: tuple[int, int] | None = None,
 ) -> TransferSummary:
     """Everything ``source`` names (or, with ``manifest``, the manifest at ``source`` lists) into
-    ``destination``, skipping files already there and current.
+    ``destination``, skipping files already there and current. ``share``, ``(rank, hosts)``: only the
+    host ``rank``'s share of the objects, every ``hosts``-th in key order from the ``rank``-th, as
+    ``ShardedByS3Key`` gives each instance about 1/hosts of them.
 
     ``staging`` holds the files being fetched (made afresh: whatever a killed run left there is
     incomplete); it must be on the same file system as ``destination``. Every key is checked
     before anything is written.
     """
-    if source.is_local and not manifest:
+    if source.is_local and not manifest:  # a file:// folder has no objects to share: each host links it whole
         return copy_local(source.local, destination)
     started = time.monotonic()
     if manifest:
@@ -244,6 +251,15 @@ def download(
         objects, prefix = objects_of(source)
     if not objects:
         raise UserError(f"There are no objects under {shown(source.uri)}")
+    if share is not None:
+        rank, hosts = share
+        every = sorted(objects, key=lambda obj: obj.key)
+        objects = every[rank::hosts]
+        log.info("%s: this host's share, %d of the %d objects (ShardedByS3Key)", shown(label), len(objects), len(every))
+        if not objects:
+            raise UserError(
+                f"{shown(source.uri)} holds {len(every)} objects, too few for {hosts} hosts to have one each"
+            )
     todo, summary = [], TransferSummary()
     targets = local_paths(objects, prefix, destination)
     for obj in objects:
