@@ -9,7 +9,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 from harness.serving_helpers import Server, encoded, mask_of, sample_image
-from harness.trainjob import MODEL_FILES, SYNCBN_ON_STAND_INS, TWO_DEVICES, make_tree, run_train
+from harness.trainjob import MODEL_FILES, SYNCBN_ON_STAND_INS, TWO_DEVICES, WITH_EXPORT, make_tree, run_train
 
 from semseg.errors import UserError
 from semseg.hyperparameters import MIN_CROP_SIZE, parse
@@ -28,10 +28,11 @@ ODD_SIZES = [(31, 17), (641, 480)]
 
 
 def tree(root, algorithm: str, backbone: str, **hyperparameters):
-    """``make_tree`` for ``algorithm``: fastscnn at its smallest crop (``MIN_CROP_SIZE``), the others at TINY's."""
+    """``make_tree`` for ``algorithm``, with the ONNX export: fastscnn at its smallest crop (``MIN_CROP_SIZE``),
+    the others at TINY's."""
     if algorithm in MIN_CROP_SIZE:
         hyperparameters = {"crop_size": str(MIN_CROP_SIZE[algorithm]), "base_size": "80", **hyperparameters}
-    return make_tree(root, algorithm=algorithm, backbone=backbone, **hyperparameters)
+    return make_tree(root, algorithm=algorithm, backbone=backbone, **{**WITH_EXPORT, **hyperparameters})
 
 
 def test_every_backbone_is_refused_or_built_as_the_table_says():

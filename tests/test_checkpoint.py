@@ -9,7 +9,7 @@ import shutil
 import signal
 
 import pytest
-from harness.trainjob import BARE_ENV, make_tree, quality, run_train, start_train
+from harness.trainjob import BARE_ENV, WITH_EXPORT, make_tree, quality, run_train, start_train
 
 from semseg import cpu_threads
 from semseg.train import checkpoint
@@ -102,7 +102,7 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.mark.slow
 def test_sigterm_in_epoch_2_of_4_then_restart_trains_like_an_uninterrupted_run(uninterrupted, tmp_path):
-    root = make_tree(tmp_path, **FOUR_EPOCHS)
+    root = make_tree(tmp_path, **FOUR_EPOCHS, **WITH_EXPORT)  # the resumed run writes every artifact
     process = start_train(root, env={**BARE_ENV, **ONE_THREAD})
     first_part = ""
     for line in process.stdout:

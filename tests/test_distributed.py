@@ -14,7 +14,7 @@ import pytest
 from conftest import save_mask
 from harness.clusterjob import finish, make_cluster, start_host
 from harness.ports import free_port
-from harness.trainjob import make_tree, quality, run_train
+from harness.trainjob import WITH_EXPORT, make_tree, quality, run_train
 
 from semseg.data.dataset import EpochSampler, WorkerBatches
 from semseg.errors import UserError
@@ -50,7 +50,7 @@ def test_workers_share_each_global_batch_and_resume_mid_epoch():
 
 @pytest.mark.slow
 def test_two_hosts_train_like_one_host_with_two_devices(tmp_path):
-    hyperparameters = {"epochs": "2", "_logging_frequency": "1"}
+    hyperparameters = {"epochs": "2", "_logging_frequency": "1", **WITH_EXPORT}  # the first host exports too
     roots = make_cluster(tmp_path / "cluster", free_port(2), **hyperparameters)
     processes = [start_host(root) for root in roots]
     first, second = [finish(root, process, timeout=400) for root, process in zip(roots, processes)]

@@ -194,9 +194,9 @@ def test_a_bfloat16_job_says_so_and_writes_float32_artifacts(tmp_path):
     """A real ``train`` run with precision_dtype bfloat16, hybridized: the log names the precision and
     why, oneDNN ran bfloat16 kernels (on AMX where the log says so), and what it wrote is float32."""
     import onnx
-    from harness.trainjob import make_tree, run_train
+    from harness.trainjob import WITH_EXPORT, make_tree, run_train
 
-    root = make_tree(tmp_path, precision_dtype="bfloat16", _hybrid="true")
+    root = make_tree(tmp_path, precision_dtype="bfloat16", _hybrid="true", **WITH_EXPORT)
     job = run_train(root, env={"DNNL_VERBOSE": "1"})
     assert job.returncode == 0, job.log[-3000:]
     (line,) = job.lines(r"Training precision: .*")

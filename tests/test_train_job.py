@@ -10,7 +10,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 from harness.serving_helpers import TRAIN_LOG, trained_model
-from harness.trainjob import MODEL_FILES, make_tree, run_train
+from harness.trainjob import MODEL_FILES, WITH_EXPORT, make_tree, run_train
 
 from semseg import cpu_threads
 from semseg.logs import METRIC_REGEXES
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def fcn_job(tmp_path_factory):
-    root = make_tree(tmp_path_factory.mktemp("fcn"), epochs="2", _logging_frequency="1")
+    root = make_tree(tmp_path_factory.mktemp("fcn"), epochs="2", _logging_frequency="1", **WITH_EXPORT)
     job = run_train(root)
     assert job.returncode == 0, job.log[-3000:]
     return job
@@ -99,6 +99,9 @@ def test_incremental_training_continues_from_a_model_channel(fcn_job, tmp_path):
     job = run_train(root)
     assert job.returncode == 0, job.log[-2000:]
     assert "Incremental training: initializing all weights from model_best.params" in job.log
+    # TINY's _onnx False: no export, and none of the model channel's is carried over as if it were this model's
+    assert "No ONNX export: the hyperparameter _onnx is False, so the endpoint serves through MXNet" in job.log
+    assert not (root / "model" / "model.onnx").exists()
 
 
 @pytest.mark.parametrize("algorithm", ["psp", "deeplab"])

@@ -63,7 +63,7 @@ def references(page: Path) -> References:
 
 @pytest.fixture(scope="module")
 def named_job(tmp_path_factory):
-    root = make_tree(tmp_path_factory.mktemp("report"), epochs="2", _native_validation="True")
+    root = make_tree(tmp_path_factory.mktemp("report"), epochs="2", _native_validation="True", _onnx="True")
     # a held-out test set as the File-mode channels test and test_annotation
     write_split(paths.channel_dir("test", base=root), paths.channel_dir("test_annotation", base=root), 3, seed=9)
     classes.save(NAMED, root / "model")

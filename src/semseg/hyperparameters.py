@@ -112,6 +112,8 @@ TABLE: dict[str, Spec] = {
     "precision_dtype": Spec("str", "float32", choices=("float32", "bfloat16", "auto")),
     # Ours: the seed of every random choice in training, for reproducible runs.
     "_seed": Spec("int", 0, low=0),
+    # Ours: write the ONNX export (model.onnx) at the end of training; without it the endpoint serves through MXNet.
+    "_onnx": Spec("bool", True),
     # Ours: write the int8 copy of the ONNX export at the end of training (semseg.model.quantize).
     "_int8": Spec("bool", True),
     # Ours: score the validation split once more at the end of training, each image at its own size through the

@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.trainjob import SEVERAL_EPOCHS, TRAIN, Job, require_training_marker
+from harness.trainjob import SEVERAL_EPOCHS, TRAIN, WITH_EXPORT, Job, require_training_marker
 from semseg import paths
 from semseg.sample_data import write_opt_ml_tree
 
 MOMENTS = ("checkpoint", "model_file", "export", "random")
-KILL_HYPERPARAMETERS = SEVERAL_EPOCHS
+KILL_HYPERPARAMETERS = {**SEVERAL_EPOCHS, **WITH_EXPORT}  # a kill may come while the export is written
 
 
 @dataclass

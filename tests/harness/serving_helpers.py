@@ -26,13 +26,13 @@ import requests
 from PIL import Image
 
 from harness.ports import free_port
-from harness.trainjob import TINY, require_training_marker
+from harness.trainjob import TINY, WITH_EXPORT, require_training_marker
 from semseg import classes
 from semseg.sample_data import make_pair, write_opt_ml_tree
 
 BIN = Path(sys.executable).parent
 PROTO = Path(__file__).resolve().parents[2] / "src" / "semseg" / "inference" / "record.proto"
-TINY_TRAINING = {**TINY, "mini_batch_size": "4", "validation_mini_batch_size": "2"}
+TINY_TRAINING = {**TINY, "mini_batch_size": "4", "validation_mini_batch_size": "2", **WITH_EXPORT}  # served by ONNX
 
 
 TRAIN_LOG = "train.log"  # beside the /opt/ml tree of a trained_model run: what train printed

@@ -26,8 +26,10 @@ TINY = {
     "num_training_samples": "4",
     "_workers": "0",
     "_int8": "False",  # the int8 copy costs half a minute a job; tests/test_quantize.py makes it
+    "_onnx": "False",  # the export costs ~6 s a job; the tests of what reads it turn it on (WITH_EXPORT)
     "_native_validation": "False",  # about 2.5 s a job; the report tests and the test-subset jobs make it
 }
+WITH_EXPORT = {"_onnx": "True"}  # for a TINY job whose model.onnx a test reads
 # What every finished job leaves in model/ (the ONNX export and int8 copy come on top, when made).
 MODEL_FILES = {"hyperparams.json", "model_best.params", "model_algo-1"}
 TWO_DEVICES = {"SEMSEG_CPU_CONTEXTS": "2"}  # two CPU contexts stand in for two GPUs

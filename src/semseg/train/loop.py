@@ -261,8 +261,12 @@ def save_model(training: Training) -> None:
     artifacts.save_hyperparameters(training.hp, model_dir)
     logs.serializing(final)
     artifacts.save_parameters(training.net, final)
-    precision.disable()  # the export traces a fresh network: in float32
-    export.export_onnx(training.hp, model_dir)
+    if not training.hp["_onnx"]:
+        (model_dir / export.ONNX_FILE).unlink(missing_ok=True)  # an earlier export is of other weights
+        log.info("No ONNX export: the hyperparameter _onnx is False, so the endpoint serves through MXNet")
+    else:
+        precision.disable()  # the export traces a fresh network: in float32
+        export.export_onnx(training.hp, model_dir)
     int8_gate.quantize_after_training(training.hp, model_dir)
 
 
