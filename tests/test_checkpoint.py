@@ -94,7 +94,7 @@ def assert_same_epochs(got: dict, expected: dict, epochs: slice) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    root = make_tree(tmp_path_factory.mktemp("uninterrupted"), **FOUR_EPOCHS)
+    root = make_tree(tmp_path_factory.mktemp("uninterrupted"), checkpoints=True, **FOUR_EPOCHS)
     job = run_train(root, env=ONE_THREAD)
     assert job.returncode == 0, job.log[-3000:]
     return job
@@ -102,7 +102,7 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.mark.slow
 def test_sigterm_in_epoch_2_of_4_then_restart_trains_like_an_uninterrupted_run(uninterrupted, tmp_path):
-    root = make_tree(tmp_path, **FOUR_EPOCHS, **WITH_EXPORT)  # the resumed run writes every artifact
+    root = make_tree(tmp_path, checkpoints=True, **FOUR_EPOCHS, **WITH_EXPORT)  # the resumed run writes every artifact
     process = start_train(root, env={**BARE_ENV, **ONE_THREAD})
     first_part = ""
     for line in process.stdout:
@@ -133,7 +133,7 @@ def test_sigterm_in_epoch_2_of_4_then_restart_trains_like_an_uninterrupted_run(u
 
 @pytest.mark.slow
 def test_a_truncated_newest_checkpoint_resumes_from_the_previous_one(uninterrupted, tmp_path):
-    root = make_tree(tmp_path, **FOUR_EPOCHS)
+    root = make_tree(tmp_path, checkpoints=True, **FOUR_EPOCHS)
     shutil.copytree(uninterrupted.root / "checkpoints", root / "checkpoints", dirs_exist_ok=True)
     newest = root / "checkpoints" / "algo-1-00004-0000000" / "weights.params"
     with open(newest, "r+b") as handle:

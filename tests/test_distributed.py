@@ -81,7 +81,8 @@ def test_two_hosts_train_like_one_host_with_two_devices(tmp_path):
     # host logs the loss of its own half, so their mean is the comparable figure. The tolerance
     # covers dropout: MXNet's CPU contexts draw from one shared generator in whatever order their
     # threads run, so CPU stand-ins for GPUs never reproduce another run's dropout masks.
-    single = run_train(make_tree(tmp_path / "single", **hyperparameters), env={"SEMSEG_CPU_CONTEXTS": "2"})
+    single_root = make_tree(tmp_path / "single", checkpoints=True, **hyperparameters)
+    single = run_train(single_root, env={"SEMSEG_CPU_CONTEXTS": "2"})
     assert single.returncode == 0, single.log[-3000:]
     hosts = [quality(first.log), quality(second.log)]
     mean_loss = np.mean([h["train:loss"] for h in hosts], axis=0)

@@ -20,7 +20,7 @@ HOSTS = ("algo-1", "algo-2")
 def make_cluster(base: Path, port: int, **hyperparameters) -> list[Path]:
     roots = []
     for host in HOSTS:
-        root = make_tree(base / host, _ps_port=str(port), **hyperparameters)
+        root = make_tree(base / host, checkpoints=True, _ps_port=str(port), **hyperparameters)
         (root / "input" / "config" / "resourceconfig.json").write_text(
             json.dumps({"current_host": host, "hosts": list(HOSTS), "network_interface_name": "lo"})
         )
