@@ -22,7 +22,7 @@ from ..classes import ClassTable
 from ..data.images import read_rgb
 from ..files import write_atomically
 from ..names import shown
-from ..report.html import _STYLE
+from ..report.html import STYLE, swatch
 from .native import Evaluation, Kept
 from .scores import Difference
 
@@ -170,14 +170,6 @@ def _signed(value: float) -> str:
     return f"{value:+.4f}"
 
 
-def _swatch(table: ClassTable, index: int) -> str:
-    red, green, blue = table.colors[index] if index < len(table) else (128, 128, 128)
-    return (
-        f'<span class="swatch" style="background: rgb({red},{green},{blue})"></span> '
-        f"<bdi>{escape(table.name(index))}</bdi>"
-    )
-
-
 def _figures_table(model: Scored, baseline: Scored | None) -> str:
     names = (("mIoU", "mIoU"), ("mean_dice", "mean Dice"), ("pixel_accuracy", "pixel accuracy"))
     names += (("frequency_weighted_iou", "frequency-weighted IoU"),)
@@ -206,7 +198,7 @@ def _class_table(model: Scored, baseline: Scored | None, table: ClassTable) -> s
     rows = [header]
     for i in range(split.num_classes):
         row = (
-            f"<tr><td>{i}</td><td class='name'>{_swatch(table, i)}</td><td>{iou[i]:.4f}</td><td>{dice[i]:.4f}</td>"
+            f"<tr><td>{i}</td><td class='name'>{swatch(table, i)}</td><td>{iou[i]:.4f}</td><td>{dice[i]:.4f}</td>"
             f"<td>{precision[i]:.4f}</td><td>{recall[i]:.4f}</td><td>{int(pixels[i])}</td>"
         )
         if other:
@@ -224,7 +216,7 @@ def _confusion(model: Scored, table: ClassTable) -> str:
     rows = [header + "</tr>"]
     for i, counts in enumerate(matrix):
         cells = "".join(f"<td>{int(count)}</td>" for count in counts)
-        rows.append(f"<tr><td class='name'>{i} {_swatch(table, i)}</td>{cells}</tr>")
+        rows.append(f"<tr><td class='name'>{i} {swatch(table, i)}</td>{cells}</tr>")
     return "<table>" + "\n".join(rows) + "</table>"
 
 
@@ -264,7 +256,7 @@ def _render(
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>Evaluation report</title>',
-        f"<style>{_STYLE} .gallery img {{ max-width: {THUMBNAIL_WIDTH}px; }}</style></head><body>",
+        f"<style>{STYLE} .gallery img {{ max-width: {THUMBNAIL_WIDTH}px; }}</style></head><body>",
         "<h1>Evaluation report</h1>",
         f"<p>Model <bdi>{escape(shown(described['path']))}</bdi> ({escape(described['algorithm'])}, "
         f"{escape(described['backbone'])}) on {escape(result['data'])}: {result['images']} images, each at its own "

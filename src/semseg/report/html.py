@@ -14,7 +14,7 @@ import numpy as np
 
 from ..classes import ClassTable
 
-_STYLE = """
+STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1100px; }
 table { border-collapse: collapse; margin: 1em 0; }
 td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
@@ -36,12 +36,16 @@ def _figure(title: str, file_name: str, figures: dict[str, str | None]) -> str:
     return f'<h2>{escape(title)}</h2>\n<img src="{escape(file_name)}" alt="{escape(title)}">'
 
 
-def _swatch_and_name(table: ClassTable, i: int) -> str:
+def swatch(table: ClassTable, i: int) -> str:
+    """Class ``i``'s colour swatch and its name, isolated in a ``<bdi>`` (also for the evaluation report)."""
     red, green, blue = table.colors[i] if i < len(table) else (128, 128, 128)
     return (
-        f'<td class="name"><span class="swatch" style="background: rgb({red},{green},{blue})"></span> '
-        f"<bdi>{escape(table.name(i))}</bdi></td>"
+        f'<span class="swatch" style="background: rgb({red},{green},{blue})"></span> <bdi>{escape(table.name(i))}</bdi>'
     )
+
+
+def _swatch_and_name(table: ClassTable, i: int) -> str:
+    return f'<td class="name">{swatch(table, i)}</td>'
 
 
 def _class_rows(best: dict, table: ClassTable, train_pixels: list[int]) -> str:
@@ -126,7 +130,7 @@ def render(
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>Training report</title>',
-        f"<style>{_STYLE}</style></head><body>",
+        f"<style>{STYLE}</style></head><body>",
         "<h1>Training report</h1>",
     ]
     if best is None:
