@@ -165,8 +165,10 @@ def bootstrap_difference(
         raise ValueError(f"two stacks of per-image matrices of one shape are needed, not {first.shape}, {second.shape}")
     images, classes = first.shape[0], first.shape[1]
     rng = np.random.default_rng(seed)
-    counts = np.stack([np.bincount(rng.integers(0, images, images), minlength=images) for _ in range(resamples)])
-    resampled = [(counts @ stack.reshape(images, -1)).reshape(resamples, classes, classes) for stack in (first, second)]
+    draws = [np.bincount(rng.integers(0, images, images), minlength=images) for _ in range(resamples)]
+    counts = np.stack(draws).astype(np.float64)
+    flat = [stack.reshape(images, -1).astype(np.float64) for stack in (first, second)]  # float: a BLAS product
+    resampled = [(counts @ matrix).reshape(resamples, classes, classes) for matrix in flat]
     differences = miou_of_stack(resampled[0]) - miou_of_stack(resampled[1])
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(differences, [tail, 100 - tail])
