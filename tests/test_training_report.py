@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness.cvat_export import cvat_members, write_zip
+from harness.cvat_export import cvat_members, platform_members, write_zip
 from harness.trainjob import TINY, make_tree, run_train
 from PIL import Image
 
@@ -249,10 +249,19 @@ def test_the_served_figures_have_their_own_sections_beside_the_centre_crop_figur
 
 
 @pytest.mark.slow
-def test_a_cvat_zip_trains_on_train_validates_on_validation_and_scores_test_once(tmp_path):
-    """CVAT's suggested subsets Train, Validation and Test, through ``semseg train --dataset``: the test
-    subset is in neither split and is scored once, at the end, into metrics.json and the report."""
-    export = write_zip(tmp_path / "export.zip", cvat_members({"Train": 5, "Validation": 3, "Test": 4})[0])
+@pytest.mark.parametrize(
+    "layout, members, names",
+    [
+        ("CVAT", cvat_members({"Train": 5, "Validation": 3, "Test": 4})[0], ("Train", "Validation", "Test")),
+        ("platform", platform_members(5, 3, test=4), ("train", "val", "test")),
+    ],
+)
+def test_a_dataset_zip_trains_on_train_validates_on_validation_and_scores_test_once(tmp_path, layout, members, names):
+    """CVAT's suggested subsets Train, Validation and Test, and the platform's images/test, through ``semseg
+    train --dataset``: the test subset is in neither split and is scored once, at the end, into
+    metrics.json and the report."""
+    export = write_zip(tmp_path / "export.zip", members)
+    train_name, validation_name, test_name = names
     settings = {**TINY, "use_pretrained_model": "False", "_native_validation": "True"}
     command = [str(Path(sys.executable).parent / "semseg"), "train", "--dataset", str(export)]
     command += [
@@ -263,8 +272,8 @@ def test_a_cvat_zip_trains_on_train_validates_on_validation_and_scores_test_once
     run = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:]
     log = run.stdout
-    assert "The dataset's 'Train' subset trains, its 'Validation' subset validates" in log
-    assert "The dataset's 'Test' subset (4 pairs) is held out: it chooses no epoch" in log
+    assert f"The dataset's '{train_name}' subset trains, its '{validation_name}' subset validates" in log
+    assert f"The dataset's '{test_name}' subset (4 pairs) is held out: it chooses no epoch" in log
     assert "train: 5 image/mask pairs" in log and "validation: 3 image/mask pairs" in log
     assert "From the 'dataset' channel, unless given: {'num_training_samples': '5', 'num_classes': '4'}" in log
     data = tmp_path / "job" / "output" / "data"
