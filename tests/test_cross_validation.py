@@ -50,7 +50,8 @@ def test_the_summary_is_the_mean_and_sample_standard_deviation():
 def test_three_folds_train_and_report_each_fold_and_the_spread(tmp_path):
     members, truth = cvat_export.cvat_members({"Train": 4, "Validation": 2, "Test": 2})
     archive = cvat_export.write_zip(tmp_path / "export.zip", members)
-    flags = [f"--{name}={value}" for name, value in TINY.items() if name != "num_training_samples"]
+    settings = {**TINY, "use_pretrained_model": "False"}
+    flags = [f"--{name}={value}" for name, value in settings.items() if name != "num_training_samples"]
     done = subprocess.run(
         [SEMSEG, "cv", "--dataset", str(archive), "--folds", "3", "--output", str(tmp_path / "cv"), *flags],
         stdout=subprocess.PIPE,

@@ -125,7 +125,10 @@ def producers(model) -> dict[str, str]:
     return {output: node.op_type for node in model.graph.node for output in node.output}
 
 
-@pytest.mark.parametrize("algorithm, pooling", [("psp", "AveragePool"), ("deeplab", "GlobalAveragePool")])
+@pytest.mark.parametrize(
+    "algorithm, pooling",
+    [("psp", "AveragePool"), pytest.param("deeplab", "GlobalAveragePool", marks=pytest.mark.long)],  # deeplab: long
+)
 def test_psp_pooling_and_deeplab_aspp_run_in_int8(tmp_path_factory, tmp_path, algorithm, pooling):
     root = trained_model(tmp_path_factory.getbasetemp() / "serving-models", algorithm)
     hp = artifacts.read_hyperparameters(root / "model")

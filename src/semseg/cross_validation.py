@@ -145,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
             folder = output / f"fold-{k}"
             command = [str(Path(sys.executable).parent / "semseg"), "train", "--dataset", str(folder / "dataset")]
             command += ["--output", str(folder / "job"), *[f"--{name}={value}" for name, value in values.items()]]
-            log.info("Fold %d of %d: training (log: %s)", k + 1, args.folds, folder / "train.log")
+            log.info("Fold %d (%d of %d): training (log: %s)", k, k + 1, args.folds, folder / "train.log")
             code = children.run(command, folder / "train.log")
             if code:
                 failure = folder / "job" / "output" / "failure"
