@@ -1,7 +1,8 @@
 """Every way ``train`` ends, with loader processes, exits within seconds of its last write.
 
 The short form of ``bench/exit_stress.py``: each ending once (early stopping, which ends the loop as
-a normal end does, in ``make test-long``), beside one CPU hog so the timing is not that of an idle machine. The long form (50 runs beside a hog per core) is in docs/performance.md.
+a normal end does, in ``make test-long``), beside one CPU hog so the timing is not that of an idle
+machine. The long form (50 runs beside a hog per core) is in docs/performance.md.
 """
 
 from __future__ import annotations
