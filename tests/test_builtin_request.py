@@ -132,3 +132,50 @@ def test_spot_training_and_retries_say_what_holds_here(caplog):
     assert "never interrupted for capacity; its checkpoints are synced with CheckpointConfig.S3Uri" in caplog.text
     assert "without CheckpointConfig an interrupted spot job would start over" in caplog.text
     assert "RetryStrategy: a job run here runs once" in caplog.text
+
+
+def _within(filled, skeleton, where="request") -> None:
+    """Every key of ``filled`` is one the skeleton has, at the same place (lists: their one member's keys)."""
+    if isinstance(filled, dict) and not (set(skeleton) == {"KeyName"}):  # a map's keys are the user's own
+        for key, value in filled.items():
+            assert key in skeleton, f"{where}.{key} is not in the skeleton"
+            _within(value, skeleton[key], f"{where}.{key}")
+    elif isinstance(filled, list):
+        for item in filled:
+            _within(item, skeleton[0], f"{where}[]")
+
+
+def test_a_filled_in_cli_skeleton_is_read_as_a_request_here(monkeypatch):
+    """What ``aws sagemaker create-training-job --generate-cli-skeleton`` prints (botocore's ArgumentGenerator,
+    which the AWS CLI uses), filled in for the built-in algorithm, the fields that do not apply deleted."""
+    import botocore.session
+    from botocore.utils import ArgumentGenerator
+
+    monkeypatch.delenv(builtin_image.IMAGE_VARIABLE, raising=False)
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    skeleton = ArgumentGenerator(use_member_names=True).generate_skeleton(
+        model.operation_model("CreateTrainingJob").input_shape
+    )
+    channel = {
+        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://bucket/train/"}},
+        "ContentType": "image/jpeg",
+        "InputMode": "File",
+    }
+    filled = {
+        "TrainingJobName": "from-skeleton",
+        "HyperParameters": {"num_classes": "4", "epochs": "1"},
+        "AlgorithmSpecification": {"TrainingImage": US_EAST_1, "TrainingInputMode": "File"},
+        "RoleArn": "arn:aws:iam::123456789012:role/SageMakerRole",
+        "InputDataConfig": [{"ChannelName": name, **channel} for name in ("train", "train_annotation")],
+        "OutputDataConfig": {"S3OutputPath": "s3://bucket/jobs"},
+        "ResourceConfig": {"InstanceType": "ml.p3.2xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200},
+        "EnableManagedSpotTraining": True,
+        "CheckpointConfig": {"S3Uri": "s3://bucket/checkpoints", "LocalPath": "/opt/ml/checkpoints"},
+        "Tags": [{"Key": "team", "Value": "vision"}],
+    }
+    _within(filled, skeleton)
+    parsed = parse(filled)
+    assert parsed.builtin and parsed.training_image is None and parsed.max_runtime_s == 3600
+    assert [channel.name for channel in parsed.channels] == ["train", "train_annotation"]
+    assert parsed.checkpoint_uri.uri == "s3://bucket/checkpoints"
