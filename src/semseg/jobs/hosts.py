@@ -103,9 +103,8 @@ class HostGroup:
         self.kill()
         for process in self.processes:
             process.wait()
-            for stream in (process.stdout,):
-                if stream is not None:
-                    stream.close()
+            if process.stdout is not None:
+                process.stdout.close()
 
 
 def environ_for(request_environment: dict[str, str], host: Host, hosts: list[Host], job_name: str) -> dict[str, str]:

@@ -50,7 +50,6 @@ POLL_S = 0.5
 # loaded 2-core machine; 0 still writes gzip (stored blocks), at disk speed.
 GZIP_LEVEL_VARIABLE = "SEMSEG_JOB_GZIP_LEVEL"
 GZIP_LEVEL_DEFAULT = 1
-RESOURCE_CONFIG = {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "lo"}
 JOB_MARK = ".semseg-job"  # in every job folder: what makes a folder this program's to empty
 STAGING = ".staging"  # the job's files in flight: channels/<channel>/ and checkpoints/
 
@@ -136,12 +135,13 @@ def channel_staging(root: Path, channel: str) -> Path:
     return root / STAGING / "channels" / paths.check_channel_name(channel)
 
 
-def prepare(request: JobRequest, root: Path, host: Host | None = None, group: list[Host] | None = None) -> None:
+def prepare(request: JobRequest, host: Host, group: list[Host]) -> None:
     """The job folder as SageMaker leaves /opt/ml before ``train`` starts, less the data itself.
 
     Only ever called on a folder ``claim`` made this job's; every path removed is a fixed part of the
     layout (``paths``) or an entry of input/data, none made of a name from the request.
     """
+    root = host.root
     for directory in (paths.model_dir(root), paths.output_dir(root), paths.output_data_dir(root)):
         _fresh(directory)
     _remove(paths.checkpoints_dir(root))
@@ -155,12 +155,8 @@ def prepare(request: JobRequest, root: Path, host: Host | None = None, group: li
     if request.checkpoint_uri:
         seen_by_training = CONTAINER_ML if request.training_image else root
         checkpoint = {"LocalPath": str(paths.checkpoints_dir(seen_by_training)), "S3Uri": request.checkpoint_uri.uri}
-    hyperparameters, resources = request.hyperparameters, RESOURCE_CONFIG
-    if host is not None and group is not None and len(group) > 1:
-        resources = resource_config(host, group)
-    sm_config.write_config_files(
-        root, hyperparameters, {c.name: c.input_data_config() for c in request.channels}, resources, checkpoint
-    )
+    channels = {c.name: c.input_data_config() for c in request.channels}
+    sm_config.write_config_files(root, request.hyperparameters, channels, resource_config(host, group), checkpoint)
 
 
 def gzip_level() -> int:
@@ -286,7 +282,7 @@ def run_job(request: JobRequest, workdir: Path) -> dict:
         port = str(free_port_pair())  # one parameter server for the job, on this machine
         request = dataclasses.replace(request, hyperparameters={"_ps_port": port, **request.hyperparameters})
     for host in group:
-        prepare(request, host.root, host, group)
+        prepare(request, host, group)
     root = group[0].root  # the first host's tree holds the job's model and output
     log.info("Job %s in %s", request.name, workdir.absolute())
     outcome.secondary = "Downloading"
