@@ -7,8 +7,13 @@ reason in the log and in the body, which is where an operator looks first. Tests
 ``settings`` and ``predictor`` to build the app without gunicorn or a model directory.
 
 Beyond SageMaker's routes (which routes only ``/ping`` and ``/invocations`` to a container), ``GET /``
-is an inference page for local and ``docker run`` use and ``GET /classes`` the model's class names
-and colours, which the page's legend shows.
+is an inference page for local and ``docker run`` use, ``GET /classes`` the model's class names
+and colours, which the page's legend shows, and ``GET /models`` the models served.
+
+A model directory of several models (``semseg.inference.repository``) is served by name: a request
+picks its model with SageMaker's ``X-Amzn-SageMaker-Target-Model`` header (``/classes`` also takes
+``?model=``), the default model answers the others, and only the default is loaded before the first
+request.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from semseg import logs, paths
+from semseg import names as outside
 from semseg.errors import PayloadTooLarge, UserError
 from semseg.inference import codecs
 from semseg.inference import settings as serving_settings
 from semseg.inference.predictor import Predictor
+from semseg.inference.repository import TARGET_MODEL_HEADER, ModelRepository, find_models
 
 from . import responses
 
@@ -36,7 +43,7 @@ log = logging.getLogger("semseg.serve")
 
 _HTTP_SENTENCES = {
     404: "There is no such path; this server answers GET /ping, POST /invocations, GET /execution-parameters, "
-    "GET /classes and GET / (the inference page)",
+    "GET /classes, GET /models and GET / (the inference page)",
     405: "That method is not allowed on this path; use POST for /invocations and GET for the others",
 }
 PAGE = (Path(__file__).parent / "page.html").read_bytes()
@@ -59,6 +66,7 @@ PAGE_POLICY = (
     "img-src blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _READ_BYTES = 1 << 20
+MODEL_HEADER = "X-Semseg-Model"  # on every prediction: the name of the model that made it
 
 
 def _error(message: str, status: int) -> Response:
@@ -67,16 +75,22 @@ def _error(message: str, status: int) -> Response:
     return response
 
 
-def _load(settings) -> tuple[Predictor | None, str | None]:
+def _load(settings) -> tuple[ModelRepository | None, str | None]:
+    """The worker's models, with the default one loaded and warmed up; or why there are none."""
     log.info("Worker process %d takes slot %d", os.getpid(), settings.worker_slot)
     try:
-        return Predictor.from_model_dir(settings.model_dir or paths.model_dir(), settings), None
-    except UserError as exc:
-        log.error("The model could not be loaded: %s", exc)
-        return None, f"The model could not be loaded: {exc}"
-    except Exception as exc:  # a bug, or a file MXNet could not read: the trace goes to the log only
-        log.exception("The model could not be loaded")
-        return None, f"The model could not be loaded ({type(exc).__name__}); the server log has the details"
+        models = find_models(settings.model_dir or paths.model_dir())
+        repository = ModelRepository(models, settings, settings.default_model)
+        repository.get(repository.default)
+        return repository, None
+    except UserError as exc:  # the repository logged a load failure with its reason already
+        message = str(exc) if "could not be loaded" in str(exc) else f"The model could not be loaded: {exc}"
+        log.error("%s", message)
+        return None, message
+
+
+class ServerNotReady(UserError):
+    http_status = 503
 
 
 def _too_large(settings) -> PayloadTooLarge:
@@ -112,8 +126,13 @@ def read_body(settings) -> bytes:
     return b"".join(pieces)
 
 
-def create_app(settings: serving_settings.ServingSettings | None = None, predictor: Predictor | None = None) -> Flask:
-    """The app; ``settings`` default to the environment's, ``predictor`` to the model in /opt/ml/model."""
+def create_app(
+    settings: serving_settings.ServingSettings | None = None,
+    predictor: Predictor | None = None,
+    repository: ModelRepository | None = None,
+) -> Flask:
+    """The app; ``settings`` default to the environment's, the models to those of the model directory
+    (/opt/ml/model); a test passes one ``predictor`` or a ``repository``."""
     logs.setup_logging()
     app = Flask("serve")
     load_error = None
@@ -123,16 +142,35 @@ def create_app(settings: serving_settings.ServingSettings | None = None, predict
         except UserError as exc:
             log.error("%s", exc)
             settings, load_error = serving_settings.ServingSettings(), str(exc)
-    if predictor is None and load_error is None:
-        predictor, load_error = _load(settings)
+    if predictor is not None:
+        repository = ModelRepository({"model": Path("model")}, settings, loader=lambda path, settings: predictor)
+    if repository is None and load_error is None:
+        repository, load_error = _load(settings)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     workers = settings.workers or 1
 
+    def chosen_model(requested: str | None = None) -> tuple[str, Predictor]:
+        """The model the request names (its header, else ``requested``, else the default) and its predictor."""
+        if repository is None:
+            raise ServerNotReady(load_error)
+        name = repository.resolve(request.headers.get(TARGET_MODEL_HEADER) or requested)
+        return name, repository.get(name)
+
     @app.get("/ping")
     def ping():
-        if predictor is None:
+        if repository is None:
             return _error(load_error, 503)
         return Response(status=200)
+
+    @app.get("/models")
+    def models():
+        if repository is None:
+            return _error(load_error, 503)
+        return jsonify(
+            models=[status.to_json() for status in repository.status()],
+            default=repository.default,
+            max_loaded=repository.max_loaded,
+        )
 
     @app.get("/execution-parameters")
     def execution_parameters():
@@ -150,14 +188,11 @@ def create_app(settings: serving_settings.ServingSettings | None = None, predict
 
     @app.get("/classes")
     def class_table():
-        if predictor is None:
-            return _error(load_error, 503)
-        return jsonify(predictor.classes.to_json())
+        return jsonify(chosen_model(request.args.get("model"))[1].classes.to_json())
 
     @app.post("/invocations")
     def invocations():
-        if predictor is None:
-            return _error(load_error, 503)
+        name, predictor = chosen_model()
         started = time.perf_counter()
         encoded = codecs.invoke(
             predictor,
@@ -170,6 +205,7 @@ def create_app(settings: serving_settings.ServingSettings | None = None, predict
         response.content_length = encoded.length
         # The time spent predicting and encoding, so a client can tell it from network and queueing time.
         response.headers["Server-Timing"] = f"invoke;dur={(time.perf_counter() - started) * 1000:.1f}"
+        response.headers[MODEL_HEADER] = outside.shown(name)
         return response
 
     @app.post("/endpoints/<endpoint_name>/invocations")

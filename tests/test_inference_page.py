@@ -64,7 +64,8 @@ def test_the_json_answer_through_the_app_carries_the_names():
 
 def test_an_unknown_path_names_the_page_and_the_classes_route():
     answer = client().get("/nothing")
-    assert answer.status_code == 404 and "GET /classes and GET / (the inference page)" in answer.get_json()["error"]
+    assert answer.status_code == 404
+    assert "GET /classes, GET /models and GET / (the inference page)" in answer.get_json()["error"]
 
 
 def test_serve_model_accepts_a_model_dir_an_archive_or_a_job_root(tmp_path):

@@ -73,6 +73,31 @@ def named_model_server(tmp_path_factory, table) -> Iterator[Server]:
         server.stop()
 
 
+@contextmanager
+def model_repository_server(tmp_path_factory, tables: dict[str, classes.ClassTable], **env: str) -> Iterator[Server]:
+    """``semseg serve --model REPO`` where REPO holds one model directory per name of ``tables``: each
+    the session's test fcn model (hard links, not copies) with that table as its classes.json, so the
+    models answer the same masks under different class names; stopped when the block ends."""
+    trained = trained_model(tmp_path_factory.getbasetemp() / "serving-models", "fcn") / "model"
+    repository = tmp_path_factory.mktemp("repository")
+    for name, table in tables.items():
+        (repository / name).mkdir()
+        for file in trained.iterdir():
+            os.link(file, repository / name / file.name)
+        classes.save(table, repository / name)
+    server = Server(
+        tmp_path_factory.mktemp("elsewhere"),
+        repository.parent / f"{repository.name}.log",
+        [str(BIN / "semseg"), "serve", "--model", str(repository)],
+        **env,
+    )
+    try:
+        assert server.wait_until_up().status_code == 200, server.log()
+        yield server
+    finally:
+        server.stop()
+
+
 class Server:
     """``serve`` as SageMaker runs it, on a free port, reached on 127.0.0.1 only."""
 
@@ -119,8 +144,10 @@ class Server:
         content_type: str | None = "image/jpeg",
         accept: str | None = "image/png",
         timeout: float = 60,
+        model: str | None = None,
     ) -> requests.Response:
-        headers = {}
+        """POST /invocations; ``model`` goes in SageMaker's multi-model header."""
+        headers = {"X-Amzn-SageMaker-Target-Model": model} if model is not None else {}
         if content_type is not None:
             headers["Content-Type"] = content_type
         if accept is not None:

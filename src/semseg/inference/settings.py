@@ -65,6 +65,12 @@ MAX_WORKERS = 128
 WORKER_SLOT_VARIABLE = "SEMSEG_WORKER_SLOT"
 # The model to serve, when it is not $SAGEMAKER_BASE_DIR/model (set by ``semseg serve --model DIR``).
 MODEL_DIR_VARIABLE = "SEMSEG_MODEL_DIR"
+# Models one worker holds at once when the model directory holds several (``repository``): each
+# loaded model holds its engine's memory, so the budget bounds a worker's memory to this many models.
+MAX_LOADED_MODELS_VARIABLE = "SEMSEG_MAX_LOADED_MODELS"
+DEFAULT_MAX_LOADED_MODELS = 2  # two models side by side on the page without reloading either
+MAX_LOADED_MODELS_BOUND = 64
+DEFAULT_MODEL_VARIABLE = "SEMSEG_DEFAULT_MODEL"  # the model answering requests that name none
 # A host name as RFC 1123 allows: dot-separated labels of letters, digits and inner hyphens.
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
@@ -88,6 +94,8 @@ class ServingSettings:
     max_windows: int = DEFAULT_MAX_WINDOWS
     flip: bool = False  # also run each image mirrored left-right and average the two
     model_dir: Path | None = None  # None: the /opt/ml tree's model directory
+    max_loaded_models: int = DEFAULT_MAX_LOADED_MODELS
+    default_model: str | None = None  # None: the first model name in sorted order
 
     @property
     def max_payload_bytes(self) -> int:
@@ -183,4 +191,8 @@ def from_environment(environ: Mapping[str, str] | None = None) -> ServingSetting
         max_windows=_integer(env, "SEMSEG_MAX_WINDOWS", DEFAULT_MAX_WINDOWS, 1, MAX_WINDOWS_BOUND),
         flip=_boolean(env, "SEMSEG_FLIP", False),
         model_dir=Path(env[MODEL_DIR_VARIABLE]) if env.get(MODEL_DIR_VARIABLE, "").strip() else None,
+        max_loaded_models=_integer(
+            env, MAX_LOADED_MODELS_VARIABLE, DEFAULT_MAX_LOADED_MODELS, 1, MAX_LOADED_MODELS_BOUND
+        ),
+        default_model=env.get(DEFAULT_MODEL_VARIABLE, "").strip() or None,
     )
