@@ -1,7 +1,8 @@
 """The inference page in a real browser: Debian's chromium, headless, driven by Selenium through
-chromedriver, against the real ``semseg serve --model`` (gunicorn on 127.0.0.1) and a model whose
-``classes.json`` names its classes. What the page shows and downloads must be what ``/invocations``
-answers an API client.
+chromedriver, against the real ``semseg serve --model`` (gunicorn on 127.0.0.1) serving a directory
+of two models whose ``classes.json`` name their classes differently (the default one as the sample
+task does). What the page shows and downloads must be what ``/invocations`` answers an API client,
+for the model picked, and for a second model shown beside it.
 
 Without chromium and chromedriver (``apt-get install chromium chromium-driver``) the test is
 skipped, except under CI=true, where it fails: CI installs them (.ci/run).
@@ -17,15 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness.serving_helpers import encoded, named_model_server, sample_image
+from harness.serving_helpers import encoded, model_repository_server, sample_image
 from PIL import Image
 
+from semseg import classes
 from semseg.sample_data import CLASSES as NAMED
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 NAMES = ("background", "disc", "rectangle", "triangle")
+RENAMED = classes.ClassTable(("ground", "round", "square", "pointy"), classes.voc_colors(4))
 WAIT_S = 120  # a loaded 2-core machine: the first prediction and a download can take a while
 
 
@@ -56,8 +59,9 @@ def browser(named_server, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def named_server(tmp_path_factory):
-    """``semseg serve --model ROOT`` on the test fcn model, linked into a job root with a classes.json."""
-    with named_model_server(tmp_path_factory, NAMED) as server:
+    """``semseg serve --model MODELS`` on the test fcn model as "v1" (the default, the sample task's
+    names) and "v2" (other names, other colours)."""
+    with model_repository_server(tmp_path_factory, {"v1": NAMED, "v2": RENAMED}) as server:
         yield server
 
 
@@ -129,3 +133,46 @@ def test_the_page_shows_the_servers_sentence_for_a_file_that_is_no_image(browser
     assert run_on(browser, named_server, notes) == "failed"
     assert browser.find_element(By.ID, "status").text == expected
     assert named_server.invoke(encoded(sample_image(40, 30))).status_code == 200  # the worker is fine
+
+
+def legend_of(driver, panel: str) -> tuple[list[str], list[float]]:
+    from selenium.webdriver.common.by import By
+
+    items = driver.find_elements(By.CSS_SELECTOR, f"#{panel} li")
+    return [item.find_element(By.CLASS_NAME, "name").text for item in items], [
+        float(item.get_attribute("data-share")) for item in items
+    ]
+
+
+def test_the_page_picks_a_model_and_shows_another_beside_it(browser, named_server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    body = encoded(sample_image(120, 90, seed=11), "JPEG", quality=92)
+    picture = tmp_path / "two.jpg"
+    picture.write_bytes(body)
+    shares = {}
+    for model in ("v1", "v2"):
+        answer = named_server.invoke(body, model=model)
+        assert answer.status_code == 200 and answer.headers["X-Semseg-Model"] == model
+        ids = np.array(Image.open(io.BytesIO(answer.content)))
+        shares[model] = (np.bincount(ids.ravel(), minlength=len(NAMES)) / ids.size).tolist()
+
+    browser.get(named_server.url + "/")
+    picker = browser.find_element(By.ID, "model")
+    WebDriverWait(browser, WAIT_S).until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 2)
+    assert picker.is_displayed() and Select(picker).first_selected_option.get_attribute("value") == "v1"
+    Select(picker).select_by_value("v2")
+    Select(browser.find_element(By.ID, "compare")).select_by_value("v1")
+    browser.find_element(By.ID, "file").send_keys(str(picture))
+    browser.find_element(By.ID, "run").click()
+    WebDriverWait(browser, WAIT_S).until(lambda d: state_of(d) in ("done", "failed"))
+    assert state_of(browser) == "done", browser.find_element(By.ID, "status").text
+
+    assert browser.find_element(By.ID, "title").text == "v2"
+    assert browser.find_element(By.ID, "title-compare").text == "v1"
+    assert browser.find_element(By.ID, "overlay-compare").is_displayed()
+    names, shown = legend_of(browser, "legend")
+    assert names == list(RENAMED.names) and shown == pytest.approx(shares["v2"], abs=1e-6)
+    names, shown = legend_of(browser, "legend-compare")
+    assert names == list(NAMES) and shown == pytest.approx(shares["v1"], abs=1e-6)
