@@ -26,25 +26,25 @@ import re
 import time
 from pathlib import Path
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from semseg import logs, paths
 from semseg import names as outside
 from semseg.errors import PayloadTooLarge, UserError
-from semseg.inference import codecs
+from semseg.inference import codecs, cvat_detector
 from semseg.inference import settings as serving_settings
 from semseg.inference.predictor import Predictor
 from semseg.inference.repository import TARGET_MODEL_HEADER, ModelRepository, find_models
 
-from . import responses
+from . import metrics, responses
 
 log = logging.getLogger("semseg.serve")
 
 _HTTP_SENTENCES = {
     404: "There is no such path; this server answers GET /ping, POST /invocations, GET /execution-parameters, "
-    "GET /classes, GET /models and GET / (the inference page)",
-    405: "That method is not allowed on this path; use POST for /invocations and GET for the others",
+    "GET /classes, GET /models, GET /metrics, POST /cvat/detector and GET / (the inference page)",
+    405: "That method is not allowed on this path; use POST for /invocations and /cvat/detector and GET for the others",
 }
 PAGE = (Path(__file__).parent / "page.html").read_bytes()
 _INLINE_CODE = re.compile(rb"<(script|style)\b[^>]*>(.*?)</\1>", re.DOTALL)
@@ -80,7 +80,9 @@ def _load(settings) -> tuple[ModelRepository | None, str | None]:
     log.info("Worker process %d takes slot %d", os.getpid(), settings.worker_slot)
     try:
         models = find_models(settings.model_dir or paths.model_dir())
-        repository = ModelRepository(models, settings, settings.default_model)
+        repository = ModelRepository(
+            models, settings, settings.default_model, on_load=metrics.model_loaded, on_unload=metrics.model_unloaded
+        )
         repository.get(repository.default)
         return repository, None
     except UserError as exc:  # the repository logged a load failure with its reason already
@@ -143,11 +145,16 @@ def create_app(
             log.error("%s", exc)
             settings, load_error = serving_settings.ServingSettings(), str(exc)
     if predictor is not None:
-        repository = ModelRepository({"model": Path("model")}, settings, loader=lambda path, settings: predictor)
+        repository = ModelRepository(
+            {"model": Path("model")}, settings, loader=lambda path, settings: predictor, on_load=metrics.model_loaded
+        )
     if repository is None and load_error is None:
         repository, load_error = _load(settings)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     workers = settings.workers or 1
+    figures = metrics.PredictionFigures(settings.drift_window)
+    if settings.worker_slot == 0 and settings.metrics_log_interval_s and metrics.multiprocess_dir():
+        metrics.start_summary_log(settings.metrics_log_interval_s)  # one line for the server, from its first worker
 
     def chosen_model(requested: str | None = None) -> tuple[str, Predictor]:
         """The model the request names (its header, else ``requested``, else the default) and its predictor."""
@@ -190,17 +197,27 @@ def create_app(
     def class_table():
         return jsonify(chosen_model(request.args.get("model"))[1].classes.to_json())
 
+    @app.get("/metrics")
+    def figures_page():
+        return Response(metrics.exposition(), content_type=metrics.CONTENT_TYPE)
+
     @app.post("/invocations")
     def invocations():
         name, predictor = chosen_model()
         started = time.perf_counter()
-        encoded = codecs.invoke(
-            predictor,
-            read_body(settings),
-            request.headers.get("Content-Type"),
-            request.headers.get("Accept"),
-            settings.default_accept,
+        body = read_body(settings)
+        media = codecs.negotiate(
+            request.headers.get("Content-Type"), request.headers.get("Accept"), settings.default_accept
         )
+        metrics.REQUEST_BYTES.observe(len(body))
+        timings: dict[str, float] = {}
+        prediction = predictor.predict(body, timings)
+        figures.observe(name, predictor, prediction)
+        encoding = time.perf_counter()
+        encoded = codecs.encode(prediction, media)
+        timings["encode"] = time.perf_counter() - encoding
+        for stage, seconds in timings.items():
+            metrics.STAGE_SECONDS.labels(stage).observe(seconds)
         response = Response(encoded.chunks, content_type=encoded.content_type, direct_passthrough=True)
         response.content_length = encoded.length
         # The time spent predicting and encoding, so a client can tell it from network and queueing time.
@@ -208,15 +225,35 @@ def create_app(
         response.headers[MODEL_HEADER] = outside.shown(name)
         return response
 
+    @app.post("/cvat/detector")
+    def cvat_detector_route():
+        """CVAT's automatic annotation calls a "detector" so: JSON in, a JSON list of mask shapes out."""
+        return jsonify(cvat_detector.detector_answer(chosen_model()[1], read_body(settings)))
+
     @app.post("/endpoints/<endpoint_name>/invocations")
     def runtime_invocations(endpoint_name: str):
         """SageMaker runtime's route: boto3's invoke_endpoint, pointed at this server, is answered as /invocations."""
         return invocations()
 
+    @app.before_request
+    def count_in_flight() -> None:
+        g.started = time.perf_counter()
+        metrics.IN_FLIGHT.inc()
+
+    @app.teardown_request
+    def count_done(exc) -> None:
+        if "started" in g:
+            metrics.IN_FLIGHT.dec()
+
     @app.after_request
     def no_sniffing(response: Response) -> Response:
-        """Every answer is of the type it says (JSON, PNG, protobuf, the page): no browser may guess another."""
+        """Every answer is of the type it says (JSON, PNG, protobuf, the page): no browser may guess another.
+        Also where every answer is counted, by route, status and type."""
         response.headers["X-Content-Type-Options"] = "nosniff"
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.REQUESTS.labels(route, str(response.status_code), response.mimetype or "none").inc()
+        if "started" in g:
+            metrics.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - g.started)
         return response
 
     @app.errorhandler(UserError)

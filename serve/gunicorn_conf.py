@@ -13,6 +13,8 @@ import os
 
 from semseg.inference.settings import WORKER_SLOT_VARIABLE, from_environment
 
+from . import metrics
+
 GRACEFUL_TIMEOUT_S = 20  # plus the master's own exit, well inside SageMaker's 30 s
 THREADS_PER_WORKER = 4  # one image in the network at a time; the others decode, encode, answer /ping
 KEEP_ALIVE_S = 60
@@ -47,3 +49,13 @@ def pre_fork(server, worker):
 def post_fork(server, worker):
     """In the new worker: publish its slot to ``ServingSettings`` before the app is loaded."""
     os.environ[WORKER_SLOT_VARIABLE] = str(worker.semseg_slot)
+
+
+def child_exit(server, worker):
+    """In the master, once a worker has exited: its live gauges (in flight, models, drift) stop counting."""
+    metrics.worker_gone(worker.pid)
+
+
+def on_exit(server):
+    """The server's last step: the folder of the workers' figure files goes."""
+    metrics.remove_own_multiprocess_dir()

@@ -23,6 +23,8 @@ from semseg.archives import max_extracted_bytes
 from semseg.errors import UserError
 from semseg.inference.settings import MAX_WORKERS, WORKERS_VARIABLE, ServingSettings, from_environment
 
+from . import metrics
+
 log = logging.getLogger("semseg")
 
 # One worker per core, each with one ONNX Runtime thread: more throughput than one worker on every
@@ -85,6 +87,7 @@ def main() -> int:
     cpus = cpu_threads.usable_cpu_count()
     workers = settings.workers or default_workers(gpus, cpus)
     os.environ[WORKERS_VARIABLE] = str(workers)  # read back by gunicorn_conf and the app
+    metrics.fresh_multiprocess_dir()  # before gunicorn and its workers import prometheus_client
     if not gpus:
         cpu_threads.set_math_threads(workers)
     log.info(

@@ -45,7 +45,11 @@ def test_the_page_is_self_contained():
     assert not re.search(r"@import|url\(|https?:", answer.text.split("-->", 1)[1])
     policy = answer.headers["Content-Security-Policy"]
     assert "default-src 'none'" in policy and "connect-src 'self'" in policy  # the browser enforces it
-    assert 'fetch("/invocations"' in answer.text and 'fetch("/classes")' in answer.text
+    assert (
+        'fetch("/invocations"' in answer.text
+        and 'fetch("/classes"' in answer.text
+        and 'fetch("/models")' in answer.text
+    )
 
 
 def test_classes_are_the_models_table_or_the_defaults():
@@ -65,7 +69,10 @@ def test_the_json_answer_through_the_app_carries_the_names():
 def test_an_unknown_path_names_the_page_and_the_classes_route():
     answer = client().get("/nothing")
     assert answer.status_code == 404
-    assert "GET /classes, GET /models and GET / (the inference page)" in answer.get_json()["error"]
+    assert (
+        "GET /classes, GET /models, GET /metrics, POST /cvat/detector and GET / (the inference page)"
+        in answer.get_json()["error"]
+    )
 
 
 def test_serve_model_accepts_a_model_dir_an_archive_or_a_job_root(tmp_path):

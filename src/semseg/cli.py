@@ -38,10 +38,12 @@ def local_serve_settings(
     ``$SEMSEG_BIND_HOST`` says otherwise: a model served on a laptop is not offered to its network.
     """
     from .inference import settings
-    from .model.artifacts import model_to_serve
+    from .inference.repository import find_models
 
-    if model is not None:
-        environ[settings.MODEL_DIR_VARIABLE] = str(model_to_serve(Path(model)))
+    if model is not None:  # one model (its files, wherever they are under PATH), or a directory of models
+        models = find_models(Path(model))
+        served = next(iter(models.values())) if len(models) == 1 else Path(model).resolve()
+        environ[settings.MODEL_DIR_VARIABLE] = str(served)
     if port is not None:
         port = settings.whole_number(str(port), "--port", settings.MIN_PORT, settings.MAX_PORT)
         environ["SAGEMAKER_BIND_TO_PORT"] = str(port)
@@ -160,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         "(default: $SAGEMAKER_BASE_DIR/input/data)",
     )
     quantize.add_argument("--max-images", type=int, default=None, help="validation images the accuracy gate uses")
+    cvat = commands.add_parser("cvat-function", help="write the nuclio function that serves a model to CVAT's AI tools")
+    cvat.add_argument("--model", required=True, help="a model directory, a model.tar.gz or a job's /opt/ml root")
+    cvat.add_argument("--output", required=True, help="the function folder to write (new or empty)")
+    cvat.add_argument("--name", help="the function's name in nuclio and CVAT (default: semseg-<algorithm>-<backbone>)")
+    cvat.add_argument("--base-image", help="the semseg image to build on, as nuclio finds it (default: semseg:cpu)")
     args = parser.parse_args(argv)
     if args.command == "predict":
         from .jobs.predict import main as predict_main
@@ -192,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         return _user_command(
             quantize_command.main, args.model_dir, data, args.max_images or quantize_command.MAX_GATE_IMAGES
         )
+    if args.command == "cvat-function":
+        from .cvat_function import main as cvat_function_main
+
+        return _user_command(cvat_function_main, args)
     if args.command == "sample-data":
         from .sample_data import write_opt_ml_tree
 

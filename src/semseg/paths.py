@@ -19,6 +19,9 @@ DEFAULT_BASE_DIR = "/opt/ml"
 HOST_MODEL_PREFIX = "model_"  # final weights are named model_<current_host>, e.g. model_algo-1
 BEST_PARAMS = "model_best.params"
 HYPERPARAMS_FILE = "hyperparams.json"
+# The training masks' pixel count per class, beside the weights: what the server's drift gauge
+# compares the predicted class mix with.
+CLASS_PIXELS_FILE = "class_pixels.json"
 DATASET_CHANNEL = "dataset"  # one dataset zip (CVAT or platform layout) instead of the four File-mode channels
 # CreateTrainingJob's ChannelName, as botocore's SageMaker service model gives it: this pattern, 1 to 64 characters.
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9\.\-_]+")

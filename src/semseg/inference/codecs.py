@@ -143,10 +143,19 @@ def response_type(header: str | None, default: str) -> str:
     raise UnsupportedAccept(f"The Accept type '{header}' is not supported; ask for one of {', '.join(RESPONSE_TYPES)}")
 
 
+def negotiate(content_type: str | None, accept: str | None, default_accept: str) -> str:
+    """The answer's media type, once the request's type is known to be accepted."""
+    request_type(content_type)
+    return response_type(accept, default_accept)
+
+
+def encode(prediction: Prediction, media: str) -> Encoded:
+    return CONTENT_TYPES[media].encode(prediction, media)
+
+
 def invoke(
     predictor: Predictor, body: bytes, content_type: str | None, accept: str | None, default_accept: str
 ) -> Encoded:
     """Check the content types, predict, encode: the whole of one ``/invocations`` request."""
-    request_type(content_type)
-    media = response_type(accept, default_accept)
-    return CONTENT_TYPES[media].encode(predictor.predict(body), media)
+    media = negotiate(content_type, accept, default_accept)
+    return encode(predictor.predict(body), media)

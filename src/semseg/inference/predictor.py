@@ -43,7 +43,7 @@ from .. import classes
 from ..data.images import ImageTooLarge, open_image, to_rgb_array, upright_size
 from ..data.transforms import MEAN, STD, normalize
 from ..errors import PayloadTooLarge, UserError
-from ..model.artifacts import read_hyperparameters, unpack_model_dir
+from ..model.artifacts import read_class_shares, read_hyperparameters, unpack_model_dir
 from ..model.size import inference_size
 from .engine import Engine, load_engine
 from .geometry import fit_within, sliding_size, upsampled_tiles, windows
@@ -138,8 +138,12 @@ class Predictor:
         sliding_window_factor: float = DEFAULT_SLIDING_WINDOW_FACTOR,
         max_windows: int = DEFAULT_MAX_WINDOWS,
         flip: bool = False,
+        info: dict[str, str] | None = None,
+        training_shares: list[float] | None = None,
     ):
         self.engine = engine
+        self.info = info or {}  # what the model is: algorithm and backbone, for the server's figures
+        self.training_shares = training_shares  # each class's share of the training masks' pixels, if known
         self.classes = class_table or classes.default(engine.num_classes)
         self.max_image_pixels = max_image_pixels
         self.sliding_window_factor = sliding_window_factor  # 0: never slide
@@ -160,6 +164,7 @@ class Predictor:
             hp = read_hyperparameters(files)
             size = inference_size(hp, settings.inference_size)
             class_table = classes.load(files, hp["num_classes"])
+            training_shares = read_class_shares(files, hp["num_classes"])
             engine = load_engine(files, hp, size, settings)
         predictor = cls(
             engine,
@@ -168,6 +173,8 @@ class Predictor:
             settings.sliding_window_factor,
             settings.max_windows,
             settings.flip,
+            {"algorithm": hp["algorithm"], "backbone": hp["backbone"]},
+            training_shares,
         )
         predictor.warm_up()
         log.info(
@@ -211,13 +218,20 @@ class Predictor:
             return sliding_size(width, height, side, self.window_budget, self.engine.num_classes)
         return fit_within(width, height, side)
 
-    def predict(self, body: bytes) -> Prediction:
+    def predict(self, body: bytes, timings: dict[str, float] | None = None) -> Prediction:
+        """The prediction for one encoded image; ``timings`` gets the seconds of "decode" and "forward"."""
+        started = time.perf_counter()
         rgb, height, width = self.decode(body)
+        decoded = time.perf_counter()
         side = self.engine.input_size
         if rgb.width > side or rgb.height > side:
-            return Prediction(height, width, self.slide(rgb), self.classes)
-        batch, valid_height, valid_width = self.preprocess(rgb)
-        return Prediction(height, width, self.forward(batch, valid_height, valid_width), self.classes)
+            probabilities = self.slide(rgb)
+        else:
+            batch, valid_height, valid_width = self.preprocess(rgb)
+            probabilities = self.forward(batch, valid_height, valid_width)
+        if timings is not None:
+            timings["decode"], timings["forward"] = decoded - started, time.perf_counter() - decoded
+        return Prediction(height, width, probabilities, self.classes)
 
     def decode(self, body: bytes) -> tuple[Image.Image, int, int]:
         """The image, reduced early where the format allows, and its upright (height, width)."""

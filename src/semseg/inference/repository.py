@@ -109,6 +109,11 @@ class ModelStatus:
 
 
 Loader = Callable[[Path, ServingSettings], Predictor]
+Listener = Callable[[str, Predictor], None]
+
+
+def _ignore(name: str, predictor: Predictor) -> None:
+    pass
 
 
 class ModelRepository:
@@ -120,7 +125,10 @@ class ModelRepository:
         settings: ServingSettings,
         default: str | None = None,
         loader: Loader = Predictor.from_model_dir,
+        on_load: Listener = _ignore,
+        on_unload: Listener = _ignore,
     ):
+        """``on_load`` and ``on_unload`` hear of each model loaded and unloaded (the server's figures)."""
         if not models:
             raise UserError("There is no model to serve")
         self.models = dict(sorted(models.items()))
@@ -132,6 +140,7 @@ class ModelRepository:
         self.settings = settings
         self.max_loaded = settings.max_loaded_models
         self._loader = loader
+        self._on_load, self._on_unload = on_load, on_unload
         self._loaded: OrderedDict[str, Predictor] = OrderedDict()  # least recently used first
         self._failed: dict[str, str] = {}
         self._state = threading.Lock()  # guards _loaded and _failed; never held while loading
@@ -174,11 +183,13 @@ class ModelRepository:
             predictor = self._load(name)
             with self._state:
                 self._loaded[name] = predictor
+            self._on_load(name, predictor)
         return predictor
 
     def _evict(self, keep: int) -> None:
         while len(self._loaded) > keep:
-            evicted, _ = self._loaded.popitem(last=False)
+            evicted, predictor = self._loaded.popitem(last=False)
+            self._on_unload(evicted, predictor)
             log.info("Unloaded the model %s (at most %d loaded per worker)", outside.shown(evicted), self.max_loaded)
 
     def _load(self, name: str) -> Predictor:

@@ -71,6 +71,14 @@ MAX_LOADED_MODELS_VARIABLE = "SEMSEG_MAX_LOADED_MODELS"
 DEFAULT_MAX_LOADED_MODELS = 2  # two models side by side on the page without reloading either
 MAX_LOADED_MODELS_BOUND = 64
 DEFAULT_MODEL_VARIABLE = "SEMSEG_DEFAULT_MODEL"  # the model answering requests that name none
+# The drift gauge compares the class mix of a worker's last this-many images with training's: a
+# few minutes of traffic on a busy endpoint, long enough that one odd image barely moves it.
+DEFAULT_DRIFT_WINDOW = 200
+MAX_DRIFT_WINDOW = 100_000
+# Seconds between the summary log lines of the server's figures (the only way to see them on
+# SageMaker, which routes no /metrics); 0 turns them off.
+DEFAULT_METRICS_LOG_INTERVAL_S = 60
+MAX_METRICS_LOG_INTERVAL_S = 86_400
 # A host name as RFC 1123 allows: dot-separated labels of letters, digits and inner hyphens.
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
@@ -96,6 +104,8 @@ class ServingSettings:
     model_dir: Path | None = None  # None: the /opt/ml tree's model directory
     max_loaded_models: int = DEFAULT_MAX_LOADED_MODELS
     default_model: str | None = None  # None: the first model name in sorted order
+    drift_window: int = DEFAULT_DRIFT_WINDOW
+    metrics_log_interval_s: int = DEFAULT_METRICS_LOG_INTERVAL_S
 
     @property
     def max_payload_bytes(self) -> int:
@@ -195,4 +205,8 @@ def from_environment(environ: Mapping[str, str] | None = None) -> ServingSetting
             env, MAX_LOADED_MODELS_VARIABLE, DEFAULT_MAX_LOADED_MODELS, 1, MAX_LOADED_MODELS_BOUND
         ),
         default_model=env.get(DEFAULT_MODEL_VARIABLE, "").strip() or None,
+        drift_window=_integer(env, "SEMSEG_DRIFT_WINDOW", DEFAULT_DRIFT_WINDOW, 1, MAX_DRIFT_WINDOW),
+        metrics_log_interval_s=_integer(
+            env, "SEMSEG_METRICS_LOG_INTERVAL", DEFAULT_METRICS_LOG_INTERVAL_S, 0, MAX_METRICS_LOG_INTERVAL_S
+        ),
     )

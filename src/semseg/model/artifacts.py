@@ -35,6 +35,33 @@ def save_hyperparameters(hp: dict, model_dir: Path) -> None:
     write_atomically(model_dir / paths.HYPERPARAMS_FILE, write)
 
 
+def save_class_pixels(class_pixels, model_dir: Path) -> None:
+    """The training masks' pixels per class (``class_pixels.json``); nothing when none were counted
+    (Pipe mode streams the masks once, without counting them unless ``class_weights=auto``)."""
+    counts = [int(count) for count in class_pixels]
+    if not sum(counts):
+        return
+    text = json.dumps({"class_pixels": counts}) + "\n"
+    write_atomically(model_dir / paths.CLASS_PIXELS_FILE, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_class_shares(model_dir: Path, num_classes: int) -> list[float] | None:
+    """Each class's share of the training masks' pixels, from ``class_pixels.json``; None when the
+    model has none (older models, Pipe mode) or it does not fit the model, which is logged."""
+    path = model_dir / paths.CLASS_PIXELS_FILE
+    if not path.is_file():
+        return None
+    try:
+        counts = json.loads(path.read_text())["class_pixels"]
+        valid = len(counts) == num_classes and all(isinstance(c, int) and c >= 0 for c in counts) and sum(counts)
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        log.warning("Ignoring %s: it does not hold %d pixel counts", path, num_classes)
+        return None
+    return [count / sum(counts) for count in counts]
+
+
 def unpack_model_dir(directory: Path, scratch: Path) -> Path:
     """The directory holding the model files: ``directory`` itself, or where its tar.gz unpacks
     (``directory`` may also be the archive itself)."""

@@ -303,6 +303,7 @@ def train(stop: StopFlag, cluster=None) -> None:
         stop.check()  # collective in a multi-host job: every host makes it
         if training.writes_artifacts:
             save_model(training)
+            artifacts.save_class_pixels(splits.class_pixels, paths.model_dir())
             end = native_scores.score_after_training(hp, paths.model_dir(), stop.check_here)
             write_report(state.history, state.best, splits.class_pixels, end.figures)
             report.write(
