@@ -109,6 +109,15 @@ def from_json(spec: object, source: str) -> ClassTable:
     return checked(names, colors, source)
 
 
+def from_text(text: bytes | str, source: str) -> ClassTable:
+    """A ``classes.json`` as read from a file or an archive member; ``source`` names it."""
+    try:
+        spec = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{source} is not valid JSON ({exc})") from None
+    return from_json(spec, source)
+
+
 def save(table: ClassTable, model_dir: Path) -> Path:
     """Write ``classes.json`` into ``model_dir`` atomically (the artifacts' own writer)."""
     path = Path(model_dir) / FILE_NAME
@@ -122,11 +131,7 @@ def load(model_dir: Path, num_classes: int) -> ClassTable:
     path = Path(model_dir) / FILE_NAME
     if not path.exists():
         return default(num_classes)
-    try:
-        spec = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc})") from None
-    table = from_json(spec, str(path))
+    table = from_text(path.read_bytes(), str(path))
     if len(table) != num_classes:
         raise UserError(f"{path} names {len(table)} classes but the model has num_classes={num_classes}")
     return table

@@ -123,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--url", help="a running server, e.g. http://host:8080")
     predict.add_argument("--endpoint", help="a SageMaker endpoint's name (boto3 sagemaker-runtime)")
     predict.add_argument("--model", help="a model directory, used in this process")
-    predict.add_argument("--accept", default="image/png", help="answer type (default image/png)")
+    predict.add_argument("--accept", help="answer type (default image/png)")
+    predict.add_argument(
+        "--format",
+        choices=("files", "cvat"),
+        default="files",
+        help="files: one answer per image (default); cvat: one CVAT Segmentation mask 1.1 zip at --output",
+    )
     predict.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     evaluate = commands.add_parser(
         "evaluate", help="score a model on held-out data as its endpoint serves it, optionally against a baseline"

@@ -7,7 +7,8 @@ through a running server (``--url``), a SageMaker endpoint (``--endpoint``, boto
 boto3's) or this process (``--model``). Requests run concurrently; outputs already there are
 skipped, so a rerun resumes; one bad file is listed with its reason and never stops the batch.
 Names from the input folder or prefix become output paths only once checked (``names``), and
-every flag is checked before anything is listed, loaded or written.
+every flag is checked before anything is listed, loaded or written. ``--format cvat`` writes one
+CVAT zip instead (``cvat_predictions``).
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from .. import names as outside
 from ..errors import UserError, one_line
 from ..inference import codecs
 from ..inference.settings import DEFAULT_ACCEPT
 from .s3 import MAX_POOL_CONNECTIONS, S3Location, client, list_objects, parse_uri, read_object, write_object
+
+if TYPE_CHECKING:
+    from ..inference.predictor import Predictor
 
 log = logging.getLogger("semseg")
 
@@ -56,7 +61,7 @@ def _prefix(key: str) -> str:
     return key if key.endswith("/") or not key else key + "/"
 
 
-def _names(location: S3Location) -> list[str]:
+def listed_names(location: S3Location) -> list[str]:
     """Relative names of the files under ``location`` (hidden local files left out)."""
     if location.is_local:
         root = location.local
@@ -89,7 +94,7 @@ def output_names(inputs: list[str], accept: str) -> dict[str, str]:
     return outputs
 
 
-def _refuse_overlap(source: S3Location, target: S3Location) -> None:
+def refuse_overlap(source: S3Location, target: S3Location) -> None:
     """An output folder inside (or equal to) the input folder would make every rerun segment the
     masks of the run before, and count inputs as answers already there."""
     if source.is_local and target.is_local:
@@ -106,14 +111,14 @@ def _refuse_overlap(source: S3Location, target: S3Location) -> None:
 
 def plan(source: S3Location, target: S3Location, accept: str) -> Plan:
     """The inputs to answer, each checked as a name, and the outputs they get; nothing written yet."""
-    _refuse_overlap(source, target)
-    inputs = _names(source)
+    refuse_overlap(source, target)
+    inputs = listed_names(source)
     if not inputs:
         raise UserError(f"There are no files under {source.uri}")
     outside.relative_paths(inputs, f"file name under {source.uri}")
     outputs = output_names(inputs, accept)
     outside.relative_paths(outputs.values(), f"output name under {target.uri}")
-    existing = set(_names(target))
+    existing = set(listed_names(target))
     todo = [(name, output) for name, output in outputs.items() if output not in existing]
     return Plan(todo, len(inputs) - len(todo))
 
@@ -165,33 +170,32 @@ def via_endpoint(name: str, accept: str) -> Invoke:
     return invoke
 
 
-def in_process(model: Path, accept: str) -> Invoke:
+def load_predictor(model: Path) -> Predictor:
     """The model in this process; ``model`` is what ``semseg serve --model`` takes."""
     from ..inference.predictor import Predictor
     from ..inference.settings import ServingSettings
     from ..model.artifacts import model_to_serve
 
-    settings = ServingSettings()
-    predictor = Predictor.from_model_dir(model_to_serve(model), settings)
+    return Predictor.from_model_dir(model_to_serve(model), ServingSettings())
+
+
+def in_process(predictor: Predictor, accept: str) -> Invoke:
+    """``predictor``'s answers, encoded as ``/invocations`` encodes them."""
 
     def invoke(body: bytes, content_type: str) -> bytes:
-        return b"".join(codecs.invoke(predictor, body, content_type, accept, settings.default_accept).chunks)
+        return b"".join(codecs.invoke(predictor, body, content_type, accept, DEFAULT_ACCEPT).chunks)
 
     return invoke
 
 
-def run_batch(source: S3Location, target: S3Location, batch: Plan, invoke: Invoke, concurrency: int) -> BatchSummary:
-    """Answer every input of ``batch``; the summary counts exactly the answers written."""
+def answer_each(names: list[tuple[str, str]], one: Callable[[str, str], None], concurrency: int) -> BatchSummary:
+    """``one(*pair)`` for every pair of ``names`` (an input's name first), ``concurrency`` at a time; the
+    summary counts exactly the calls that returned."""
     from tqdm import tqdm
 
-    summary = BatchSummary(skipped=batch.skipped)
-
-    def one(name: str, output: str) -> None:
-        body = read_object(source.child(name))
-        write_object(target.child(output), invoke(body, content_type_of(name)))
-
-    with ThreadPoolExecutor(concurrency) as pool, tqdm(total=len(batch.todo), unit="file", file=sys.stderr) as bar:
-        futures = {pool.submit(one, name, output): name for name, output in batch.todo}
+    summary = BatchSummary()
+    with ThreadPoolExecutor(concurrency) as pool, tqdm(total=len(names), unit="file", file=sys.stderr) as bar:
+        futures = {pool.submit(one, *pair): pair[0] for pair in names}
         for future in as_completed(futures):
             try:
                 future.result()
@@ -202,12 +206,31 @@ def run_batch(source: S3Location, target: S3Location, batch: Plan, invoke: Invok
     return summary
 
 
+def run_batch(source: S3Location, target: S3Location, batch: Plan, invoke: Invoke, concurrency: int) -> BatchSummary:
+    """Answer every input of ``batch``; the summary counts exactly the answers written."""
+
+    def one(name: str, output: str) -> None:
+        body = read_object(source.child(name))
+        write_object(target.child(output), invoke(body, content_type_of(name)))
+
+    summary = answer_each(batch.todo, one, concurrency)
+    summary.skipped = batch.skipped
+    return summary
+
+
+def print_failures(summary: BatchSummary) -> None:
+    for name, reason in sorted(summary.failures.items()):
+        print(f"FAILED {outside.shown(name)}: {outside.shown(reason)}", flush=True)
+
+
 def _checked_flags(args) -> str:
     """The answer type, once every flag is known good: nothing is listed or loaded before."""
     if sum(bool(x) for x in (args.url, args.endpoint, args.model)) != 1:
         raise UserError("Give exactly one of --url, --endpoint and --model")
     if not 1 <= args.concurrency <= MAX_CONCURRENCY:
         raise UserError(f"--concurrency is {args.concurrency}; give 1 to {MAX_CONCURRENCY} requests in flight")
+    if args.format == "cvat" and args.accept:
+        raise UserError("--accept does not go with --format cvat, whose zip holds PNG masks")
     return codecs.response_type(args.accept, DEFAULT_ACCEPT)
 
 
@@ -215,15 +238,18 @@ def main(args) -> int:
     """The ``semseg predict`` command: 0 when every file has its answer, 1 when some failed."""
     accept = _checked_flags(args)
     source, target = parse_uri(args.input, "--input"), parse_uri(args.output, "--output")
+    if args.format == "cvat":
+        from .cvat_predictions import predict_to_zip
+
+        return predict_to_zip(args, source, target)
     batch = plan(source, target, accept)
     if args.url:
         invoke = via_url(args.url, accept)
     elif args.endpoint:
         invoke = via_endpoint(args.endpoint, accept)
     else:
-        invoke = in_process(Path(args.model), accept)
+        invoke = in_process(load_predictor(Path(args.model)), accept)
     summary = run_batch(source, target, batch, invoke, args.concurrency)
     print(f"{summary.done} predicted, {summary.skipped} already there, {len(summary.failures)} failed", flush=True)
-    for name, reason in sorted(summary.failures.items()):
-        print(f"FAILED {outside.shown(name)}: {outside.shown(reason)}", flush=True)
+    print_failures(summary)
     return 1 if summary.failures else 0

@@ -3,7 +3,8 @@
 Each line that is not blank or a ``#`` comment is ``name:r,g,b:parts:actions`` (parts and actions
 are usually empty and are not used here); a class id is the line's index among those lines, so
 the first line is class 0. A mask pixel whose colour no line names becomes "ignore" (255), and the
-colours are counted so the job can say once per split what it ignored.
+colours are counted so the job can say once per split what it ignored. ``text`` writes a table
+back in the same form, with CVAT's comment line first.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from ... import classes
 from ...classes import ClassTable
 from ...errors import UserError
 from ...hyperparameters import TABLE
-from ...names import shown
+from ...names import has_unsafe_characters, shown
 from ..label_map import IGNORE_VALUE
+from .layouts import LABEL_MAP
 
 MAX_CLASSES = int(TABLE["num_classes"].high)
 LINE_RULE = "expected name:r,g,b:parts:actions, for example car:250,50,83::"
+HEADER = "# label:color_rgb:parts:actions"  # the comment line CVAT writes first
 
 
 def _colour(text: str) -> tuple[int, int, int] | None:
@@ -51,6 +54,20 @@ def parse(text: str, source: str) -> ClassTable:
     if len(names) < 2 or len(names) > MAX_CLASSES:
         raise UserError(f"{source} names {len(names)} classes; a label map must name 2 to {MAX_CLASSES}")
     return classes.checked(names, colours, source, lambda index: f"line {line_numbers[index]}")
+
+
+def text(table: ClassTable, source: str) -> str:
+    """``table`` as a ``labelmap.txt``, one line per class in id order, so that ``parse`` reads it back
+    as the same table; a name that a line cannot hold as it is (a ``:``, a leading ``#``, spaces at
+    either end, control characters) is refused in one sentence naming ``source``."""
+    for name in table.names:
+        if ":" in name or name.startswith("#") or name != name.strip() or has_unsafe_characters(name):
+            raise UserError(
+                f"The class name '{shown(name)}' of {source} cannot be a line of {LABEL_MAP}: a name there "
+                "holds no ':' or control characters and neither starts with '#' nor begins or ends with a space"
+            )
+    lines = [f"{name}:{','.join(map(str, colour))}::" for name, colour in zip(table.names, table.colors)]
+    return "\n".join([HEADER, *lines, ""])
 
 
 def _keys(colours) -> np.ndarray:

@@ -33,7 +33,12 @@ TRAIN_SUBSETS = ("train", "training")
 VALIDATION_SUBSETS = ("val", "valid", "validation")
 TEST_SUBSETS = ("test", "testing")
 PLATFORM_SPLITS = (*TRAIN_SUBSETS, *VALIDATION_SUBSETS, *TEST_SUBSETS)  # images/<split>/, in any case
-CVAT_FOLDERS = ("SegmentationClass/", "ImageSets/", "JPEGImages/")
+CLASS_MASKS = "SegmentationClass/"  # CVAT's folders in its export
+OBJECT_MASKS = "SegmentationObject/"
+LISTS = "ImageSets/Segmentation/"
+IMAGES = "JPEGImages/"
+CVAT_FOLDERS = (CLASS_MASKS, "ImageSets/", IMAGES)
+DEFAULT_SUBSET = "default"  # CVAT's subset of a task without subsets
 
 
 @dataclass(frozen=True)
@@ -114,18 +119,18 @@ def _pairs(
 
 
 def _cvat(names: list[str], root: str, read_text, source: object, notes: list[str]) -> dict[str, list[Pair]]:
-    masks = _by_stem(names, root + "SegmentationClass/", (".png",), source)
+    masks = _by_stem(names, root + CLASS_MASKS, (".png",), source)
     if not masks:
         raise UserError(
             f"The CVAT export {source} holds no class masks (no PNG under SegmentationClass/); annotate with "
             "masks or polygons and export again as Segmentation Mask 1.1"
         )
-    images = _by_stem(names, root + "JPEGImages/", IMAGE_EXTENSIONS, source)
+    images = _by_stem(names, root + IMAGES, IMAGE_EXTENSIONS, source)
     if not images:
         raise UserError(
             f"The CVAT export {source} holds no images (nothing under JPEGImages/); export again with 'Save images' on"
         )
-    lists = root + "ImageSets/Segmentation/"
+    lists = root + LISTS
     listed = {
         name[len(lists) : -len(".txt")]: name
         for name in names
@@ -133,7 +138,7 @@ def _cvat(names: list[str], root: str, read_text, source: object, notes: list[st
     }
     if not listed:
         notes.append(f"The CVAT export has no ImageSets/Segmentation/ lists: its {len(masks)} masks are one subset")
-        return {"default": _pairs("default", sorted(masks), images, masks, notes)}
+        return {DEFAULT_SUBSET: _pairs(DEFAULT_SUBSET, sorted(masks), images, masks, notes)}
     return {
         subset: _pairs(subset, _listed(read_text(member), member, source), images, masks, notes)
         for subset, member in sorted(listed.items())
