@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .bounds import whole_number
@@ -60,10 +62,11 @@ def _safe_members(archive: tarfile.TarFile, source: Path) -> list[tarfile.TarInf
     return members
 
 
-def extract_archive(archive_path: Path, destination: Path) -> None:
+@contextmanager
+def _reading(archive_path: Path) -> Iterator[None]:
+    """A tar archive that does not read is one sentence naming it."""
     try:
-        with tarfile.open(archive_path) as archive:
-            archive.extractall(destination, members=_safe_members(archive, archive_path), filter="data")
+        yield
     except tarfile.ReadError:
         raise UserError(
             f"The model archive {archive_path} is not a tar archive (plain or compressed with gzip, bzip2 or xz); "
@@ -71,3 +74,33 @@ def extract_archive(archive_path: Path, destination: Path) -> None:
         ) from None
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise UserError(f"The model archive {archive_path} could not be read ({one_line(exc)})") from None
+
+
+def extract_archive(archive_path: Path, destination: Path) -> None:
+    with _reading(archive_path), tarfile.open(archive_path) as archive:
+        archive.extractall(destination, members=_safe_members(archive, archive_path), filter="data")
+
+
+def model_archive(directory: Path) -> Path | None:
+    """The model archive a model directory holds instead of its files: its first ``*.tar.gz``, else ``*.tgz``."""
+    found = sorted(directory.glob("*.tar.gz")) + sorted(directory.glob("*.tgz"))
+    return found[0] if found else None
+
+
+def read_member(archive_path: Path, name: str, max_bytes: int) -> bytes | None:
+    """The bytes of the file ``name`` at the top of a tar archive, as extracting it would leave it (the
+    last member of that name), or None when it has none; nothing is written. More than ``max_bytes``
+    is refused in one sentence."""
+    with _reading(archive_path), tarfile.open(archive_path) as archive:
+        found = None
+        for member in archive:
+            if member.isfile() and "/".join(part for part in member.name.split("/") if part != ".") == name:
+                found = member
+        if found is None:
+            return None
+        if found.size > max_bytes:
+            raise UserError(
+                f"The model archive {archive_path} holds a {name} of {found.size} bytes, more than the "
+                f"{max_bytes} such a file can need"
+            )
+        return archive.extractfile(found).read()

@@ -190,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         from .jobs.training_job import main as job_main
 
         return _user_command(job_main, Path(args.request), Path(args.workdir) if args.workdir else None)
-    if args.command == "train" and (args.dataset or args.output or local_train.given_hyperparameters(args)):
+    if args.command == "train" and (
+        args.dataset or args.output or args.model or local_train.given_hyperparameters(args)
+    ):
         os._exit(local_train.main(args))
     if args.command == "train":
         train_command()

@@ -23,6 +23,7 @@ HYPERPARAMS_FILE = "hyperparams.json"
 # compares the predicted class mix with.
 CLASS_PIXELS_FILE = "class_pixels.json"
 DATASET_CHANNEL = "dataset"  # one dataset zip (CVAT or platform layout) instead of the four File-mode channels
+MODEL_CHANNEL = "model"  # a model to continue from (incremental training): its model.tar.gz or its files
 # CreateTrainingJob's ChannelName, as botocore's SageMaker service model gives it: this pattern, 1 to 64 characters.
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9\.\-_]+")
 CHANNEL_NAME_MAX = 64

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from .. import paths
-from ..archives import extract_archive
+from ..archives import extract_archive, model_archive
 from ..errors import UserError
 from ..files import write_atomically
 from ..hyperparameters import ALGORITHM_BACKBONES, ARCHITECTURE_KEYS, parse, to_string
@@ -70,10 +70,10 @@ def unpack_model_dir(directory: Path, scratch: Path) -> Path:
         return scratch
     if (directory / paths.HYPERPARAMS_FILE).exists():
         return directory
-    archives = sorted(directory.glob("*.tar.gz")) + sorted(directory.glob("*.tgz"))
-    if not archives:
+    archive = model_archive(directory)
+    if archive is None:
         return directory
-    extract_archive(archives[0], scratch)
+    extract_archive(archive, scratch)
     return scratch
 
 

@@ -30,7 +30,7 @@ def initial_weights(net, hp: dict, ctx: list) -> None:
         warnings.simplefilter("ignore", UserWarning)
         net.initialize(HE_INIT, ctx=ctx)
     net.collect_params().reset_ctx(ctx)
-    model_channel = paths.channel_dir("model")
+    model_channel = paths.channel_dir(paths.MODEL_CHANNEL)
     if model_channel.is_dir() and any(model_channel.iterdir()):
         load_model_channel(net, hp, ctx, model_channel)
     elif hp["use_pretrained_model"] and not ALGORITHM_BACKBONES[hp["algorithm"]]:

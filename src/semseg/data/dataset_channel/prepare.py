@@ -11,7 +11,8 @@ they are. Converting once up front, rather than in every loader process at every
 pass over the masks, which File mode makes anyway to check them.
 
 The label map's names and colours go to ``model/classes.json`` before training starts, so that
-everything reading ``classes.load`` during or after the run sees them.
+everything reading ``classes.load`` during or after the run sees them. With a model to continue
+(a ``model`` channel), they must be that model's classes (``model_channel``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ...classes import ClassTable
 from ...errors import UserError, one_line
 from ...names import shown
 from ..images import MASK_MODES, ImageTooLarge, check_mask_size, describe, open_image, upright_size
-from . import labelmap_txt
+from . import labelmap_txt, model_channel
 from .archive import Archive, ZipArchive, open_channel
 from .layouts import Layout, Pair, choose_splits, find_layout, test_subset
 
@@ -139,6 +140,9 @@ def prepare(hp: dict) -> Path | None:
         return None
     with open_dataset(directory) as dataset:
         table, layout = dataset.table, dataset.layout
+        order_note = None
+        if table is not None:  # with a model to continue, its classes (model_channel)
+            table, order_note = model_channel.in_model_order(table, layout.label_map)
         log.info(
             "The 'dataset' channel holds %s at '%s' (%s)",
             layout.kind,
@@ -152,7 +156,7 @@ def prepare(hp: dict) -> Path | None:
             )
         train, validation, notes = choose_splits(layout.subsets, hp["validation_fraction"], hp["_seed"])
         test = (test_subset(layout.subsets) or ("", []))[1]
-        for note in (*layout.notes, *notes):
+        for note in (*layout.notes, *notes, *([order_note] if order_note else [])):
             log.info("%s", note)
         dataset.archive.check_size([member for pair in train + validation + test for member in (pair.image, pair.mask)])
         root = paths.prepared_dataset_dir()
