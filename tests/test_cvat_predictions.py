@@ -73,7 +73,7 @@ def check_layout(found: dict[str, bytes], table: ClassTable, truth: dict[str, np
         assert (key[ids == background] == 0).all() and (key[ids != background] != 0).all()
         regions, class_of = 0, {}  # instance colour -> its class
         for class_id in set(np.unique(ids).tolist()) - {background}:
-            labelled, count = ndimage.label(ids == class_id)
+            labelled, count = ndimage.label(ids == class_id, structure=cvat_zip.EIGHT_CONNECTED)
             regions += count
             for region in range(1, count + 1):  # one colour per region, of one class
                 (colour,) = np.unique(key[labelled == region])
@@ -401,7 +401,9 @@ def test_cvats_dataset_library_imports_the_zip_as_the_same_masks_one_instance_pe
     assert result["names"] == list(NAMES) and sorted(result["items"]) == sorted(named)
     for name, (_, ids) in named.items():
         background = ids == NAMES.index("background")
-        regions = sum(ndimage.label(ids == c)[1] for c in set(np.unique(ids).tolist()) - {0})
+        regions = sum(
+            ndimage.label(ids == c, structure=cvat_zip.EIGHT_CONNECTED)[1] for c in set(np.unique(ids).tolist()) - {0}
+        )
         assert result["items"][name] == {"subset": "default", "instances": min(regions, cvat_zip.MAX_INSTANCES)}
         read_back = pixels((tmp_path / "masks" / f"{name.replace('/', '~')}.png").read_bytes())[1]
         np.testing.assert_array_equal(read_back[~background], ids[~background])  # background: no annotation

@@ -7,11 +7,12 @@ channel trains on it as it is. Its members, ``<name>`` being an image's name wit
 - ``labelmap.txt``: CVAT's comment line, then one line per class in class-id order
   (``labelmap_txt.text``), so that a class id read back from the line of its colour is the id written;
 - ``SegmentationClass/<name>.png``: RGB, each pixel the colour of its class;
-- ``SegmentationObject/<name>.png``: RGB, each connected region (4-connected) of a class other than
-  the background its own instance, coloured with the PASCAL VOC colour of its instance number 1, 2,
-  ... (the colours CVAT's dataset library reads instances by); the background is black. An image
-  has at most ``MAX_INSTANCES``: each class's largest regions are numbered first, and a region past
-  the last number joins its class's largest, so every pixel keeps its class;
+- ``SegmentationObject/<name>.png``: RGB, each connected region of a class other than the background
+  (8-connected, as the CVAT detector's shapes) its own instance, coloured with the PASCAL VOC colour
+  of its instance number 1, 2, ... (the colours CVAT's dataset library reads instances by); the
+  background is black. An image has at most ``MAX_INSTANCES``: each class's largest regions are
+  numbered first, and a region past the last number joins its class's largest, so every pixel keeps
+  its class;
 - ``ImageSets/Segmentation/default.txt``: the names, one a line (CVAT's subset of a task without subsets);
 - ``JPEGImages/<name><extension>``: the image's bytes unchanged, as CVAT exports with "Save images".
 
@@ -41,6 +42,7 @@ from .layouts import CLASS_MASKS, DEFAULT_SUBSET, IMAGES, LABEL_MAP, LISTS, OBJE
 
 MAX_INSTANCES = 254  # VOC colours 1..254: 0 is the background, 255 VOC's border colour
 BACKGROUND = "background"
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # diagonal neighbours join a region
 _INSTANCE_COLOURS = np.asarray(voc_colors(), dtype=np.uint8)
 T = TypeVar("T")
 
@@ -57,7 +59,7 @@ def instances(ids: np.ndarray, background: int) -> np.ndarray:
     for class_id in map(int, np.unique(ids)):
         if class_id == background:
             continue
-        regions, count = ndimage.label(ids == class_id)
+        regions, count = ndimage.label(ids == class_id, structure=EIGHT_CONNECTED)
         sizes = np.bincount(regions.ravel(), minlength=count + 1)[1:]
         labelled[class_id] = regions
         queue.extend((rank, class_id, int(region) + 1) for rank, region in enumerate(np.argsort(-sizes, kind="stable")))
