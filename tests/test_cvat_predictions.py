@@ -13,15 +13,14 @@ import io
 import json
 import os
 import subprocess
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
 from harness.cvat_export import COLOURS, NAMES, sample
-from harness.s3jobs import SEMSEG
+from harness.stand_in_http import predict, serving
 from PIL import Image
 from scipy import ndimage
 from test_dataset_channel import prepared_masks
@@ -201,16 +200,8 @@ class _StandIn(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def stand_in():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def predict(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([SEMSEG, "predict", *args], capture_output=True, text=True, timeout=300, env=env)
+    with serving(_StandIn) as url:
+        yield url
 
 
 def image_folder(root: Path, count: int = 5) -> dict[str, bytes]:

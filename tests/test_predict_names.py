@@ -6,14 +6,12 @@ answer to a body is that body's digest, so a test can tell whose answer a file h
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import boto3
 import pytest
-from harness.s3jobs import SEMSEG
+from harness.stand_in_http import predict, serving
 
 
 def answer_to(body: bytes) -> bytes:
@@ -36,16 +34,8 @@ class _Answering(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answering)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def predict(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([SEMSEG, "predict", *args], capture_output=True, text=True, timeout=120, env=env)
+    with serving(_Answering) as url:
+        yield url
 
 
 def files(root: Path) -> set[str]:
