@@ -121,6 +121,7 @@ def test_sigterm_in_epoch_2_of_4_then_restart_trains_like_an_uninterrupted_run(u
     ) in resumed.log
     assert "#progress_metric: host=algo-1, completed 100 % of epochs" in resumed.log
     assert sorted(p.name for p in (root / "model").iterdir()) == [
+        "class_pixels.json",
         "hyperparams.json",
         "model.onnx",
         "model_algo-1",

@@ -60,6 +60,7 @@ def test_two_hosts_train_like_one_host_with_two_devices(tmp_path):
 
     # Only the first host writes the model; every host logs its metrics under its own name.
     assert sorted(p.name for p in first.model_dir.iterdir()) == [
+        "class_pixels.json",
         "hyperparams.json",
         "model.onnx",
         "model_algo-1",

@@ -28,7 +28,10 @@ def fcn_job(tmp_path_factory):
 
 def test_writes_the_three_built_in_artifacts_and_an_onnx_export(fcn_job):
     names = sorted(p.name for p in fcn_job.model_dir.iterdir())
-    assert names == ["hyperparams.json", "model.onnx", "model_algo-1", "model_best.params"]
+    assert names == ["class_pixels.json", "hyperparams.json", "model.onnx", "model_algo-1", "model_best.params"]
+    report = json.loads((fcn_job.root / "output" / "data" / "metrics.json").read_text())
+    stored = json.loads((fcn_job.model_dir / "class_pixels.json").read_text())["class_pixels"]
+    assert stored == report["train_class_pixels"] and len(stored) == 4 and sum(stored) > 0  # the drift gauge's base
     hyperparams = json.loads((fcn_job.model_dir / "hyperparams.json").read_text())
     assert hyperparams["algorithm"] == "fcn" and hyperparams["num_classes"] == "4"
     assert hyperparams["crop_size"] == "32" and all(isinstance(v, str) for v in hyperparams.values())

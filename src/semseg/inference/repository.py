@@ -91,8 +91,8 @@ def find_models(directory: Path) -> dict[str, Path]:
                 log.warning("Not a model, not served: %s", outside.shown(entry))
     if not found:
         raise UserError(
-            f"{directory} holds no model: neither {paths.HYPERPARAMS_FILE} nor a model.tar.gz, nor sub-directories "
-            "or .tar.gz files that are models"
+            f"The model directory {directory} has no {paths.HYPERPARAMS_FILE} and no model.tar.gz, and none of "
+            "its sub-directories or .tar.gz files is a model"
         )
     return found
 
