@@ -165,13 +165,13 @@ V2_TRAINING = {
     "_onnx": "False",
 }
 # Measured with this recipe. The session's v1 is not the same from run to run (its training is not
-# bit-reproducible on CPU): three runs scored 0.839, 0.875 and 0.879 on these held-out images, and v2 - v1 was
-# +0.053 (95% bootstrap interval [+0.022, +0.095]), +0.015 ([+0.004, +0.028]) and +0.017 ([+0.008, +0.027]),
-# v2's training taking 29 s of the test's 40 s on two CPU cores; on fourteen other draws of new
-# and held-out images (16 to 48 of each), +0.007 to +0.15. The interval's half-width on 48 held-out images is
-# about 0.012, so v2 may fall short of v1 by at most that measurement noise, 0.01, while a real regression
-# still fails (batches of 4 instead of 16 cost up to 0.4).
-TOLERANCE = 0.01
+# bit-reproducible on CPU): four runs scored 0.839, 0.875, 0.879 and 0.894 on these held-out images, and v2 - v1
+# was +0.053 (95% bootstrap interval [+0.022, +0.095]), +0.015 ([+0.004, +0.028]), +0.017 ([+0.008, +0.027]) and,
+# from the strongest v1, -0.010 ([-0.022, +0.001]); v2's training takes 29 s of the test's 40 s on two CPU cores;
+# on fourteen other draws of new and held-out images (16 to 48 of each), +0.007 to +0.15. So "v2 scores at least
+# v1" is asserted as the measurement can show it: the interval of v2 - v1 reaches zero (v2 is not measurably
+# worse), and v2 is never more than GROSS_LOSS below v1 (batches of 4 instead of 16 cost up to 0.4).
+GROSS_LOSS = 0.03
 
 
 def named_v1(learnt_model, root: Path) -> Path:
@@ -262,4 +262,4 @@ def test_the_loop_v2_trained_from_v1_on_corrected_predictions_scores_at_least_v1
         + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in timings.items())
     )
     assert re.search(r"mIoU difference [+-]\d\.\d{4}, 95% bootstrap interval", evaluated.stdout)
-    assert v2_miou >= v1_miou - TOLERANCE
+    assert interval["high"] >= 0 and v2_miou >= v1_miou - GROSS_LOSS, (v1_miou, v2_miou, interval)
