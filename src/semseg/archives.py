@@ -81,9 +81,12 @@ def extract_archive(archive_path: Path, destination: Path) -> None:
         archive.extractall(destination, members=_safe_members(archive, archive_path), filter="data")
 
 
+MODEL_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")  # what a model archive is called
+
+
 def model_archive(directory: Path) -> Path | None:
     """The model archive a model directory holds instead of its files: its first ``*.tar.gz``, else ``*.tgz``."""
-    found = sorted(directory.glob("*.tar.gz")) + sorted(directory.glob("*.tgz"))
+    found = [path for suffix in MODEL_ARCHIVE_SUFFIXES for path in sorted(directory.glob(f"*{suffix}"))]
     return found[0] if found else None
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .. import names as outside
 from .. import paths
+from ..archives import MODEL_ARCHIVE_SUFFIXES
 from ..errors import UserError
 from ..model.artifacts import model_to_serve
 from .predictor import Predictor
@@ -40,7 +41,6 @@ from .settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 TARGET_MODEL_HEADER = "X-Amzn-SageMaker-Target-Model"
 
 
@@ -56,7 +56,7 @@ class ModelUnavailable(UserError):
 
 def _archive_name(name: str) -> str | None:
     """``v2`` for ``v2.tar.gz`` or ``v2.tgz``; None for a name that is not an archive's."""
-    for suffix in ARCHIVE_SUFFIXES:
+    for suffix in MODEL_ARCHIVE_SUFFIXES:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return None
