@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as multiprocess_mode
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -129,13 +129,18 @@ def worker_gone(pid: int) -> None:
         multiprocess_mode.mark_process_dead(pid)
 
 
+def _server_registry() -> CollectorRegistry:
+    """What holds the server's figures: every worker's files in multiprocess mode, else this process's."""
+    if not multiprocess_dir():
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess_mode.MultiProcessCollector(registry)
+    return registry
+
+
 def exposition() -> bytes:
     """The server's figures in Prometheus' text format (all workers' when in multiprocess mode)."""
-    if multiprocess_dir():
-        registry = CollectorRegistry()
-        multiprocess_mode.MultiProcessCollector(registry)
-        return generate_latest(registry)
-    return generate_latest()
+    return generate_latest(_server_registry())
 
 
 def model_loaded(name: str, predictor: Predictor) -> None:
@@ -218,12 +223,7 @@ class PredictionFigures:
 
 def _samples() -> dict[str, list]:
     """Every sample of the server's figures, by metric family name."""
-    if multiprocess_dir():
-        registry = CollectorRegistry()
-        multiprocess_mode.MultiProcessCollector(registry)
-    else:
-        from prometheus_client import REGISTRY as registry
-    return {family.name: family.samples for family in registry.collect()}
+    return {family.name: family.samples for family in _server_registry().collect()}
 
 
 def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
