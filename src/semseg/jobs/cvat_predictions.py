@@ -119,11 +119,7 @@ def class_ids(answer: bytes, image: bytes) -> np.ndarray:
 def predict_to_zip(args, source: S3Location, target: S3Location) -> int:
     """``semseg predict --format cvat``, its flags checked by ``predict``: 0 when every image is in the zip."""
     path = checked_target(source, target)
-    inputs = predict.listed_names(source)
-    if not inputs:
-        raise UserError(f"There are no files under {source.uri}")
-    outside.relative_paths(inputs, f"file name under {source.uri}")
-    named = zip_names(inputs, source.uri)
+    named = zip_names(predict.checked_inputs(source), source.uri)
     if args.url:
         table, invoke = table_via_url(args.url), predict.via_url(args.url, PNG)
     elif args.endpoint:

@@ -109,13 +109,19 @@ def refuse_overlap(source: S3Location, target: S3Location) -> None:
         )
 
 
-def plan(source: S3Location, target: S3Location, accept: str) -> Plan:
-    """The inputs to answer, each checked as a name, and the outputs they get; nothing written yet."""
-    refuse_overlap(source, target)
+def checked_inputs(source: S3Location) -> list[str]:
+    """The names of the files under ``source``, each checked as a relative path; none is a sentence."""
     inputs = listed_names(source)
     if not inputs:
         raise UserError(f"There are no files under {source.uri}")
     outside.relative_paths(inputs, f"file name under {source.uri}")
+    return inputs
+
+
+def plan(source: S3Location, target: S3Location, accept: str) -> Plan:
+    """The inputs to answer, each checked as a name, and the outputs they get; nothing written yet."""
+    refuse_overlap(source, target)
+    inputs = checked_inputs(source)
     outputs = output_names(inputs, accept)
     outside.relative_paths(outputs.values(), f"output name under {target.uri}")
     existing = set(listed_names(target))
