@@ -23,11 +23,12 @@ import yaml
 from PIL import Image
 
 from semseg import classes
+from semseg.classes import background_id
 from semseg.cli import main as semseg
 from semseg.cvat_function import write_function
 from semseg.errors import UserError
 from semseg.inference import codecs
-from semseg.inference.cvat_detector import background_class, detector_answer
+from semseg.inference.cvat_detector import detector_answer
 from semseg.inference.predictor import Predictor
 from semseg.inference.settings import ServingSettings
 from semseg.sample_data import CLASSES, make_pair
@@ -126,10 +127,10 @@ def test_each_region_is_one_shape_in_cvats_layout_with_its_mean_confidence():
 
 
 def test_the_background_is_the_class_named_so_wherever_it_is_else_class_0():
-    assert background_class(classes.default(3)) == 0
-    assert background_class(CLASSES) == 0
+    assert background_id(classes.default(3)) == 0
+    assert background_id(CLASSES) == 0
     table = classes.ClassTable(("airplane", "car", "Background"), ((1, 1, 1), (2, 2, 2), (0, 0, 0)))
-    assert background_class(table) == 2
+    assert background_id(table) == 2
     answer = detector_answer(laid_out_predictor(table), request_body(FRAME))
     assert {shape["label"] for shape in answer} == {"airplane", "car"}  # CVAT's label map sorts by name
     # class 0 around the square, and in its hole: two regions

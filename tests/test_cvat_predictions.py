@@ -22,7 +22,6 @@ import pytest
 from harness.cvat_export import COLOURS, NAMES, sample
 from harness.stand_in_http import predict, serving
 from PIL import Image
-from scipy import ndimage
 from test_dataset_channel import prepared_masks
 
 from semseg import classes, paths
@@ -72,7 +71,7 @@ def check_layout(found: dict[str, bytes], table: ClassTable, truth: dict[str, np
         assert (key[ids == background] == 0).all() and (key[ids != background] != 0).all()
         regions, class_of = 0, {}  # instance colour -> its class
         for class_id in set(np.unique(ids).tolist()) - {background}:
-            labelled, count = ndimage.label(ids == class_id, structure=cvat_zip.EIGHT_CONNECTED)
+            labelled, count = classes.regions(ids == class_id)
             regions += count
             for region in range(1, count + 1):  # one colour per region, of one class
                 (colour,) = np.unique(key[labelled == region])
@@ -392,9 +391,7 @@ def test_cvats_dataset_library_imports_the_zip_as_the_same_masks_one_instance_pe
     assert result["names"] == list(NAMES) and sorted(result["items"]) == sorted(named)
     for name, (_, ids) in named.items():
         background = ids == NAMES.index("background")
-        regions = sum(
-            ndimage.label(ids == c, structure=cvat_zip.EIGHT_CONNECTED)[1] for c in set(np.unique(ids).tolist()) - {0}
-        )
+        regions = sum(classes.regions(ids == c)[1] for c in set(np.unique(ids).tolist()) - {0})
         assert result["items"][name] == {"subset": "default", "instances": min(regions, cvat_zip.MAX_INSTANCES)}
         read_back = pixels((tmp_path / "masks" / f"{name.replace('/', '~')}.png").read_bytes())[1]
         np.testing.assert_array_equal(read_back[~background], ids[~background])  # background: no annotation

@@ -20,6 +20,7 @@ from .files import write_atomically
 from .names import shown
 
 FILE_NAME = "classes.json"
+BACKGROUND_NAME = "background"
 
 
 def voc_colors(count: int = 256) -> list[tuple[int, int, int]]:
@@ -66,6 +67,25 @@ class ClassTable:
                 for index, (name, color) in enumerate(zip(self.names, self.colors, strict=True))
             ]
         }
+
+
+def background_id(table: ClassTable) -> int:
+    """The class whose regions are no objects (no CVAT shape or instance): the one named ``background``
+    in any case, wherever it is (CVAT's label maps are sorted by name), else class 0."""
+    for class_id, name in enumerate(table.names):
+        if name.casefold() == BACKGROUND_NAME:
+            return class_id
+    return 0
+
+
+def regions(mask):
+    """``(labels, count)``: the connected regions of a boolean mask, numbered from 1 as
+    ``scipy.ndimage.label`` numbers them, diagonal neighbours joined (8-connected), so that each
+    region of a CVAT shape or instance has one outer contour."""
+    import numpy as np
+    from scipy import ndimage  # here: most users of class tables never split a mask
+
+    return ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
 
 
 def default(num_classes: int) -> ClassTable:

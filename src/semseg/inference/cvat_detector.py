@@ -36,27 +36,18 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from ..classes import ClassTable
+from ..classes import ClassTable, background_id
+from ..classes import regions as connected_regions
 from ..errors import PayloadTooLarge, UserError
 from .predictor import Prediction, Predictor
 
-BACKGROUND_NAME = "background"
 CONFIDENCE_DECIMALS = 4
-_EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
 _WHITESPACE = re.compile(rb"\s+")
-
-
-def background_class(table: ClassTable) -> int:
-    """The id of the class that gets no shapes: the one named ``background`` (any case), else 0."""
-    for class_id, name in enumerate(table.names):
-        if name.casefold() == BACKGROUND_NAME:
-            return class_id
-    return 0
 
 
 def labelled_classes(table: ClassTable) -> list[tuple[int, str]]:
     """``(class id, name)`` of every class the detector can answer: all but the background."""
-    background = background_class(table)
+    background = background_id(table)
     return [(class_id, name) for class_id, name in enumerate(table.names) if class_id != background]
 
 
@@ -97,17 +88,6 @@ def parse_request(body: bytes | str | Mapping) -> DetectorRequest:
     return DetectorRequest(image, float(threshold))
 
 
-def top_classes(prediction: Prediction) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (H, W) class ids (``Prediction.class_ids``'s) and float32 (H, W) their probabilities."""
-    ids = np.empty((prediction.height, prediction.width), dtype=np.uint8)
-    top = np.empty((prediction.height, prediction.width), dtype=np.float32)
-    for row, column, tile in prediction.tiles():
-        rows, columns = tile.shape[1:]
-        ids[row : row + rows, column : column + columns] = tile.argmax(axis=0)
-        top[row : row + rows, column : column + columns] = tile.max(axis=0)
-    return ids, top
-
-
 def outline(region: np.ndarray, left: int, top: int) -> list[int]:
     """The flattened ``[x1, y1, ...]`` outer polygon of a 0/255 region, in frame coordinates."""
     contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -123,9 +103,9 @@ def outline(region: np.ndarray, left: int, top: int) -> list[int]:
 
 def shapes(prediction: Prediction, threshold: float = 0.0) -> Iterator[dict]:
     """CVAT's shapes for one prediction: one per region of each labelled class, at or above ``threshold``."""
-    ids, top = top_classes(prediction)
+    ids, top = prediction.top_classes()
     for class_id, name in labelled_classes(prediction.classes):
-        regions, count = ndimage.label(ids == class_id, structure=_EIGHT_NEIGHBOURS)
+        regions, count = connected_regions(ids == class_id)
         if not count:
             continue
         flat = regions.ravel()

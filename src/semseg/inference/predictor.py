@@ -79,10 +79,22 @@ class Prediction:
 
     def class_ids(self) -> np.ndarray:
         """uint8 (height, width): the most probable class of each pixel."""
+        return self._most_probable(with_probability=False)[0]
+
+    def top_classes(self) -> tuple[np.ndarray, np.ndarray]:
+        """``class_ids()`` and, float32 (height, width), each pixel's probability of that class."""
+        return self._most_probable(with_probability=True)
+
+    def _most_probable(self, with_probability: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """One pass over the full-size tiles; the probabilities only when asked for (4 bytes a pixel)."""
         ids = np.empty((self.height, self.width), dtype=np.uint8)
-        for top, left, tile in self.tiles():
-            ids[top : top + tile.shape[1], left : left + tile.shape[2]] = tile.argmax(axis=0)
-        return ids
+        top = np.empty((self.height, self.width), dtype=np.float32) if with_probability else None
+        for row, column, tile in self.tiles():
+            place = np.s_[row : row + tile.shape[1], column : column + tile.shape[2]]
+            ids[place] = tile.argmax(axis=0)
+            if top is not None:
+                top[place] = tile.max(axis=0)
+        return ids, top
 
 
 def _shrunk(image: Image.Image, fit: tuple[int, int]) -> Image.Image:

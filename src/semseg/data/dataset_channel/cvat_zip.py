@@ -31,8 +31,8 @@ from typing import TypeVar
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
+from ... import classes
 from ...classes import ClassTable, voc_colors
 from ...errors import UserError
 from ...files import write_atomically
@@ -41,16 +41,8 @@ from . import labelmap_txt
 from .layouts import CLASS_MASKS, DEFAULT_SUBSET, IMAGES, LABEL_MAP, LISTS, OBJECT_MASKS
 
 MAX_INSTANCES = 254  # VOC colours 1..254: 0 is the background, 255 VOC's border colour
-BACKGROUND = "background"
-EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # diagonal neighbours join a region
 _INSTANCE_COLOURS = np.asarray(voc_colors(), dtype=np.uint8)
 T = TypeVar("T")
-
-
-def background_id(table: ClassTable) -> int:
-    """The class whose regions are no objects: the one named ``background`` (in any case), else class 0."""
-    lowered = [name.lower() for name in table.names]
-    return lowered.index(BACKGROUND) if BACKGROUND in lowered else 0
 
 
 def instances(ids: np.ndarray, background: int) -> np.ndarray:
@@ -59,7 +51,7 @@ def instances(ids: np.ndarray, background: int) -> np.ndarray:
     for class_id in map(int, np.unique(ids)):
         if class_id == background:
             continue
-        regions, count = ndimage.label(ids == class_id, structure=EIGHT_CONNECTED)
+        regions, count = classes.regions(ids == class_id)
         sizes = np.bincount(regions.ravel(), minlength=count + 1)[1:]
         labelled[class_id] = regions
         queue.extend((rank, class_id, int(region) + 1) for rank, region in enumerate(np.argsort(-sizes, kind="stable")))
@@ -88,7 +80,7 @@ class Writer:
     def __init__(self, archive: zipfile.ZipFile, table: ClassTable):
         self.archive, self.table = archive, table
         self.colours = np.asarray(table.colors, dtype=np.uint8)
-        self.background = background_id(table)
+        self.background = classes.background_id(table)
         self.names: list[str] = []
         self.lock = threading.Lock()
 
