@@ -70,7 +70,11 @@ def test_colour_jitter_changes_the_image_and_never_the_mask():
 
 def test_quarter_turns_and_flips_are_exact():
     image, mask = blocks()
-    for step in (transforms.RandomQuarterTurn(1.0), transforms.RandomVerticalFlip(1.0)):
+    for step in (
+        transforms.RandomQuarterTurn(1.0),
+        transforms.RandomVerticalFlip(1.0),
+        transforms.RandomHorizontalFlip(1.0),
+    ):
         moved_image, moved_mask = step(image, mask, random.Random(0))
         assert nearest_class(np.asarray(moved_image)).tolist() == np.asarray(moved_mask).tolist()
 
@@ -92,13 +96,17 @@ def test_the_default_recipe_is_the_built_ins():
 
 
 def test_the_strong_recipe_takes_its_settings_from_the_table():
-    strong = transforms.training_transform(hp(augment_scale_min="0.5", augment_scale_max="3", augment_rotate90="0"))
+    strong = transforms.training_transform(
+        hp(augment_scale_min="0.5", augment_scale_max="3", augment_rotate90="0", augment_horizontal_flip="0")
+    )
     kinds = [type(step) for step in strong.steps]
     assert transforms.RandomRotation in kinds and transforms.ColorJitter in kinds
     scale = next(step for step in strong.steps if isinstance(step, transforms.RandomScale))
     assert (scale.low, scale.high) == (32, 192)
     turn = next(step for step in strong.steps if isinstance(step, transforms.RandomQuarterTurn))
     assert turn.probability == 0.0
+    flip = next(step for step in strong.steps if isinstance(step, transforms.RandomHorizontalFlip))
+    assert flip.probability == 0.0
 
 
 @pytest.mark.parametrize(

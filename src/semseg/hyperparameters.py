@@ -100,6 +100,7 @@ TABLE: dict[str, Spec] = {
     "_num_kv_servers": Spec("str", "auto"),
     "_augmentation_type": Spec("str", "default", choices=AUGMENTATIONS),
     # Ours: the pieces of the strong recipe (read only when _augmentation_type is strong; 0 turns one off).
+    "augment_horizontal_flip": Spec("float", 0.5, low=0, high=1),  # probability (the built-in's own 0.5)
     "augment_vertical_flip": Spec("float", 0.5, low=0, high=1),  # probability
     "augment_rotate90": Spec("float", 0.5, low=0, high=1),  # probability of a quarter, half or three-quarter turn
     "augment_rotation_degrees": Spec("float", 15.0, low=0, high=180),  # a free turn within +- this

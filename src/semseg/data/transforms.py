@@ -44,8 +44,11 @@ class Compose:
 
 
 class RandomHorizontalFlip:
+    def __init__(self, probability: float = 0.5):
+        self.probability = probability
+
     def __call__(self, image, mask, rng):
-        if rng.random() < 0.5:
+        if rng.random() < self.probability:
             return image.transpose(Image.FLIP_LEFT_RIGHT), mask.transpose(Image.FLIP_LEFT_RIGHT)
         return image, mask
 
@@ -206,7 +209,7 @@ def strong_train_transform(hp: dict) -> Compose:
     crop_size = hp["crop_size"]
     return Compose(
         [
-            RandomHorizontalFlip(),
+            RandomHorizontalFlip(hp["augment_horizontal_flip"]),
             RandomVerticalFlip(hp["augment_vertical_flip"]),
             RandomQuarterTurn(hp["augment_rotate90"]),
             RandomRotation(hp["augment_rotation_degrees"]),
