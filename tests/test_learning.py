@@ -81,3 +81,24 @@ def test_unet_learns_thin_structures_that_fcn_cannot_draw(tmp_path):
     best = json.loads((paths.output_data_dir(base=root) / "metrics.json").read_text())["best_epoch"]
     background, cracks, rings = best["per_class_iou"]
     assert min(cracks, rings) >= THIN_CLASS_IOU, best["per_class_iou"]
+
+
+# unet resnet-18 on the digits task (shape, not colour, tells its eleven classes apart) with the
+# augmentation that keeps shapes (no mirror, a rescale of 0.8 to 1.25), 160 images, 30 epochs: measured
+# mIoU 0.604; the built-in's recipe at the same budget 0.201, the narrow rescale with the mirror 0.503.
+DIGITS_MIOU = 0.45
+
+
+@pytest.mark.long
+def test_unet_learns_digits_when_the_augmentation_keeps_their_shapes(tmp_path):
+    from harness.tasks import LEARNING, SHAPE_AUGMENTATION, write_task
+    from harness.trainjob import run_train
+
+    from semseg import paths
+
+    hyperparameters = {**LEARNING, **SHAPE_AUGMENTATION, "algorithm": "unet", "backbone": "resnet-18", "epochs": "30"}
+    root = write_task("digits", tmp_path, 160, 32, hyperparameters)
+    job = run_train(root, timeout=3600)
+    assert job.returncode == 0, job.log[-2000:]
+    best = json.loads((paths.output_data_dir(base=root) / "metrics.json").read_text())["best_epoch"]
+    assert best["mIOU"] >= DIGITS_MIOU, best["per_class_iou"]

@@ -172,7 +172,8 @@ def test_a_validation_that_predicts_one_class_everywhere_is_named(caplog):
     with caplog.at_level(logging.WARNING, logger="semseg"):
         assert guards.warn_if_collapsed(matrix, 4, ["background", "road", "car"], hp)
     assert "predicted 'background' (class 0) for every pixel while the truth holds 3 classes" in caplog.text
-    assert "try algorithm=unet (its decoder sees fine detail), class_weights=auto, loss=" in caplog.text
+    assert "try algorithm=unet (its decoder sees fine detail), where shape tells the classes apart" in caplog.text
+    assert "class_weights=auto, loss=cross_entropy+dice or more epochs than " in caplog.text
     healthy = ConfusionMatrix(3)
     healthy.update(np.array([0, 1]), np.array([0, 1]))
     assert not guards.warn_if_collapsed(healthy, 4, ["a", "b", "c"], hp)
@@ -187,11 +188,18 @@ def test_the_collapse_advice_leaves_out_what_the_job_already_does():
             "backbone": "resnet-18",
             "class_weights": "auto",
             "loss": "cross_entropy+dice",
-            "lr_warmup_epochs": "2",
-            "learning_rate": "0.002",
+            "epochs": "30",
+            "_augmentation_type": "strong",
+            "augment_horizontal_flip": "0",
+            "augment_scale_min": "0.8",
+            "augment_scale_max": "1.25",
         }
     )
-    assert guards.collapse_advice(hp) == ["a learning_rate below 0.002"]
+    assert guards.collapse_advice(hp) == ["more epochs than 30"]
+    defaults = parse({"num_classes": 3, "num_training_samples": 4})
+    assert any("augment_horizontal_flip=0" in line for line in guards.collapse_advice(defaults))
+    wide = {**hp, "augment_scale_max": 2.0}
+    assert any("augment_scale_min/max within 0.75 to 1.33" in line for line in guards.collapse_advice(wide))
 
 
 def test_the_class_weight_rules_by_hand():
