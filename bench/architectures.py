@@ -43,6 +43,7 @@ from harness.trainjob import run_train
 from PIL import Image
 
 from semseg import paths
+from semseg.evaluation.scores import ConfusionMatrix
 from semseg.model import artifacts, quantize
 from semseg.model.export import ONNX_FILE
 from semseg.model.size import inference_size
@@ -150,35 +151,23 @@ def ceiling_masks(task: str, images: int = 32, seed: int = 7) -> np.ndarray:
     return np.stack([np.array(maker(rng)[1]) for _ in range(images)])
 
 
-def iou_per_class(drawn: np.ndarray, masks: np.ndarray, num_classes: int) -> list[float]:
-    result = []
-    for c in range(num_classes):
-        union = np.sum((drawn == c) | (masks == c))
-        result.append(float(np.sum((drawn == c) & (masks == c)) / union) if union else 1.0)
-    return result
-
-
-def shares_ceiling(task: str, stride: int) -> list[float]:
+def shares_ceiling(masks: np.ndarray, num_classes: int, stride: int) -> list[float]:
     """Per-class IoU of the true masks' class shares per stride cell, upsampled bilinearly, argmax."""
-    num_classes = TASKS[task][0]
-    masks = ceiling_masks(task)
     drawn = []
     for mask in masks:
         h, w = mask.shape
         onehot = np.stack([(mask == c).astype(np.float32) for c in range(num_classes)])
         coarse = onehot.reshape(num_classes, h // stride, stride, w // stride, stride).mean(axis=(2, 4))
         drawn.append(np.stack([np.array(Image.fromarray(c).resize((w, h), Image.BILINEAR)) for c in coarse]).argmax(0))
-    return iou_per_class(np.stack(drawn), masks, num_classes)
+    return ConfusionMatrix.of(masks, np.stack(drawn), num_classes).iou().tolist()
 
 
-def drawable_ceiling(task: str, stride: int, steps: int = 600) -> list[float]:
+def drawable_ceiling(masks: np.ndarray, num_classes: int, stride: int, steps: int = 600) -> list[float]:
     """Per-class IoU of free stride-cell scores fitted to each true mask through the networks' own
     upsampling (``BilinearResize2D``) by Adam on the cross-entropy, argmax."""
     import mxnet as mx
     from mxnet import autograd, nd
 
-    num_classes = TASKS[task][0]
-    masks = ceiling_masks(task)
     side = masks.shape[1]
     truth = nd.array(masks)
     scores = nd.zeros((len(masks), num_classes, side // stride, side // stride))
@@ -192,18 +181,20 @@ def drawable_ceiling(task: str, stride: int, steps: int = 600) -> list[float]:
         loss.backward()
         optimizer.update(0, scores, scores.grad, state)
     drawn = nd.contrib.BilinearResize2D(scores, height=side, width=side).argmax(axis=1).asnumpy()
-    return iou_per_class(drawn, masks, num_classes)
+    return ConfusionMatrix.of(masks, drawn, num_classes).iou().tolist()
 
 
 def print_ceiling_table(task: str) -> None:
-    names = TASKS[task][2][1:]  # the canvas is drawn at every stride
+    num_classes, _, names = TASKS[task]
+    masks = ceiling_masks(task)
     print(f"\n{task} task: per-class IoU within reach at each output stride, shares / drawable")
-    print("| output stride | algorithms | " + " | ".join(names) + " |")
-    print("|---|---|" + "---|" * len(names))
+    print("| output stride | algorithms | " + " | ".join(names[1:]) + " |")  # the canvas is drawn at every stride
+    print("|---|---|" + "---|" * (len(names) - 1))
     for stride in CEILING_STRIDES:
         algorithms = ", ".join(a for a, s in OUTPUT_STRIDE.items() if s == stride) or "-"
-        pairs = zip(shares_ceiling(task, stride)[1:], drawable_ceiling(task, stride)[1:])
-        print(f"| {stride} | {algorithms} | " + " | ".join(f"{a:.2f} / {b:.2f}" for a, b in pairs) + " |")
+        shares, drawable = shares_ceiling(masks, num_classes, stride), drawable_ceiling(masks, num_classes, stride)
+        cells = " | ".join(f"{a:.2f} / {b:.2f}" for a, b in zip(shares[1:], drawable[1:]))
+        print(f"| {stride} | {algorithms} | {cells} |")
 
 
 def print_speed_table(rows: list[tuple[str, dict]]) -> None:
