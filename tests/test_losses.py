@@ -191,6 +191,8 @@ def test_the_collapse_advice_leaves_out_what_the_job_already_does():
             "epochs": "30",
             "_augmentation_type": "strong",
             "augment_horizontal_flip": "0",
+            "augment_vertical_flip": "0",
+            "augment_rotate90": "0",
             "augment_scale_min": "0.8",
             "augment_scale_max": "1.25",
         }
@@ -198,6 +200,8 @@ def test_the_collapse_advice_leaves_out_what_the_job_already_does():
     assert guards.collapse_advice(hp) == ["more epochs than 30"]
     defaults = parse({"num_classes": 3, "num_training_samples": 4})
     assert any("augment_horizontal_flip=0" in line for line in guards.collapse_advice(defaults))
+    turned = {**hp, "augment_rotate90": 0.5}  # the strong recipe's own quarter turns
+    assert any("augment_rotate90=0" in line for line in guards.collapse_advice(turned))
     wide = {**hp, "augment_scale_max": 2.0}
     assert any("augment_scale_min/max within 0.75 to 1.33" in line for line in guards.collapse_advice(wide))
 

@@ -82,11 +82,12 @@ SHAPE_SCALE_RANGE = (0.75, 1.33)
 
 
 def keeps_shapes(hp: dict) -> bool:
-    """Whether the job's augmentation already keeps shapes as they are: no mirror, a narrow rescale."""
+    """Whether the job's augmentation already keeps shapes as they are: no flip or quarter turn (a 6
+    turned is a 9), a narrow rescale."""
     low, high = SHAPE_SCALE_RANGE
     return (
         hp["_augmentation_type"] == "strong"
-        and hp["augment_horizontal_flip"] == 0
+        and hp["augment_horizontal_flip"] == hp["augment_vertical_flip"] == hp["augment_rotate90"] == 0
         and low <= hp["augment_scale_min"]
         and hp["augment_scale_max"] <= high
     )
@@ -99,8 +100,9 @@ def collapse_advice(hp: dict) -> list[str]:
         advice.append("algorithm=unet (its decoder sees fine detail)")
     if not keeps_shapes(hp):
         advice.append(
-            "where shape tells the classes apart, _augmentation_type=strong with augment_horizontal_flip=0 and "
-            f"augment_scale_min/max within {SHAPE_SCALE_RANGE[0]:g} to {SHAPE_SCALE_RANGE[1]:g}"
+            "where shape tells the classes apart, _augmentation_type=strong with augment_horizontal_flip=0, "
+            "augment_vertical_flip=0, augment_rotate90=0 and augment_scale_min/max within "
+            f"{SHAPE_SCALE_RANGE[0]:g} to {SHAPE_SCALE_RANGE[1]:g}"
         )
     if hp["class_weights"] == "none":
         advice.append("class_weights=auto")
